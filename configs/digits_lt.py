@@ -1,0 +1,43 @@
+"""The embedded default: scikit-learn's 8x8 handwritten digits as a long-tailed problem.
+
+  python -m ltjax.main --config configs/digits_lt.py --workdir runs/digits
+
+50 images per class are held out as a balanced test set; the training set keeps
+124 ... 6 images per class (IF 20): 1 many, 5 medium and 4 few classes.
+Arguments: imb, method, seed, smoke.
+"""
+from ltjax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, {'imb': 20.0, 'method': 'ce', 'seed': 0, 'smoke': False})
+  c = config_lib.base_config()
+  c.method = args.method
+  c.seed = args.seed
+  c.data.name = 'digits'
+  c.data.imbalance_factor = args.imb
+  c.data.test_per_class = 50
+  # Digits are not mirror-symmetric: no flip; a 1-pixel jitter of the 8x8 image.
+  c.data.augment.pad = 1
+  c.data.augment.flip = False
+  c.data.augment.mean = (0.30,)
+  c.data.augment.std = (0.38,)
+  c.data.many_above = 100
+  c.data.few_below = 20
+  c.model.depth = 8
+  c.model.width = 16
+  c.train.epochs = 60
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 256
+  c.train.lr = 0.1
+  c.train.weight_decay = 5e-4
+  c.train.warmup_epochs = 2.0
+  c.train.lr_boundaries = (40, 50)
+  c.train.lr_decay = 0.1
+  c.log_every_steps = 10
+  if args.smoke:
+    c.model.width = 8
+    c.train.epochs = 4
+    c.train.warmup_epochs = 1.0
+    c.train.lr_boundaries = (3,)
+  return c

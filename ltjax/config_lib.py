@@ -1,0 +1,89 @@
+"""What every config file under ``configs/`` shares: the argument string
+(``file.py:key=value,flag``) and the base fields that every recipe reads.
+
+Config files call ``parse_args`` then ``base_config`` and set their dataset's numbers;
+every number of a paper recipe lives in a config, none in code.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
+  """Parses ``'dataset=cifar100,imb=100,smoke'`` against ``defaults`` (name -> default
+  value, whose type the given value is converted to). A bare name sets a bool to True."""
+  out = dict(defaults)
+  for item in filter(None, (s.strip() for s in (arg or '').split(','))):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r} in {arg!r}; valid arguments: '
+                       f'{", ".join(sorted(defaults))} (e.g. configs/cifar_lt.py:dataset=cifar100,imb=100).')
+    default = defaults[key]
+    if isinstance(default, bool):
+      if not sep:
+        out[key] = True
+      elif value.lower() in ('1', 'true', 'yes'):
+        out[key] = True
+      elif value.lower() in ('0', 'false', 'no'):
+        out[key] = False
+      else:
+        raise ValueError(f'config argument {key} takes true or false, got {value!r}.')
+    elif not sep:
+      raise ValueError(f'config argument {key!r} needs a value, e.g. {key}={default}.')
+    else:
+      try:
+        out[key] = type(default)(value) if default is not None else value
+      except ValueError:
+        raise ValueError(f'config argument {key}={value!r} is not a {type(default).__name__}.') from None
+  return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every run has; dataset configs fill in the numbers."""
+  c = ml_collections.ConfigDict()
+  c.method = 'ce'
+  c.seed = 0
+  c.num_devices = 0  # 0: every visible device
+  c.log_every_steps = 20
+  c.eval_every_epochs = 0  # 0: evaluate only at the end of each phase
+  c.checkpoint_every_epochs = 1
+  c.keep_checkpoints = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ''
+  c.data.imbalance_factor = 100.0
+  c.data.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)
+  c.data.download = False  # let TFDS download and prepare (needs internet and TensorFlow)
+  c.data.split_seed = 0  # np.random.seed of the LDAM-DRW subset (0 in the reference)
+  c.data.test_per_class = 0  # embedded datasets: balanced held-out images per class
+  c.data.sampler = 'instance'  # instance | class | sqrt | progressive
+  c.data.many_above = 100  # shot groups: many > 100, few < 20 (METHODS.md)
+  c.data.few_below = 20
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.pad = 4  # zero padding before the random crop; 0: no crop
+  c.data.augment.flip = True
+  c.data.augment.mean = (0.4914, 0.4822, 0.4465)
+  c.data.augment.std = (0.2023, 0.1994, 0.2010)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'cifar_resnet'
+  c.model.depth = 32
+  c.model.width = 16
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.bsce_tau = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 200
+  c.train.batch_size = 128
+  c.train.eval_batch_size = 512
+  c.train.lr = 0.1
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  c.train.weight_decay = 2e-4
+  c.train.schedule = 'step'  # step | cosine | constant
+  c.train.warmup_epochs = 5.0
+  c.train.lr_boundaries = (120, 160)  # epochs; x lr_decay at each (cumulative)
+  c.train.lr_decay = 0.01
+  return c

@@ -1,0 +1,79 @@
+"""Batch samplers that run inside the jitted step (Kang et al., decoupling).
+
+A sampler maps ``(key, step)`` to the indices of one global batch of the training
+set that lives on the device. Indices depend only on the seed and the step, so a
+resumed run and a run on another number of devices draw the same batches.
+
+- ``instance``: every image once per epoch, in a fresh permutation each epoch (the
+  PyTorch ``shuffle=True`` loader; the last batch of an epoch wraps around).
+- ``class``: class-balanced, each class equally likely, then an image of it.
+- ``sqrt``: class c drawn with probability proportional to ``sqrt(n_c)``.
+- ``progressive``: ``(1 - t/T) * instance + t/T * class`` over epochs t of T.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ('instance', 'class', 'sqrt', 'progressive')
+
+
+def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
+  """Probability of drawing each class under a sampler (the definitions above)."""
+  counts = jnp.asarray(class_counts, jnp.float32)
+  instance = counts / counts.sum()
+  balanced = jnp.ones_like(counts) / counts.shape[0]
+  if kind == 'instance':
+    return instance
+  if kind == 'class':
+    return balanced
+  if kind == 'sqrt':
+    return jnp.sqrt(counts) / jnp.sqrt(counts).sum()
+  if kind == 'progressive':
+    t = jnp.asarray(epoch, jnp.float32) / max(total_epochs, 1)
+    return (1 - t) * instance + t * balanced
+  raise ValueError(f'unknown sampler {kind!r}; choose one of {KINDS}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """Static description of a sampler; ``arrays`` are passed to the step as device data."""
+  kind: str
+  num_examples: int
+  batch_size: int
+  class_counts: tuple[int, ...]
+  total_epochs: int
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return math.ceil(self.num_examples / self.batch_size)
+
+  @staticmethod
+  def arrays(labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Training indices grouped by class, and where each class starts."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind='stable').astype(np.int32)
+    counts = np.bincount(labels, minlength=num_classes)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    return {'by_class': order, 'class_offsets': offsets, 'class_sizes': counts.astype(np.int32)}
+
+  def __call__(self, arrays, key, step):
+    """Indices ``[batch_size]`` of the batch at ``step`` (a traced int)."""
+    if self.kind not in KINDS:
+      raise ValueError(f'unknown sampler {self.kind!r}; choose one of {KINDS}.')
+    epoch = step // self.steps_per_epoch
+    if self.kind == 'instance':
+      perm = jax.random.permutation(jax.random.fold_in(key, epoch), self.num_examples)
+      pos = (step % self.steps_per_epoch) * self.batch_size + jnp.arange(self.batch_size)
+      return perm[pos % self.num_examples]
+    k_class, k_item = jax.random.split(jax.random.fold_in(key, step))
+    probs = class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs)
+    classes = jax.random.choice(k_class, len(self.class_counts), (self.batch_size,), p=probs)
+    sizes = arrays['class_sizes'][classes]
+    within = jnp.floor(jax.random.uniform(k_item, (self.batch_size,)) * sizes).astype(jnp.int32)
+    within = jnp.minimum(within, sizes - 1)
+    return arrays['by_class'][arrays['class_offsets'][classes] + within]

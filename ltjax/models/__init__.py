@@ -1,0 +1,31 @@
+"""Models: backbones (``resnet.py``) and heads (``heads.py``), joined by ``Classifier``.
+
+The parameters of a ``Classifier`` are ``{'backbone': ..., 'head': ...}`` so that later
+stages can freeze the backbone, swap or add heads, or rescale the classifier.
+"""
+from __future__ import annotations
+
+from flax import linen as nn
+
+from ltjax.models.heads import LinearHead
+from ltjax.models.resnet import CifarResNet
+
+
+class Classifier(nn.Module):
+  backbone: nn.Module
+  head: nn.Module
+
+  def __call__(self, x, train: bool = True):
+    features = self.backbone(x, train=train)
+    return {'features': features, 'logits': self.head(features)}
+
+
+BACKBONES = {'cifar_resnet': CifarResNet}
+
+
+def build_model(model_config, num_classes: int) -> Classifier:
+  name = model_config.name
+  if name not in BACKBONES:
+    raise ValueError(f'unknown model.name {name!r}; choose one of {sorted(BACKBONES)}.')
+  backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width)
+  return Classifier(backbone=backbone, head=LinearHead(num_classes))

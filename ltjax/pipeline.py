@@ -1,0 +1,108 @@
+"""A run is a pipeline of named phases, each in ``workdir/<phase>/``.
+
+For each phase in order: skip it if its ``results.json`` exists (finished), else
+train it (resuming from its last checkpoint) and evaluate it. The last phase's
+results are also written to ``workdir/results.json`` with a summary of every phase.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from ltjax import evaluate, parallel, recipes, train
+from ltjax.data import augment, sources
+
+# Fields that may change between the runs of one workdir: where data is read from,
+# how often to log, evaluate and checkpoint, and how many devices share the batch.
+RESUMABLE_FIELDS = ('data.data_dir', 'data.download', 'num_devices', 'log_every_steps',
+                    'eval_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints',
+                    'train.eval_batch_size')
+
+
+class WorkdirConflictError(RuntimeError):
+  pass
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Writes ``workdir/config.json`` on the first run; refuses a workdir that holds a
+  run of a different config, naming the fields that differ."""
+  path = os.path.join(workdir, 'config.json')
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    a, b = _flatten(saved), _flatten(current)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_FIELDS)
+    if diff:
+      lines = '\n'.join(f'  {k}: {a.get(k, "<absent>")!r} in the workdir, {b.get(k, "<absent>")!r} now'
+                        for k in diff)
+      raise WorkdirConflictError(
+          f'{workdir} holds a run of a different config:\n{lines}\n'
+          f'Fix: choose a new --workdir, or rerun with the config saved in {path}; '
+          f'nothing was changed in {workdir}.')
+    return
+  if jax.process_index() == 0:
+    evaluate.write_results(path, current)
+
+
+def run(config, workdir: str) -> dict:
+  """Runs every phase of ``config.method`` in ``workdir``; returns results per phase."""
+  os.makedirs(workdir, exist_ok=True)
+  check_workdir(config, workdir)
+  mesh = parallel.make_mesh(config.num_devices)
+  dataset = sources.load(config.data)
+  counts = dataset.class_counts
+  print(f'{dataset.name}-LT IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
+        f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '
+        f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
+  aug = config.data.augment
+  normalize = lambda x: augment.normalize(x, aug.mean, aug.std, dataset.pixel_scale)
+  results = {}
+  for phase in recipes.phases(config, dataset):
+    phase_dir = os.path.join(workdir, phase.name)
+    path = os.path.join(phase_dir, 'results.json')
+    if os.path.exists(path):
+      print(f'[{phase.name}] finished earlier: {path}')
+      results[phase.name] = evaluate.read_results(path)
+      continue
+
+    def evaluate_fn(variables, phase=phase):
+      logits = train.predict(phase.model, variables, dataset.test_images, mesh,
+                             config.train.eval_batch_size, normalize, phase.eval_output)
+      return evaluate.classification_results(logits, dataset.test_labels, counts,
+                                             config.data.many_above, config.data.few_below)
+
+    variables = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn)
+    res = evaluate_fn(variables)
+    res.update(method=config.method, phase=phase.name, dataset=dataset.name,
+               imbalance_factor=dataset.imbalance_factor, seed=config.seed,
+               num_train=int(len(dataset.train_labels)), epochs=phase.train.epochs)
+    if jax.process_index() == 0:
+      evaluate.write_results(path, res)
+    results[phase.name] = res
+
+  last = list(results)[-1]
+  summary = dict(results[last])
+  summary['phases'] = {name: {k: r.get(k) for k in ('top1', 'top5', 'many', 'medium', 'few')}
+                       for name, r in results.items()}
+  if jax.process_index() == 0:
+    evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
+    counts_by_group = summary['num_classes_per_group']
+    print(f'\n{config.method} on {dataset.name}-LT IF {dataset.imbalance_factor:g} '
+          f'(classes many/medium/few: {counts_by_group["many"]}/{counts_by_group["medium"]}/'
+          f'{counts_by_group["few"]}), top-1 %:')
+    print(evaluate.format_table(list(results.items())))
+    print(f'results: {os.path.join(workdir, "results.json")}')
+  return results

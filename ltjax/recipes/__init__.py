@@ -1,0 +1,19 @@
+"""Recipes: a method name maps to a function ``(config, dataset) -> [Phase, ...]``.
+
+Adding a method is adding a loss and an entry here; the trainer never branches on
+method names.
+"""
+from __future__ import annotations
+
+from ltjax.recipes import supervised
+
+RECIPES = {
+    'ce': supervised.ce,
+    'bsce': supervised.bsce,
+}
+
+
+def phases(config, dataset):
+  if config.method not in RECIPES:
+    raise ValueError(f'unknown method {config.method!r}; choose one of {sorted(RECIPES)}.')
+  return RECIPES[config.method](config, dataset)

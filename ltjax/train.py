@@ -1,0 +1,229 @@
+"""The generic training loop of one phase. It knows no method names: a recipe hands
+it a ``Phase`` (model, loss function, sampler, optimizer settings).
+
+The step is pure, ``step(state, data, rng) -> (state, metrics)``: it draws the batch
+indices from the sampler, gathers and augments the images on the device, and
+updates the parameters. It is jitted once per phase with the state donated, the
+batch sharded over the mesh's ``data`` axis and everything else replicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm.auto import tqdm
+
+from ltjax import checkpoint, parallel
+from ltjax.data import augment
+from ltjax.data.samplers import Sampler
+from ltjax.logs import MetricLogger
+
+LossFn = Callable[[dict, jax.Array], tuple[jax.Array, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One named step of a recipe's pipeline.
+
+  ``loss(outputs, labels) -> (loss, metrics)`` receives the model's outputs dict
+  (``logits``, ``features``) in training mode; ``train`` holds the optimizer and
+  schedule fields of the config (``config.train``).
+  """
+  name: str
+  model: Any
+  loss: LossFn
+  sampler: str
+  train: Any
+  # Which head's logits are evaluated.
+  eval_output: str = 'logits'
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up, then step decay (x ``lr_decay`` at each of ``lr_boundaries``
+  epochs, cumulatively) or cosine decay to zero at the last step."""
+  total = tc.epochs * steps_per_epoch
+  warm = int(round(tc.warmup_epochs * steps_per_epoch))
+  if tc.schedule == 'step':
+    boundaries = {int(round(e * steps_per_epoch)) - warm: tc.lr_decay for e in tc.lr_boundaries
+                  if 0 < int(round(e * steps_per_epoch)) - warm < total}
+    main = optax.piecewise_constant_schedule(tc.lr, boundaries)
+  elif tc.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(tc.lr, max(total - warm, 1))
+  elif tc.schedule == 'constant':
+    main = optax.constant_schedule(tc.lr)
+  else:
+    raise ValueError(f'unknown train.schedule {tc.schedule!r}; choose step, cosine or constant.')
+  if warm <= 0:
+    return main
+  # Reaches lr at the end of warm-up, starting from lr / warm (never 0).
+  warmup = optax.linear_schedule(tc.lr / warm, tc.lr, warm - 1) if warm > 1 else optax.constant_schedule(tc.lr)
+  return optax.join_schedules([warmup, main], [warm])
+
+
+def make_optimizer(tc, schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled L2 weight decay, as PyTorch's ``SGD(weight_decay=)``."""
+  return optax.chain(
+      optax.add_decayed_weights(tc.weight_decay),
+      optax.sgd(schedule, momentum=tc.momentum, nesterov=tc.nesterov))
+
+
+def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, mesh):
+  batch = parallel.batch_sharding(mesh)
+
+  def step(state: TrainState, data: dict, rng: jax.Array):
+    key = jax.random.fold_in(rng, state.step)
+    k_sample, k_aug = jax.random.split(key)
+    idx = jax.lax.with_sharding_constraint(sampler(data, k_sample, state.step), batch)
+    images = jax.lax.with_sharding_constraint(data['images'][idx], batch)
+    labels = data['labels'][idx]
+    x = augment_fn(k_aug, images)
+
+    def loss_fn(params):
+      outputs, updates = phase.model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+          mutable=['batch_stats'])
+      loss, metrics = phase.loss(outputs, labels)
+      return loss, (metrics, updates['batch_stats'])
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'lr': schedule(state.step), **metrics}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return step
+
+
+def predict(model, variables, images: np.ndarray, mesh, batch_size: int, normalize_fn,
+            output: str = 'logits') -> np.ndarray:
+  """Model outputs for every image, in evaluation mode, batch sharded over the mesh."""
+  parallel.check_batch_size(batch_size, mesh, 'train.eval_batch_size')
+  shard = parallel.batch_sharding(mesh)
+
+  @jax.jit
+  def forward(variables, x):
+    return model.apply(variables, normalize_fn(x), train=False)[output]
+
+  outs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:  # static shapes: pad the last batch, drop the padding after
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+    outs.append(np.asarray(jax.device_get(forward(variables, jax.device_put(chunk, shard))))[:n])
+  return np.concatenate(outs)
+
+
+def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None):
+  """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
+
+  ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
+  scalars are logged. Returns the final variables (``params``, ``batch_stats``).
+  """
+  tc = phase.train
+  parallel.check_batch_size(tc.batch_size, mesh)
+  aug = config.data.augment
+  sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
+                    batch_size=tc.batch_size, class_counts=tuple(int(c) for c in dataset.class_counts),
+                    total_epochs=tc.epochs)
+  steps_per_epoch = sampler.steps_per_epoch
+  total_steps = tc.epochs * steps_per_epoch
+  schedule = make_schedule(tc, steps_per_epoch)
+  tx = make_optimizer(tc, schedule)
+
+  def augment_fn(key, images):
+    return augment.train_augment(key, images, pad=aug.pad, flip=aug.flip, mean=aug.mean,
+                                 std=aug.std, scale=dataset.pixel_scale)
+
+  rng = jax.random.key(config.seed)
+  init_key, step_rng = jax.random.split(rng)
+  sample = augment.normalize(dataset.train_images[:2], aug.mean, aug.std, dataset.pixel_scale)
+  variables = phase.model.init(init_key, sample, train=False)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                     batch_stats=variables.get('batch_stats', {}),
+                     opt_state=tx.init(variables['params']))
+  replicated = parallel.replicated(mesh)
+  state = jax.device_put(state, replicated)
+  data = jax.device_put({'images': dataset.train_images, 'labels': dataset.train_labels,
+                         **Sampler.arrays(dataset.train_labels, dataset.num_classes)}, replicated)
+
+  mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.keep_checkpoints)
+  state = checkpoint.restore_latest(mgr, state)
+  start = int(state.step)
+
+  step_fn = jax.jit(make_train_step(phase, tx, schedule, sampler, augment_fn, mesh),
+                    in_shardings=(replicated, replicated, replicated),
+                    out_shardings=(replicated, replicated), donate_argnums=0)
+  logger = MetricLogger(phase_dir)
+  is_main = jax.process_index() == 0
+  bar = tqdm(total=total_steps, initial=start, desc=phase.name, unit='step', disable=not is_main,
+             dynamic_ncols=True, mininterval=1.0)
+  if start:
+    bar.write(f'[{phase.name}] resumed from checkpoint at step {start} of {total_steps}')
+  log_every = max(1, min(config.log_every_steps, steps_per_epoch))
+  pending, t_last, n_last = None, time.perf_counter(), start
+
+  def flush(pending, now_step):
+    nonlocal t_last, n_last
+    step_done, metrics = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for that step only
+    if not math.isfinite(metrics['loss']):
+      mgr.wait_until_finished()
+      raise FloatingPointError(
+          f'[{phase.name}] loss is {metrics["loss"]} at step {step_done} (epoch '
+          f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Lower --config.train.lr '
+          f'or raise warm-up (--config.train.warmup_epochs); the last good checkpoint '
+          f'(step {mgr.latest_step()}) is kept in {phase_dir}/checkpoints.')
+    now = time.perf_counter()
+    ips = (now_step - n_last) * tc.batch_size / max(now - t_last, 1e-9)
+    t_last, n_last = now, now_step
+    metrics['images_per_sec'] = ips
+    logger.write(step_done, metrics, prefix='train/')
+    bar.set_postfix(epoch=f'{step_done / steps_per_epoch:.1f}', loss=f'{metrics["loss"]:.3f}',
+                    img_s=f'{ips:.0f}', refresh=False)
+
+  for step in range(start, total_steps):
+    state, metrics = step_fn(state, data, step_rng)
+    # Read a step's metrics one step late, so the host never waits on the device.
+    if pending is not None:
+      flush(pending, step)
+      pending = None
+    if (step + 1) % log_every == 0 or step + 1 == total_steps:
+      pending = (step + 1, metrics)
+    bar.update(1)
+    if (step + 1) % steps_per_epoch == 0:
+      epoch = (step + 1) // steps_per_epoch
+      last = step + 1 == total_steps
+      if epoch % config.checkpoint_every_epochs == 0 or last:
+        checkpoint.save(mgr, step + 1, state)
+      if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
+        res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
+        logger.write(step + 1, {k: v for k, v in res.items() if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}, prefix='test/')
+        bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+  if pending is not None:
+    flush(pending, total_steps)
+  if mgr.latest_step() != total_steps:
+    checkpoint.save(mgr, total_steps, state)
+  mgr.wait_until_finished()
+  mgr.close()
+  bar.close()
+  logger.close()
+  return {'params': state.params, 'batch_stats': state.batch_stats}
