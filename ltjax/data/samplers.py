@@ -34,7 +34,7 @@ def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   if kind == 'sqrt':
     return jnp.sqrt(counts) / jnp.sqrt(counts).sum()
   if kind == 'progressive':
-    t = jnp.asarray(epoch, jnp.float32) / max(total_epochs, 1)
+    t = jnp.clip(jnp.asarray(epoch, jnp.float32) / max(total_epochs, 1), 0.0, 1.0)
     return (1 - t) * instance + t * balanced
   raise ValueError(f'unknown sampler {kind!r}; choose one of {KINDS}.')
 

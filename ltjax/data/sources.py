@@ -25,6 +25,9 @@ class ArrayDataset:
   imbalance_factor: float
   class_names: list[str]
   pixel_scale: float = 255.0  # what the uint8 pixels are divided by before normalising
+  # Position of each image in the source's original order (for checks and provenance).
+  train_index: np.ndarray | None = None
+  test_index: np.ndarray | None = None
 
   @property
   def class_counts(self) -> np.ndarray:
@@ -63,7 +66,8 @@ def load_digits_lt(imbalance_factor: float, test_per_class: int = 50, seed: int 
       name='digits', train_images=images[train_idx], train_labels=labels[train_idx].astype(np.int32),
       test_images=images[test_idx], test_labels=labels[test_idx].astype(np.int32),
       num_classes=num_classes, imbalance_factor=float(imbalance_factor),
-      class_names=[str(c) for c in range(num_classes)], pixel_scale=16.0)
+      class_names=[str(c) for c in range(num_classes)], pixel_scale=16.0,
+      train_index=train_idx, test_index=test_idx)
 
 
 # ---------------------------------------------------------------- TFDS CIFAR
@@ -97,14 +101,21 @@ def _read_all(source, desc: str):
   n = len(source)
   images, labels, ids = None, np.empty(n, np.int64), []
   chunk = 2048
-  for start in tqdm(range(0, n, chunk), desc=desc, unit_scale=chunk, leave=False):
-    batch = source.__getitems__(list(range(start, min(start + chunk, n))))
+  bar = tqdm(total=n, desc=desc, unit='img', leave=False)
+  for start in range(0, n, chunk):
+    keys = list(range(start, min(start + chunk, n)))
+    try:
+      batch = source.__getitems__(keys)  # batched reads: about 2x faster than one by one
+    except TypeError:  # tfds.testing.mock_data's random source breaks __getitems__
+      batch = [source[k] for k in keys]
+    bar.update(len(batch))
     for j, ex in enumerate(batch):
       if images is None:
         images = np.empty((n,) + ex['image'].shape, np.uint8)
       images[start + j] = ex['image']
       labels[start + j] = ex['label']
       ids.append(ex['id'].decode() if isinstance(ex['id'], bytes) else str(ex['id']))
+  bar.close()
   return images, labels, ids
 
 
@@ -143,7 +154,7 @@ def load_cifar_lt(name: str, imbalance_factor: float, data_dir=None, download: b
   return ArrayDataset(
       name=name, train_images=tr_images[keep], train_labels=tr_labels[keep].astype(np.int32),
       test_images=te_images, test_labels=te_labels.astype(np.int32), num_classes=num_classes,
-      imbalance_factor=float(imbalance_factor), class_names=names)
+      imbalance_factor=float(imbalance_factor), class_names=names, train_index=keep)
 
 
 def load(data_config) -> ArrayDataset:

@@ -1,0 +1,79 @@
+"""Sampler statistics against their definitions, under jax.jit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ltjax.data import samplers
+from ltjax.data.samplers import Sampler
+
+COUNTS = (400, 160, 64, 25, 10)
+
+
+def make(kind, batch=50, epochs=10):
+  labels = np.repeat(np.arange(len(COUNTS)), COUNTS)
+  labels = labels[np.random.default_rng(0).permutation(len(labels))]
+  s = Sampler(kind, len(labels), batch, COUNTS, epochs)
+  arrays = jax.tree.map(jnp.asarray, Sampler.arrays(labels, len(COUNTS)))
+  return s, arrays, labels
+
+
+def draw(kind, steps, **kw):
+  s, arrays, labels = make(kind, **kw)
+  fn = jax.jit(lambda step: s(arrays, jax.random.key(7), step))
+  return s, labels, np.stack([np.asarray(fn(jnp.int32(i))) for i in steps])
+
+
+def test_instance_covers_each_image_once_per_epoch():
+  s, labels, idx = draw('instance', range(0, 13), batch=50)  # 659 images, 14 steps/epoch
+  assert s.steps_per_epoch == 14
+  s, labels, idx = draw('instance', range(0, 14), batch=50)
+  flat = idx.reshape(-1)
+  assert len(flat) == 700 and set(flat.tolist()) == set(range(659))
+  # Only the wrapped tail of the last batch repeats.
+  assert np.bincount(flat, minlength=659).max() == 2 and (np.bincount(flat) == 2).sum() == 41
+
+
+def test_instance_epochs_are_reshuffled():
+  _, _, idx = draw('instance', [0, 14])
+  assert not np.array_equal(idx[0], idx[1])
+
+
+def _class_frequencies(kind, steps=200, **kw):
+  _, labels, idx = draw(kind, range(steps), **kw)
+  return np.bincount(labels[idx.reshape(-1)], minlength=len(COUNTS)) / idx.size, idx.size
+
+
+@pytest.mark.parametrize('kind', ['class', 'sqrt'])
+def test_class_frequencies_match_definition(kind):
+  freq, n = _class_frequencies(kind)
+  c = np.array(COUNTS, float)
+  expected = np.full(5, 0.2) if kind == 'class' else np.sqrt(c) / np.sqrt(c).sum()
+  # 5 binomial standard deviations: fails only if the sampler is wrong.
+  np.testing.assert_array_less(np.abs(freq - expected), 5 * np.sqrt(expected * (1 - expected) / n))
+
+
+def test_class_balanced_is_uniform_within_class():
+  _, labels, idx = draw('class', range(400))
+  few = idx.reshape(-1)[labels[idx.reshape(-1)] == 4]  # 10 images, about 4000 draws
+  counts = np.bincount(few, minlength=len(labels))[np.where(labels == 4)[0]]
+  assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+
+
+def test_progressive_moves_from_instance_to_class():
+  c = np.array(COUNTS, float)
+  np.testing.assert_allclose(samplers.class_probabilities('progressive', COUNTS, 0, 10), c / c.sum(), rtol=1e-6)
+  np.testing.assert_allclose(samplers.class_probabilities('progressive', COUNTS, 10, 10), np.full(5, .2), rtol=1e-6)
+  mid = samplers.class_probabilities('progressive', COUNTS, 5, 10)
+  np.testing.assert_allclose(mid, 0.5 * c / c.sum() + 0.1, rtol=1e-6)
+  np.testing.assert_allclose(samplers.class_probabilities('progressive', COUNTS, 12, 10), np.full(5, .2), rtol=1e-6)
+  # Sampled during epoch 9 of 10 (steps 126 to 139): close to class-balanced.
+  _, labels, idx = draw('progressive', range(9 * 14, 10 * 14))
+  freq = np.bincount(labels[idx.reshape(-1)], minlength=5) / idx.size
+  expected = 0.1 * c / c.sum() + 0.9 * 0.2
+  np.testing.assert_array_less(np.abs(freq - expected), 5 * np.sqrt(expected * (1 - expected) / idx.size))
+
+
+def test_unknown_sampler():
+  with pytest.raises(ValueError, match='unknown sampler'):
+    draw('balanced', [0])
