@@ -13,7 +13,7 @@ def get_config(arg=None):
   args = config_lib.parse_args(arg, {'dataset': 'cifar10', 'imb': 100.0, 'method': 'ce',
                                      'seed': 0, 'smoke': False})
   if args.dataset not in ('cifar10', 'cifar100'):
-    raise ValueError(f'dataset={args.dataset!r}: configs/cifar_lt.py takes cifar10 or cifar100.')
+    raise config_lib.ConfigError(f'dataset={args.dataset!r}: configs/cifar_lt.py takes cifar10 or cifar100.')
   c = config_lib.base_config()
   c.method = args.method
   c.seed = args.seed

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ltjax.errors import ConfigError  # noqa: F401 (configs raise it too)
+
 
 def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
   """Parses ``'dataset=cifar100,imb=100,smoke'`` against ``defaults`` (name -> default
@@ -17,7 +19,7 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
     key, sep, value = item.partition('=')
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f'unknown config argument {key!r} in {arg!r}; valid arguments: '
+      raise ConfigError(f'unknown config argument {key!r} in {arg!r}; valid arguments: '
                        f'{", ".join(sorted(defaults))} (e.g. configs/cifar_lt.py:dataset=cifar100,imb=100).')
     default = defaults[key]
     if isinstance(default, bool):
@@ -28,14 +30,14 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
       elif value.lower() in ('0', 'false', 'no'):
         out[key] = False
       else:
-        raise ValueError(f'config argument {key} takes true or false, got {value!r}.')
+        raise ConfigError(f'config argument {key} takes true or false, got {value!r}.')
     elif not sep:
-      raise ValueError(f'config argument {key!r} needs a value, e.g. {key}={default}.')
+      raise ConfigError(f'config argument {key!r} needs a value, e.g. {key}={default}.')
     else:
       try:
         out[key] = type(default)(value) if default is not None else value
       except ValueError:
-        raise ValueError(f'config argument {key}={value!r} is not a {type(default).__name__}.') from None
+        raise ConfigError(f'config argument {key}={value!r} is not a {type(default).__name__}.') from None
   return ml_collections.ConfigDict(out)
 
 

@@ -1,9 +1,11 @@
-"""ltjax entry point:
+"""ltjax entry point: flags -> config -> ``pipeline.run(config, workdir)``.
 
   python -m ltjax.main --config configs/digits_lt.py --workdir runs/digits
   python -m ltjax.main --config configs/cifar_lt.py:dataset=cifar100,imb=100,method=bsce \
       --workdir runs/c100 --config.data.data_dir ~/tensorflow_datasets
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -14,8 +16,26 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs an
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 8, 'How many XLA devices to split the CPU into (ignored on GPU/TPU). '
     'On a 2-core machine, 8 trained ResNet-32 faster than 1 (see bench/README.md).')
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show INFO logs (orbax, jax).')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show INFO logs (orbax, jax) and tracebacks.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _fail(message: str, code: int):
+  sys.stderr.write(f'ltjax: error: {message}\n')
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}\nPass --helpshort to see the flags.', 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # A --config.a.b=value override naming a field the locked config does not have.
+    message = str(e.args[0] if e.args else e).strip('\'"').replace('\\n', ' ').replace("\\'", "'")
+    _fail(f'bad --config override: {message}. The config is locked: only its own fields can be '
+          f'set (print them with: python -c "import runpy; '
+          f'print(runpy.run_path(\'CONFIG.py\')[\'get_config\']())").', 2)
 
 
 def main(argv):
@@ -28,9 +48,15 @@ def main(argv):
   # Before any backend starts: only the CPU backend reads it.
   jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
   from ltjax import pipeline
+  from ltjax.errors import LtjaxError
 
-  pipeline.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except LtjaxError as e:
+    if _VERBOSE.value:
+      raise
+    _fail(str(e), 1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from ltjax.errors import ConfigError
+
 DATA = 'data'
 
 
@@ -21,7 +23,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   devices = jax.devices()
   n = num_devices or len(devices)
   if n > len(devices):
-    raise ValueError(f'num_devices={n} but only {len(devices)} {devices[0].platform} devices '
+    raise ConfigError(f'num_devices={n} but only {len(devices)} {devices[0].platform} devices '
                      f'are visible; on CPU, start with --cpu_devices={n}.')
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices[:n])
 
@@ -37,5 +39,5 @@ def replicated(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh, what: str = 'train.batch_size') -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f'{what}={batch_size} is not divisible by the {n} devices of the mesh; '
+    raise ConfigError(f'{what}={batch_size} is not divisible by the {n} devices of the mesh; '
                      f'choose a multiple of {n} or set --config.num_devices.')

@@ -12,6 +12,7 @@ import os
 import jax
 
 from ltjax import evaluate, parallel, recipes, train
+from ltjax.errors import WorkdirConflictError
 from ltjax.data import augment, sources
 
 # Fields that may change between the runs of one workdir: where data is read from,
@@ -19,10 +20,6 @@ from ltjax.data import augment, sources
 RESUMABLE_FIELDS = ('data.data_dir', 'data.download', 'num_devices', 'log_every_steps',
                     'eval_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints',
                     'train.eval_batch_size')
-
-
-class WorkdirConflictError(RuntimeError):
-  pass
 
 
 def _flatten(d, prefix=''):
@@ -35,9 +32,9 @@ def _flatten(d, prefix=''):
   return out
 
 
-def check_workdir(config, workdir: str) -> None:
-  """Writes ``workdir/config.json`` on the first run; refuses a workdir that holds a
-  run of a different config, naming the fields that differ."""
+def check_workdir(config, workdir: str) -> bool:
+  """Refuses a workdir that holds a run of a different config, naming the fields
+  that differ. Returns whether the workdir already holds this config."""
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json())
   if os.path.exists(path):
@@ -52,17 +49,20 @@ def check_workdir(config, workdir: str) -> None:
           f'{workdir} holds a run of a different config:\n{lines}\n'
           f'Fix: choose a new --workdir, or rerun with the config saved in {path}; '
           f'nothing was changed in {workdir}.')
-    return
-  if jax.process_index() == 0:
-    evaluate.write_results(path, current)
+    return True
+  return False
 
 
 def run(config, workdir: str) -> dict:
   """Runs every phase of ``config.method`` in ``workdir``; returns results per phase."""
-  os.makedirs(workdir, exist_ok=True)
-  check_workdir(config, workdir)
+  known = check_workdir(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   dataset = sources.load(config.data)
+  phases = recipes.phases(config, dataset)
+  # Only a config that got this far (valid data, known method) is recorded.
+  os.makedirs(workdir, exist_ok=True)
+  if not known and jax.process_index() == 0:
+    evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
   counts = dataset.class_counts
   print(f'{dataset.name}-LT IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '
@@ -70,7 +70,7 @@ def run(config, workdir: str) -> dict:
   aug = config.data.augment
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std, dataset.pixel_scale)
   results = {}
-  for phase in recipes.phases(config, dataset):
+  for phase in phases:
     phase_dir = os.path.join(workdir, phase.name)
     path = os.path.join(phase_dir, 'results.json')
     if os.path.exists(path):

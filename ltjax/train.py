@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ltjax import checkpoint, parallel
 from ltjax.data import augment
 from ltjax.data.samplers import Sampler
+from ltjax.errors import ConfigError, NonFiniteLossError
 from ltjax.logs import MetricLogger
 
 LossFn = Callable[[dict, jax.Array], tuple[jax.Array, dict]]
@@ -68,7 +69,7 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   elif tc.schedule == 'constant':
     main = optax.constant_schedule(tc.lr)
   else:
-    raise ValueError(f'unknown train.schedule {tc.schedule!r}; choose step, cosine or constant.')
+    raise ConfigError(f'unknown train.schedule {tc.schedule!r}; choose step, cosine or constant.')
   if warm <= 0:
     return main
   # Reaches lr at the end of warm-up, starting from lr / warm (never 0).
@@ -187,7 +188,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for that step only
     if not math.isfinite(metrics['loss']):
       mgr.wait_until_finished()
-      raise FloatingPointError(
+      raise NonFiniteLossError(
           f'[{phase.name}] loss is {metrics["loss"]} at step {step_done} (epoch '
           f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Lower --config.train.lr '
           f'or raise warm-up (--config.train.warmup_epochs); the last good checkpoint '

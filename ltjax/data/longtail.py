@@ -5,19 +5,21 @@ import math
 
 import numpy as np
 
+from ltjax.errors import ConfigError
+
 
 def check_imbalance_factor(imbalance_factor) -> float:
   """Validates an imbalance factor IF = n_max / n_min and returns it as a float."""
   try:
     value = float(imbalance_factor)
   except (TypeError, ValueError):
-    raise ValueError(f'imbalance factor must be a number >= 1, got {imbalance_factor!r}.') from None
+    raise ConfigError(f'imbalance factor must be a number >= 1, got {imbalance_factor!r}.') from None
   if not math.isfinite(value) or value < 1:
     hint = ''
     if 0 < value < 1:
       hint = (f' ltjax uses IF = n_max / n_min (the literature\'s 10, 50, 100); '
               f'LDAM-DRW\'s --imb_factor {value:g} is IF = {1 / value:g}.')
-    raise ValueError(f'imbalance factor must be a finite number >= 1 (1 = balanced), '
+    raise ConfigError(f'imbalance factor must be a finite number >= 1 (1 = balanced), '
                      f'got {imbalance_factor!r}.{hint}')
   return value
 
@@ -33,7 +35,7 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> li
   counts = [int(n_max * (1.0 / imbalance_factor) ** (i / (num_classes - 1.0)))
             for i in range(num_classes)]
   if min(counts) < 1:
-    raise ValueError(
+    raise ConfigError(
         f'imbalance factor {imbalance_factor:g} leaves class {counts.index(min(counts))} '
         f'with no training image (n_max = {n_max}); use an IF of at most {n_max:g}.')
   return counts

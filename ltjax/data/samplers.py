@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ltjax.errors import ConfigError
+
 KINDS = ('instance', 'class', 'sqrt', 'progressive')
 
 
@@ -36,7 +38,7 @@ def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   if kind == 'progressive':
     t = jnp.clip(jnp.asarray(epoch, jnp.float32) / max(total_epochs, 1), 0.0, 1.0)
     return (1 - t) * instance + t * balanced
-  raise ValueError(f'unknown sampler {kind!r}; choose one of {KINDS}.')
+  raise ConfigError(f'unknown sampler {kind!r}; choose one of {KINDS}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Sampler:
   def __call__(self, arrays, key, step):
     """Indices ``[batch_size]`` of the batch at ``step`` (a traced int)."""
     if self.kind not in KINDS:
-      raise ValueError(f'unknown sampler {self.kind!r}; choose one of {KINDS}.')
+      raise ConfigError(f'unknown sampler {self.kind!r}; choose one of {KINDS}.')
     epoch = step // self.steps_per_epoch
     if self.kind == 'instance':
       perm = jax.random.permutation(jax.random.fold_in(key, epoch), self.num_examples)

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from ltjax.data import longtail
+from ltjax.errors import ConfigError, DatasetNotPreparedError
 
 
 @dataclasses.dataclass
@@ -32,10 +33,6 @@ class ArrayDataset:
   @property
   def class_counts(self) -> np.ndarray:
     return np.bincount(self.train_labels, minlength=self.num_classes)
-
-
-class DatasetNotPreparedError(RuntimeError):
-  pass
 
 
 # ---------------------------------------------------------------- embedded digits
@@ -79,19 +76,22 @@ def _tfds_source(name: str, split: str, data_dir, download: bool):
   import tensorflow_datasets as tfds
 
   try:
-    if download:
-      builder = tfds.builder(name, data_dir=data_dir)
-      if not builder.is_prepared():
-        builder.download_and_prepare(file_format='array_record')
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises several types for "not there"
-    where = data_dir or '~/tensorflow_datasets'
-    raise DatasetNotPreparedError(
-        f'TFDS dataset {name!r} ({split}) is not prepared as ArrayRecord in {where}: {e}\n'
-        f'Fix: point --config.data.data_dir at a folder that holds {name}/<version>/, or '
-        f'prepare it on a machine with internet: `pip install tensorflow` and run with '
-        f'--config.data.download=True (or `tfds build {name} --file_format=array_record '
-        f'--data_dir DIR`).') from e
+    first_error = e
+  if download:
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare(file_format='array_record')  # needs internet and TensorFlow
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  where = data_dir or '~/tensorflow_datasets'
+  said = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
+  raise DatasetNotPreparedError(
+      f'TFDS dataset {name!r} ({split} split) is not prepared in {where}: ltjax reads '
+      f'{where}/{name}/<version>/ in ArrayRecord format and downloads nothing unless asked.\n'
+      f'Fix: point --config.data.data_dir at the folder that holds {name}/, or prepare it on a '
+      f'machine with internet: `pip install tensorflow` and add --config.data.download=True '
+      f'(or run `tfds build {name} --file_format=array_record --data_dir DIR`).\n'
+      f'(TFDS said: {said})') from first_error
 
 
 def _read_all(source, desc: str):
@@ -166,4 +166,4 @@ def load(data_config) -> ArrayDataset:
   if name in CIFAR:
     return load_cifar_lt(name, data_config.imbalance_factor, data_config.data_dir or None,
                          data_config.download, data_config.split_seed)
-  raise ValueError(f'unknown data.name {name!r}; choose digits, cifar10 or cifar100.')
+  raise ConfigError(f'unknown data.name {name!r}; choose digits, cifar10 or cifar100.')

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flax import linen as nn
 
+from ltjax.errors import ConfigError
 from ltjax.models.heads import LinearHead
 from ltjax.models.resnet import CifarResNet
 
@@ -26,6 +27,9 @@ BACKBONES = {'cifar_resnet': CifarResNet}
 def build_model(model_config, num_classes: int) -> Classifier:
   name = model_config.name
   if name not in BACKBONES:
-    raise ValueError(f'unknown model.name {name!r}; choose one of {sorted(BACKBONES)}.')
+    raise ConfigError(f'unknown model.name {name!r}; choose one of {sorted(BACKBONES)}.')
+  if name == 'cifar_resnet' and ((model_config.depth - 2) % 6 or model_config.depth < 8):
+    raise ConfigError(f'model.depth={model_config.depth}: a CIFAR ResNet has depth 6n + 2 '
+                      f'(8, 14, 20, 32, 44, 56, 110).')
   backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width)
   return Classifier(backbone=backbone, head=LinearHead(num_classes))

@@ -40,9 +40,6 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    if (self.depth - 2) % 6 != 0 or self.depth < 8:
-      raise ValueError(f'CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), '
-                       f'got {self.depth}.')
     blocks = (self.depth - 2) // 6
     x = layers.conv(self.width, (3, 3), padding=1)(x)
     x = nn.relu(layers.batch_norm(use_running_average=not train)(x))

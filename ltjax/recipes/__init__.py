@@ -5,6 +5,7 @@ method names.
 """
 from __future__ import annotations
 
+from ltjax.errors import ConfigError
 from ltjax.recipes import supervised
 
 RECIPES = {
@@ -15,5 +16,5 @@ RECIPES = {
 
 def phases(config, dataset):
   if config.method not in RECIPES:
-    raise ValueError(f'unknown method {config.method!r}; choose one of {sorted(RECIPES)}.')
+    raise ConfigError(f'unknown method {config.method!r}; choose one of {sorted(RECIPES)}.')
   return RECIPES[config.method](config, dataset)

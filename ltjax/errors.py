@@ -1,0 +1,22 @@
+"""Errors a user can fix. ``python -m ltjax.main`` prints them without a traceback;
+each message names the problem and the fix."""
+
+
+class LtjaxError(Exception):
+  """Base of every error caused by input a user can change."""
+
+
+class ConfigError(LtjaxError, ValueError):
+  """A config value or argument that cannot work (unknown name, impossible value)."""
+
+
+class DatasetNotPreparedError(LtjaxError, RuntimeError):
+  """A TFDS dataset that is not in data_dir while downloading is off or impossible."""
+
+
+class WorkdirConflictError(LtjaxError, RuntimeError):
+  """A workdir that holds a run of a different config."""
+
+
+class NonFiniteLossError(LtjaxError, FloatingPointError):
+  """The training loss became NaN or infinite."""
