@@ -1,0 +1,131 @@
+"""End to end through ``python -m ltjax.main``: a smoke run, resume after SIGKILL,
+skipping a finished phase, and the errors a user sees."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, real_tfds_dir
+
+pytestmark = pytest.mark.slow
+EPOCHS = '--config.train.epochs=10'  # 70 steps: long enough to be killed mid-run
+
+
+def main_cmd(workdir, config='configs/digits_lt.py:smoke', *extra):
+  return [sys.executable, '-m', 'ltjax.main', '--config', str(REPO / config),
+          '--workdir', str(workdir), *extra]
+
+
+def run(workdir, *extra, config='configs/digits_lt.py:smoke', timeout=600):
+  return subprocess.run(main_cmd(workdir, config, *extra), capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run') / 'digits'
+  p = run(workdir, EPOCHS)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return workdir, p
+
+
+def test_smoke_run_writes_results_and_prints_table(finished):
+  workdir, p = finished
+  r = json.load(open(workdir / 'results.json'))
+  for key in ('top1', 'top5', 'many', 'medium', 'few', 'per_class', 'class_counts',
+              'dataset', 'imbalance_factor'):
+    assert key in r
+  assert r['dataset'] == 'digits' and r['imbalance_factor'] == 20
+  assert r['class_counts'] == [124, 88, 63, 45, 32, 23, 16, 12, 8, 6]
+  assert len(r['per_class']) == 10 and r['top1'] > 30  # 10 classes: chance is 10
+  assert (workdir / 'ce' / 'results.json').exists()
+  assert '| run | overall | many | medium | few | top-5 |' in p.stdout
+  assert f'| ce | {r["top1"]:.2f} |' in p.stdout
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'ce'))
+  lines = [json.loads(l) for l in open(workdir / 'ce' / 'metrics.jsonl')]
+  assert lines[-1]['step'] == 70 and 'train/loss' in lines[-1] and 'train/images_per_sec' in lines[-1]
+
+
+def test_rerun_skips_finished_phase(finished):
+  workdir, _ = finished
+  before = (workdir / 'ce' / 'results.json').stat().st_mtime
+  p = run(workdir, EPOCHS)
+  assert p.returncode == 0 and '[ce] finished earlier' in p.stdout
+  assert (workdir / 'ce' / 'results.json').stat().st_mtime == before
+
+
+def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
+  workdir, _ = finished
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = killed / 'ce' / 'checkpoints'
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt.exists() and any(d.isdigit() and int(d) >= 14 for d in os.listdir(ckpt)):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'ce' / 'results.json').exists()
+  p = run(killed, EPOCHS)
+  assert p.returncode == 0, p.stderr[-3000:]
+  resumed = [l for l in p.stderr.splitlines() + p.stdout.splitlines() if 'resumed from checkpoint' in l]
+  assert resumed, 'the second run did not resume'
+  step = int(resumed[0].split('at step ')[1].split()[0])
+  assert 14 <= step < 70
+  a = json.load(open(workdir / 'ce' / 'results.json'))
+  b = json.load(open(killed / 'ce' / 'results.json'))
+  assert a['per_class'] == b['per_class'] and a['top1'] == b['top1']
+  last = lambda d: json.loads(open(d / 'ce' / 'metrics.jsonl').read().splitlines()[-1])['train/loss']
+  assert last(workdir) == pytest.approx(last(killed), rel=1e-6)
+
+
+def test_workdir_with_other_config_is_refused(finished):
+  workdir, _ = finished
+  saved = (workdir / 'config.json').read_text()
+  p = run(workdir, EPOCHS, '--config.seed=1')
+  assert p.returncode == 1
+  assert 'different config' in p.stderr and 'seed: 0 in the workdir, 1 now' in p.stderr
+  assert 'new --workdir' in p.stderr
+  assert (workdir / 'config.json').read_text() == saved
+
+
+def test_unknown_config_field(tmp_path):
+  p = run(tmp_path / 'w', '--config.train.lrr=0.1')
+  assert p.returncode == 2 and 'Did you mean "lr"' in p.stderr and 'Traceback' not in p.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_unknown_config_argument(tmp_path):
+  p = run(tmp_path / 'w', config='configs/digits_lt.py:smoke,imbalance=50')
+  assert p.returncode != 0 and "unknown config argument 'imbalance'" in p.stderr
+
+
+def test_imbalance_factor_below_one(tmp_path):
+  p = run(tmp_path / 'w', config='configs/digits_lt.py:imb=0.05')
+  assert p.returncode == 1 and 'IF = 20' in p.stderr and 'Traceback' not in p.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_dataset_not_prepared(tmp_path):
+  p = run(tmp_path / 'w', f'--config.data.data_dir={tmp_path}', config='configs/cifar_lt.py:smoke')
+  assert p.returncode == 1 and 'is not prepared' in p.stderr and 'download=True' in p.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_real_cifar10_lt_smoke(tmp_path):
+  data_dir = real_tfds_dir()
+  if data_dir is None:
+    pytest.skip('real CIFAR-10 not found (set LTJAX_TFDS_DIR or put it in ../shared/tfds)')
+  p = run(tmp_path / 'c10', f'--config.data.data_dir={data_dir}', config='configs/cifar_lt.py:smoke')
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.load(open(tmp_path / 'c10' / 'results.json'))
+  assert r['dataset'] == 'cifar10' and r['num_train'] == 12406 and r['num_test'] == 10000
+  assert r['class_counts'][0] == 5000 and r['class_counts'][9] == 50
+  assert r['few'] is None and r['top1'] > 12  # 1 tiny epoch: above chance (10)

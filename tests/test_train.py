@@ -1,0 +1,88 @@
+"""The generic trainer: schedules, the optimizer against PyTorch's SGD formula, and the
+same losses on 1 and 8 devices (BatchNorm statistics over the global batch)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ltjax import parallel, recipes, train
+from ltjax.data import sources
+from configs import digits_lt
+
+
+def tc(**kw):
+  c = digits_lt.get_config().train
+  c.update(kw)
+  return c
+
+
+def test_step_schedule_with_warmup():
+  s = train.make_schedule(tc(lr=0.1, epochs=200, warmup_epochs=5, lr_boundaries=(120, 160), lr_decay=0.01), 10)
+  np.testing.assert_allclose(s(0), 0.1 / 50, rtol=1e-5)
+  np.testing.assert_allclose(s(49), 0.1, rtol=1e-5)  # warm-up ends at lr
+  np.testing.assert_allclose(s(50), 0.1, rtol=1e-5)
+  np.testing.assert_allclose(s(1199), 0.1, rtol=1e-5)
+  np.testing.assert_allclose(s(1200), 1e-3, rtol=1e-5)  # epoch 120: x0.01
+  np.testing.assert_allclose(s(1600), 1e-5, rtol=1e-5)  # epoch 160: x0.01 again
+  np.testing.assert_allclose(s(1999), 1e-5, rtol=1e-5)
+
+
+def test_cosine_schedule():
+  s = train.make_schedule(tc(lr=0.2, epochs=10, warmup_epochs=0, schedule='cosine'), 10)
+  np.testing.assert_allclose(s(0), 0.2, rtol=1e-6)
+  np.testing.assert_allclose(s(50), 0.1, rtol=1e-5)
+  np.testing.assert_allclose(s(100), 0.0, atol=1e-7)
+
+
+def test_sgd_matches_pytorch_formula():
+  """torch.optim.SGD(lr, momentum, weight_decay): d = g + wd p; b = m b + d; p -= lr b."""
+  c = tc(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=False)
+  tx = train.make_optimizer(c, 0.1)
+  target = np.array([1.0, -2.0, 3.0])
+  p = jnp.array([0.5, 0.5, 0.5])
+  state = tx.init(p)
+  p_ref, buf = np.array([0.5, 0.5, 0.5]), np.zeros(3)
+  for _ in range(4):
+    g = jax.grad(lambda p: 0.5 * jnp.sum((p - target) ** 2))(p)
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+    d = (p_ref - target) + 0.01 * p_ref
+    buf = 0.9 * buf + d
+    p_ref = p_ref - 0.1 * buf
+  np.testing.assert_allclose(p, p_ref, rtol=1e-6)
+
+
+def _train(tmp_path, num_devices):
+  config = digits_lt.get_config('smoke')
+  config.num_devices = num_devices
+  config.train.epochs = 1
+  config.log_every_steps = 1
+  dataset = sources.load(config.data)
+  mesh = parallel.make_mesh(num_devices)
+  phase = recipes.phases(config, dataset)[0]
+  d = tmp_path / f'dev{num_devices}'
+  variables = train.train_phase(phase, dataset, config, str(d), mesh)
+  losses = [json.loads(l)['train/loss'] for l in open(d / 'metrics.jsonl')]
+  return losses, variables
+
+
+def test_one_and_eight_devices_agree(tmp_path):
+  assert jax.device_count() == 8
+  l1, v1 = _train(tmp_path, 1)
+  l8, v8 = _train(tmp_path, 8)
+  assert len(l1) == len(l8) == 7
+  np.testing.assert_allclose(l1, l8, rtol=2e-4)
+  # BatchNorm running statistics after 7 steps: the same only if each step's batch
+  # statistics were taken over the global batch, not per device.
+  for a, b in zip(jax.tree.leaves(v1['batch_stats']), jax.tree.leaves(v8['batch_stats'])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(v1['params']), jax.tree.leaves(v8['params'])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_batch_must_divide_over_devices():
+  with pytest.raises(ValueError, match='not divisible by the 8 devices'):
+    parallel.check_batch_size(100, parallel.make_mesh(8))
