@@ -20,6 +20,7 @@ def main():
   ap.add_argument('--width', type=int, default=16)
   ap.add_argument('--runs', type=int, default=5, help='timed runs; the median is reported')
   ap.add_argument('--steps', type=int, default=10, help='steps per timed run')
+  ap.add_argument('--dtype', default='float32', help='float32 or bfloat16 (computation)')
   args = ap.parse_args()
 
   import jax
@@ -35,6 +36,7 @@ def main():
 
   config = cifar_lt.get_config()
   config.model.depth, config.model.width = args.depth, args.width
+  config.model.dtype = args.dtype
   config.train.batch_size = args.batch
   rng = np.random.default_rng(0)
   n = 12406
@@ -61,6 +63,12 @@ def main():
   t = time.perf_counter()
   compiled = step.lower(state, data, key).compile()
   compile_s = time.perf_counter() - t
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', 0.0))
+  except Exception:  # not every backend reports costs
+    flops = 0.0
   for _ in range(3):  # warm-up
     state, m = compiled(state, data, key)
   jax.block_until_ready(state)
@@ -83,6 +91,7 @@ def main():
     eval_rates.append(len(ds.test_images) / (time.perf_counter() - t))
   print(json.dumps({'framework': 'ltjax', 'platform': jax.devices()[0].platform,
                     'devices': mesh.devices.size, 'batch': args.batch, 'depth': args.depth,
+                    'dtype': args.dtype, 'flops_per_step': flops,
                     'compile_s': round(compile_s, 2),
                     'train_img_s': round(statistics.median(rates), 1),
                     'train_min': round(min(rates), 1), 'train_max': round(max(rates), 1),

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = ''
   c.data.imbalance_factor = 100.0
   c.data.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)
+  c.data.cache_dir = ''  # keep the decoded LT subset here as .npz; '' = decode from TFDS each run
   c.data.download = False  # let TFDS download and prepare (needs internet and TensorFlow)
   c.data.split_seed = 0  # np.random.seed of the LDAM-DRW subset (0 in the reference)
   c.data.test_per_class = 0  # embedded datasets: balanced held-out images per class
@@ -72,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = 'cifar_resnet'
   c.model.depth = 32
   c.model.width = 16
+  c.model.dtype = 'float32'  # or bfloat16 (parameters stay float32)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.bsce_tau = 1.0

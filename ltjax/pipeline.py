@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 
@@ -17,7 +18,7 @@ from ltjax.data import augment, sources
 
 # Fields that may change between the runs of one workdir: where data is read from,
 # how often to log, evaluate and checkpoint, and how many devices share the batch.
-RESUMABLE_FIELDS = ('data.data_dir', 'data.download', 'num_devices', 'log_every_steps',
+RESUMABLE_FIELDS = ('data.data_dir', 'data.cache_dir', 'data.download', 'num_devices', 'log_every_steps',
                     'eval_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints',
                     'train.eval_batch_size')
 
@@ -57,7 +58,9 @@ def run(config, workdir: str) -> dict:
   """Runs every phase of ``config.method`` in ``workdir``; returns results per phase."""
   known = check_workdir(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
+  t = time.perf_counter()
   dataset = sources.load(config.data)
+  data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
   # Only a config that got this far (valid data, known method) is recorded.
   os.makedirs(workdir, exist_ok=True)
@@ -84,11 +87,16 @@ def run(config, workdir: str) -> dict:
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 
-    variables = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn)
+    variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn)
+    t = time.perf_counter()
     res = evaluate_fn(variables)
+    timing['eval_seconds'] = time.perf_counter() - t
+    timing['data_seconds'] = data_seconds
     res.update(method=config.method, phase=phase.name, dataset=dataset.name,
                imbalance_factor=dataset.imbalance_factor, seed=config.seed,
-               num_train=int(len(dataset.train_labels)), epochs=phase.train.epochs)
+               num_train=int(len(dataset.train_labels)), epochs=phase.train.epochs,
+               devices=int(mesh.devices.size), platform=jax.devices()[0].platform,
+               timing={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timing.items()})
     if jax.process_index() == 0:
       evaluate.write_results(path, res)
     results[phase.name] = res

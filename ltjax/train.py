@@ -137,7 +137,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
 
   ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
-  scalars are logged. Returns the final variables (``params``, ``batch_stats``).
+  scalars are logged. Returns the final variables (``params``, ``batch_stats``) and
+  timings: ``train_seconds`` (the loop, compile included), ``first_step_seconds``
+  (compile + first step), ``steps_run`` (this process's steps, after any resume).
   """
   tc = phase.train
   parallel.check_batch_size(tc.batch_size, mesh)
@@ -201,8 +203,13 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     bar.set_postfix(epoch=f'{step_done / steps_per_epoch:.1f}', loss=f'{metrics["loss"]:.3f}',
                     img_s=f'{ips:.0f}', refresh=False)
 
+  t_loop = time.perf_counter()
+  first_step_seconds = None
   for step in range(start, total_steps):
     state, metrics = step_fn(state, data, step_rng)
+    if first_step_seconds is None:
+      jax.block_until_ready(metrics)
+      first_step_seconds = time.perf_counter() - t_loop
     # Read a step's metrics one step late, so the host never waits on the device.
     if pending is not None:
       flush(pending, step)
@@ -221,10 +228,13 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
         bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
   if pending is not None:
     flush(pending, total_steps)
+  jax.block_until_ready(state)
+  stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
+           'first_step_seconds': first_step_seconds}
   if mgr.latest_step() != total_steps:
     checkpoint.save(mgr, total_steps, state)
   mgr.wait_until_finished()
   mgr.close()
   bar.close()
   logger.close()
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  return {'params': state.params, 'batch_stats': state.batch_stats}, stats

@@ -64,7 +64,8 @@ def _train(tmp_path, num_devices):
   mesh = parallel.make_mesh(num_devices)
   phase = recipes.phases(config, dataset)[0]
   d = tmp_path / f'dev{num_devices}'
-  variables = train.train_phase(phase, dataset, config, str(d), mesh)
+  variables, stats = train.train_phase(phase, dataset, config, str(d), mesh)
+  assert stats['steps_run'] == 7 and stats['train_seconds'] > 0
   losses = [json.loads(l)['train/loss'] for l in open(d / 'metrics.jsonl')]
   return losses, variables
 

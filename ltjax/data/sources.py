@@ -7,6 +7,7 @@ on the device, where the jitted step samples and augments them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import numpy as np
@@ -134,12 +135,47 @@ def _original_order(ids: list[str], name: str) -> np.ndarray:
   return np.argsort(positions, kind='stable')
 
 
+def _cache_path(cache_dir, name, imbalance_factor, seed):
+  return os.path.join(cache_dir, f'{name}_lt_if{imbalance_factor:g}_seed{seed}.npz')
+
+
+def _read_cache(path, name, imbalance_factor) -> ArrayDataset:
+  with np.load(path) as z:
+    return ArrayDataset(
+        name=name, train_images=z['train_images'], train_labels=z['train_labels'],
+        test_images=z['test_images'], test_labels=z['test_labels'],
+        num_classes=int(z['num_classes']), imbalance_factor=float(imbalance_factor),
+        class_names=[str(s) for s in z['class_names']], train_index=z['train_index'])
+
+
+def _write_cache(path, ds: ArrayDataset) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    np.savez_compressed(f, train_images=ds.train_images, train_labels=ds.train_labels,
+                        test_images=ds.test_images, test_labels=ds.test_labels,
+                        num_classes=ds.num_classes, class_names=np.array(ds.class_names),
+                        train_index=ds.train_index)
+  os.replace(tmp, path)  # atomic: a killed write never leaves a half cache
+
+
 def load_cifar_lt(name: str, imbalance_factor: float, data_dir=None, download: bool = False,
-                  seed: int = 0) -> ArrayDataset:
+                  seed: int = 0, cache_dir: str | None = None) -> ArrayDataset:
   """CIFAR-10/100-LT: the exact LDAM-DRW subset of the TFDS training split
-  (METHODS.md section 1) and the full balanced test split."""
+  (METHODS.md section 1) and the full balanced test split.
+
+  With ``cache_dir``, the decoded subset is kept there as one compressed ``.npz``
+  (about 50 MB for CIFAR-10-LT IF 100 with its test split): later runs skip TFDS,
+  and a machine without the TFDS folder (a lent accelerator) can train from it."""
   num_classes, n_max = CIFAR[name]
   counts = longtail.longtail_counts(n_max, num_classes, imbalance_factor)
+  if cache_dir:
+    path = _cache_path(cache_dir, name, imbalance_factor, seed)
+    if os.path.exists(path):
+      return _read_cache(path, name, imbalance_factor)
+    ds = load_cifar_lt(name, imbalance_factor, data_dir, download, seed)
+    _write_cache(path, ds)
+    return ds
   train = _tfds_source(name, 'train', data_dir, download)
   test = _tfds_source(name, 'test', data_dir, download)
   tr_images, tr_labels, tr_ids = _read_all(train, f'{name} train')
@@ -165,5 +201,5 @@ def load(data_config) -> ArrayDataset:
                           data_config.split_seed)
   if name in CIFAR:
     return load_cifar_lt(name, data_config.imbalance_factor, data_config.data_dir or None,
-                         data_config.download, data_config.split_seed)
+                         data_config.download, data_config.split_seed, data_config.cache_dir or None)
   raise ConfigError(f'unknown data.name {name!r}; choose digits, cifar10 or cifar100.')

@@ -5,6 +5,7 @@ stages can freeze the backbone, swap or add heads, or rescale the classifier.
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import linen as nn
 
 from ltjax.errors import ConfigError
@@ -31,5 +32,10 @@ def build_model(model_config, num_classes: int) -> Classifier:
   if name == 'cifar_resnet' and ((model_config.depth - 2) % 6 or model_config.depth < 8):
     raise ConfigError(f'model.depth={model_config.depth}: a CIFAR ResNet has depth 6n + 2 '
                       f'(8, 14, 20, 32, 44, 56, 110).')
-  backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width)
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  if model_config.dtype not in dtypes:
+    raise ConfigError(f'model.dtype={model_config.dtype!r}; choose float32 or bfloat16 '
+                      f'(bfloat16: computation in bf16, parameters and losses in float32).')
+  backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width,
+                             dtype=dtypes[model_config.dtype])
   return Classifier(backbone=backbone, head=LinearHead(num_classes))

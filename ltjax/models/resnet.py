@@ -8,6 +8,8 @@ lives in ``heads.py``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -17,14 +19,15 @@ from ltjax.models import layers
 class BasicBlock(nn.Module):
   channels: int
   stride: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = layers.conv(self.channels, (3, 3), strides=self.stride, padding=1)(x)
-    y = layers.batch_norm(use_running_average=not train)(y)
+    y = layers.conv(self.channels, (3, 3), strides=self.stride, padding=1, dtype=self.dtype)(x)
+    y = layers.batch_norm(use_running_average=not train, dtype=self.dtype)(y)
     y = nn.relu(y)
-    y = layers.conv(self.channels, (3, 3), padding=1)(y)
-    y = layers.batch_norm(use_running_average=not train)(y)
+    y = layers.conv(self.channels, (3, 3), padding=1, dtype=self.dtype)(y)
+    y = layers.batch_norm(use_running_average=not train, dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != self.channels:
       # Option A: x[:, ::2, ::2] with zero channels added on both sides.
       x = x[:, ::self.stride, ::self.stride, :]
@@ -37,14 +40,15 @@ class CifarResNet(nn.Module):
   """Backbone of ResNet-``depth`` (depth = 6n + 2) with base width ``width``."""
   depth: int = 32
   width: int = 16
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     blocks = (self.depth - 2) // 6
-    x = layers.conv(self.width, (3, 3), padding=1)(x)
-    x = nn.relu(layers.batch_norm(use_running_average=not train)(x))
+    x = layers.conv(self.width, (3, 3), padding=1, dtype=self.dtype)(x)
+    x = nn.relu(layers.batch_norm(use_running_average=not train, dtype=self.dtype)(x))
     for stage in range(3):
       for block in range(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2 ** stage, stride)(x, train)
-    return jnp.mean(x, axis=(1, 2))
+        x = BasicBlock(self.width * 2 ** stage, stride, self.dtype)(x, train)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

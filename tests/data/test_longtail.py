@@ -149,3 +149,16 @@ def test_digits_split():
   np.testing.assert_array_equal(ds.train_images[..., 0], raw.images[ds.train_index])
   np.testing.assert_array_equal(ds.train_labels, raw.target[ds.train_index])
   np.testing.assert_array_equal(ds.test_labels, raw.target[ds.test_index])
+
+
+def test_cache_round_trip_needs_no_tfds(tmp_path):
+  source_fn, _ = mock_cifar100()
+  with tfds.testing.mock_data(as_data_source_fn=source_fn):
+    first = sources.load_cifar_lt('cifar100', 50, cache_dir=str(tmp_path))
+  assert (tmp_path / 'cifar100_lt_if50_seed0.npz').exists()
+  # Outside the mock there is no TFDS data at all: only the cache can answer.
+  again = sources.load_cifar_lt('cifar100', 50, data_dir=str(tmp_path / 'nothing'), cache_dir=str(tmp_path))
+  for field in ('train_images', 'train_labels', 'test_images', 'test_labels', 'train_index'):
+    np.testing.assert_array_equal(getattr(first, field), getattr(again, field))
+  assert again.num_classes == 100 and again.class_names == first.class_names
+  assert list(again.class_counts) == longtail.longtail_counts(500, 100, 50)

@@ -9,7 +9,7 @@ from ltjax.models import build_model
 
 
 def cfg(depth=32, width=16):
-  return ml_collections.ConfigDict({'name': 'cifar_resnet', 'depth': depth, 'width': width})
+  return ml_collections.ConfigDict({'name': 'cifar_resnet', 'depth': depth, 'width': width, 'dtype': 'float32'})
 
 
 def count(tree):
@@ -47,3 +47,19 @@ def test_option_a_shortcut_is_parameter_free():
 def test_bad_depth(depth):
   with pytest.raises(ConfigError, match='6n \\+ 2'):
     build_model(cfg(depth=depth), 10)
+
+
+def test_bfloat16_computes_in_bf16_keeps_float32_params():
+  c = cfg(depth=8, width=4)
+  x = jnp.ones((2, 8, 8, 3))
+  f32 = build_model(c, 5)
+  c.dtype = 'bfloat16'
+  bf16 = build_model(c, 5)
+  variables = f32.init(jax.random.key(0), x, train=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16.init(jax.random.key(0), x, train=False)))
+  out16 = bf16.apply(variables, x, train=False)['logits']
+  out32 = f32.apply(variables, x, train=False)['logits']
+  np.testing.assert_allclose(np.asarray(out16, np.float32), out32, rtol=0.1, atol=0.1)
+  c.dtype = 'float16'
+  with pytest.raises(ConfigError, match='bfloat16'):
+    build_model(c, 5)
