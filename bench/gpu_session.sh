@@ -11,6 +11,8 @@ log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())" 2>&1 | tee -a "$OUT/log.txt"
 
+PARTS=${PARTS:-"bench runs compile"}
+if [[ $PARTS == *bench* ]]; then
 log "step throughput"
 for dt in float32 bfloat16; do
   for b in 128 512; do
@@ -21,7 +23,9 @@ for b in 128 512; do
   timeout 60 python3 bench/torch_step.py --device cuda --batch $b --runs 5 --steps 50 | tee -a "$OUT/bench.jsonl"
   timeout 60 python3 bench/torch_step.py --device cuda --batch $b --bf16 --runs 5 --steps 50 | tee -a "$OUT/bench.jsonl"
 done
+fi
 
+if [[ $PARTS == *runs* ]]; then
 for method in ce bsce; do
   log "200-epoch CIFAR-10-LT IF100 $method"
   start=$(date +%s)
@@ -32,6 +36,9 @@ for method in ce bsce; do
   cp /tmp/run_$method/$method/results.json "$OUT/${method}200_results.json" 2>/dev/null
   cp /tmp/run_$method/$method/metrics.jsonl "$OUT/${method}200_metrics.jsonl" 2>/dev/null
 done
+fi
+if [[ $PARTS == *compile* ]]; then
 log "torch.compile"
 timeout 90 python3 bench/torch_step.py --device cuda --batch 128 --compile --runs 5 --steps 50 | tee -a "$OUT/bench.jsonl"
+fi
 log done

@@ -83,11 +83,12 @@ def main():
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std)
   v = {'params': state.params, 'batch_stats': state.batch_stats}
   eval_batch = 512 if args.batch <= 512 else args.batch
-  train.predict(phase.model, v, ds.test_images[:eval_batch], mesh, eval_batch, normalize)  # compile
+  forward = train.make_forward(phase.model, normalize)
+  train.predict(forward, v, ds.test_images[:eval_batch], mesh, eval_batch)  # compile
   eval_rates = []
   for _ in range(3):
     t = time.perf_counter()
-    train.predict(phase.model, v, ds.test_images, mesh, eval_batch, normalize)
+    train.predict(forward, v, ds.test_images, mesh, eval_batch)
     eval_rates.append(len(ds.test_images) / (time.perf_counter() - t))
   print(json.dumps({'framework': 'ltjax', 'platform': jax.devices()[0].platform,
                     'devices': mesh.devices.size, 'batch': args.batch, 'depth': args.depth,

@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.eval_every_epochs = 0  # 0: evaluate only at the end of each phase
   c.checkpoint_every_epochs = 1
+  c.checkpoint_min_seconds = 60.0  # and at most once a minute (0: every due epoch)
   c.keep_checkpoints = 2
 
   c.data = ml_collections.ConfigDict()

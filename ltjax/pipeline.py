@@ -19,7 +19,7 @@ from ltjax.data import augment, sources
 # Fields that may change between the runs of one workdir: where data is read from,
 # how often to log, evaluate and checkpoint, and how many devices share the batch.
 RESUMABLE_FIELDS = ('data.data_dir', 'data.cache_dir', 'data.download', 'num_devices', 'log_every_steps',
-                    'eval_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints',
+                    'eval_every_epochs', 'checkpoint_every_epochs', 'checkpoint_min_seconds', 'keep_checkpoints',
                     'train.eval_batch_size')
 
 
@@ -72,6 +72,7 @@ def run(config, workdir: str) -> dict:
         f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
   aug = config.data.augment
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std, dataset.pixel_scale)
+  eval_batch = config.train.eval_batch_size
   results = {}
   for phase in phases:
     phase_dir = os.path.join(workdir, phase.name)
@@ -81,9 +82,10 @@ def run(config, workdir: str) -> dict:
       results[phase.name] = evaluate.read_results(path)
       continue
 
-    def evaluate_fn(variables, phase=phase):
-      logits = train.predict(phase.model, variables, dataset.test_images, mesh,
-                             config.train.eval_batch_size, normalize, phase.eval_output)
+    forward = train.make_forward(phase.model, normalize, phase.eval_output)
+
+    def evaluate_fn(variables, forward=forward):
+      logits = train.predict(forward, variables, dataset.test_images, mesh, eval_batch)
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 

@@ -113,24 +113,30 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
   return step
 
 
-def predict(model, variables, images: np.ndarray, mesh, batch_size: int, normalize_fn,
-            output: str = 'logits') -> np.ndarray:
-  """Model outputs for every image, in evaluation mode, batch sharded over the mesh."""
-  parallel.check_batch_size(batch_size, mesh, 'train.eval_batch_size')
-  shard = parallel.batch_sharding(mesh)
+def make_forward(model, normalize_fn, output: str = 'logits'):
+  """The jitted evaluation forward ``(variables, uint8 images) -> outputs[output]``.
+  Make it once per phase: each new function object would compile again."""
 
   @jax.jit
   def forward(variables, x):
     return model.apply(variables, normalize_fn(x), train=False)[output]
 
-  outs = []
+  return forward
+
+
+def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
+  """Outputs of ``forward`` for every image, batch sharded over the mesh; the host
+  reads the results once, at the end."""
+  parallel.check_batch_size(batch_size, mesh, 'train.eval_batch_size')
+  shard = parallel.batch_sharding(mesh)
+  outs, sizes = [], []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:  # static shapes: pad the last batch, drop the padding after
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    outs.append(np.asarray(jax.device_get(forward(variables, jax.device_put(chunk, shard))))[:n])
-  return np.concatenate(outs)
+    sizes.append(len(chunk))
+    if len(chunk) < batch_size:  # static shapes: pad the last batch, drop the padding after
+      chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+    outs.append(forward(variables, jax.device_put(chunk, shard)))
+  return np.concatenate([np.asarray(o)[:n] for o, n in zip(jax.device_get(outs), sizes)])
 
 
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None):
@@ -183,6 +189,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     bar.write(f'[{phase.name}] resumed from checkpoint at step {start} of {total_steps}')
   log_every = max(1, min(config.log_every_steps, steps_per_epoch))
   pending, t_last, n_last = None, time.perf_counter(), start
+  last_save = time.perf_counter()
 
   def flush(pending, now_step):
     nonlocal t_last, n_last
@@ -220,8 +227,12 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     if (step + 1) % steps_per_epoch == 0:
       epoch = (step + 1) // steps_per_epoch
       last = step + 1 == total_steps
-      if epoch % config.checkpoint_every_epochs == 0 or last:
+      # Every checkpoint_every_epochs epochs, but not more often than every
+      # checkpoint_min_seconds: on a fast accelerator an epoch takes well under a second.
+      due = epoch % config.checkpoint_every_epochs == 0
+      if last or (due and time.perf_counter() - last_save >= config.checkpoint_min_seconds):
         checkpoint.save(mgr, step + 1, state)
+        last_save = time.perf_counter()
       if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
         logger.write(step + 1, {k: v for k, v in res.items() if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}, prefix='test/')

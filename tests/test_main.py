@@ -13,6 +13,7 @@ from conftest import REPO, real_tfds_dir
 
 pytestmark = pytest.mark.slow
 EPOCHS = '--config.train.epochs=10'  # 70 steps: long enough to be killed mid-run
+CKPT = '--config.checkpoint_min_seconds=0'  # a checkpoint every epoch
 
 
 def main_cmd(workdir, config='configs/digits_lt.py:smoke', *extra):
@@ -28,7 +29,7 @@ def run(workdir, *extra, config='configs/digits_lt.py:smoke', timeout=600):
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run') / 'digits'
-  p = run(workdir, EPOCHS)
+  p = run(workdir, EPOCHS, CKPT)
   assert p.returncode == 0, p.stderr[-3000:]
   return workdir, p
 
@@ -53,7 +54,7 @@ def test_smoke_run_writes_results_and_prints_table(finished):
 def test_rerun_skips_finished_phase(finished):
   workdir, _ = finished
   before = (workdir / 'ce' / 'results.json').stat().st_mtime
-  p = run(workdir, EPOCHS)
+  p = run(workdir, EPOCHS, CKPT)
   assert p.returncode == 0 and '[ce] finished earlier' in p.stdout
   assert (workdir / 'ce' / 'results.json').stat().st_mtime == before
 
@@ -61,7 +62,7 @@ def test_rerun_skips_finished_phase(finished):
 def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   workdir, _ = finished
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS), cwd=REPO,
+  proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS, CKPT), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = killed / 'ce' / 'checkpoints'
   deadline = time.time() + 300
@@ -73,7 +74,7 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (killed / 'ce' / 'results.json').exists()
-  p = run(killed, EPOCHS)
+  p = run(killed, EPOCHS, CKPT)
   assert p.returncode == 0, p.stderr[-3000:]
   resumed = [l for l in p.stderr.splitlines() + p.stdout.splitlines() if 'resumed from checkpoint' in l]
   assert resumed, 'the second run did not resume'
@@ -89,7 +90,7 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
 def test_workdir_with_other_config_is_refused(finished):
   workdir, _ = finished
   saved = (workdir / 'config.json').read_text()
-  p = run(workdir, EPOCHS, '--config.seed=1')
+  p = run(workdir, EPOCHS, CKPT, '--config.seed=1')
   assert p.returncode == 1
   assert 'different config' in p.stderr and 'seed: 0 in the workdir, 1 now' in p.stderr
   assert 'new --workdir' in p.stderr
