@@ -12,6 +12,21 @@ import statistics
 import time
 
 
+def train_flops_per_image(depth: int, width: int, num_classes: int = 10) -> float:
+  """Analytic training FLOPs of a CIFAR ResNet on a 32x32 image: 2 FLOPs a
+  multiply-add, forward convolutions and classifier counted, backward = 2 x forward
+  (BatchNorm and element-wise work left out). ResNet-32: 68.9M MACs, 413 MFLOP."""
+  n = (depth - 2) // 6
+  macs = 32 * 32 * 3 * width * 9
+  for stage, hw in enumerate((32, 16, 8)):
+    c = width * 2 ** stage
+    for b in range(n):
+      cin = c // 2 if (stage and b == 0) else c
+      macs += hw * hw * (cin + c) * c * 9
+  macs += 4 * width * num_classes
+  return 3 * 2 * macs
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--devices', type=int, default=8, help='CPU devices (ignored on GPU)')
@@ -20,6 +35,8 @@ def main():
   ap.add_argument('--width', type=int, default=16)
   ap.add_argument('--runs', type=int, default=5, help='timed runs; the median is reported')
   ap.add_argument('--steps', type=int, default=10, help='steps per timed run')
+  ap.add_argument('--eval-images', type=int, default=2048, help='0: skip the evaluation timing')
+  ap.add_argument('--conv', default='xla', help='model.conv_impl: xla | taps | auto')
   ap.add_argument('--dtype', default='float32', help='float32 or bfloat16 (computation)')
   args = ap.parse_args()
 
@@ -37,12 +54,13 @@ def main():
   config = cifar_lt.get_config()
   config.model.depth, config.model.width = args.depth, args.width
   config.model.dtype = args.dtype
+  config.model.conv_impl = args.conv
   config.train.batch_size = args.batch
   rng = np.random.default_rng(0)
   n = 12406
   ds = ArrayDataset('bench', rng.integers(0, 255, (n, 32, 32, 3), np.uint8),
                     np.repeat(np.arange(10), -(-n // 10))[:n].astype(np.int32),
-                    rng.integers(0, 255, (2048, 32, 32, 3), np.uint8), np.zeros(2048, np.int32), 10, 100.0,
+                    rng.integers(0, 255, (max(args.eval_images, 512), 32, 32, 3), np.uint8), np.zeros(max(args.eval_images, 512), np.int32), 10, 100.0,
                     [str(i) for i in range(10)])
   mesh = parallel.make_mesh(0 if jax.devices()[0].platform != 'cpu' else args.devices)
   phase = recipes.phases(config, ds)[0]
@@ -84,19 +102,21 @@ def main():
   v = {'params': state.params, 'batch_stats': state.batch_stats}
   eval_batch = 512 if args.batch <= 512 else args.batch
   forward = train.make_forward(phase.model, normalize)
-  train.predict(forward, v, ds.test_images[:eval_batch], mesh, eval_batch)  # compile
+  if args.eval_images:
+    train.predict(forward, v, ds.test_images[:eval_batch], mesh, eval_batch)  # compile
   eval_rates = []
-  for _ in range(3):
+  for _ in range(3 if args.eval_images else 0):
     t = time.perf_counter()
     train.predict(forward, v, ds.test_images, mesh, eval_batch)
     eval_rates.append(len(ds.test_images) / (time.perf_counter() - t))
   print(json.dumps({'framework': 'ltjax', 'platform': jax.devices()[0].platform,
                     'devices': mesh.devices.size, 'batch': args.batch, 'depth': args.depth,
-                    'dtype': args.dtype, 'flops_per_step': flops,
+                    'dtype': args.dtype, 'conv': args.conv, 'xla_flops_per_step': flops,
+                    'model_tflop_s': round(statistics.median(rates) * train_flops_per_image(args.depth, args.width) / 1e12, 2),
                     'compile_s': round(compile_s, 2),
                     'train_img_s': round(statistics.median(rates), 1),
                     'train_min': round(min(rates), 1), 'train_max': round(max(rates), 1),
-                    'eval_img_s': round(statistics.median(eval_rates), 1),
+                    'eval_img_s': round(statistics.median(eval_rates) if eval_rates else 0.0, 1),
                     'final_loss': float(m['loss'])}))
 
 

@@ -23,8 +23,10 @@ REPO = os.path.dirname(HERE)
 
 # name -> (extra env, args of ltjax_step.py)
 LTJAX_VARIANTS = {
-    'ltjax 1 device': ({}, ['--devices', '1']),
-    'ltjax 8 devices': ({}, ['--devices', '8']),
+    'ltjax 1 device, xla conv': ({}, ['--devices', '1', '--conv', 'xla']),
+    'ltjax 1 device, taps conv': ({}, ['--devices', '1', '--conv', 'taps']),
+    'ltjax 8 devices, xla conv': ({}, ['--devices', '8', '--conv', 'xla']),
+    'ltjax 8 devices, taps conv': ({}, ['--devices', '8', '--conv', 'taps']),
 }
 
 
@@ -75,7 +77,7 @@ def main():
     env, extra = LTJAX_VARIANTS[name]
     r = run_json([sys.executable, os.path.join(HERE, 'ltjax_step.py'), '--runs', str(args.runs), *extra], env)
     rows.append((name, r))
-    print(f'{name:28s} train {r["train_img_s"]:7.1f} img/s ({r["train_min"]}-{r["train_max"]})  '
+    print(f'{name:30s} train {r["train_img_s"]:7.1f} img/s ({r["train_min"]}-{r["train_max"]})  '
           f'eval {r["eval_img_s"]:7.1f} img/s  compile {r["compile_s"]:.1f} s', flush=True)
   torch_py = find_torch_python(args.torch_python)
   ref = None
@@ -88,7 +90,7 @@ def main():
       name = f'pytorch {r["torch"]}' + (' compile' if compile_ else ' eager')
       rows.append((name, r))
       ref = ref or r
-      print(f'{name:28s} train {r["train_img_s"]:7.1f} img/s ({r["train_min"]}-{r["train_max"]})  '
+      print(f'{name:30s} train {r["train_img_s"]:7.1f} img/s ({r["train_min"]}-{r["train_max"]})  '
             f'eval {r["eval_img_s"]:7.1f} img/s  warm-up {r["warmup_s"]:.1f} s', flush=True)
   best = max((r for n, r in rows if r['framework'] == 'ltjax'), key=lambda r: r['train_img_s'])
   if args.epoch:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ltjax.errors import ConfigError
+from ltjax.models import layers
 from ltjax.models.heads import LinearHead
 from ltjax.models.resnet import CifarResNet
 
@@ -36,6 +37,10 @@ def build_model(model_config, num_classes: int) -> Classifier:
   if model_config.dtype not in dtypes:
     raise ConfigError(f'model.dtype={model_config.dtype!r}; choose float32 or bfloat16 '
                       f'(bfloat16: computation in bf16, parameters and losses in float32).')
+  if model_config.conv_impl not in layers.CONV_IMPLS:
+    raise ConfigError(f'model.conv_impl={model_config.conv_impl!r}; choose one of {layers.CONV_IMPLS} '
+                      f'(auto: taps on CPU, xla on GPU/TPU).')
   backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width,
-                             dtype=dtypes[model_config.dtype])
+                             dtype=dtypes[model_config.dtype],
+                             conv_impl=layers.resolve_conv_impl(model_config.conv_impl))
   return Classifier(backbone=backbone, head=LinearHead(num_classes))

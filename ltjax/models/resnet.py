@@ -20,13 +20,15 @@ class BasicBlock(nn.Module):
   channels: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = layers.conv(self.channels, (3, 3), strides=self.stride, padding=1, dtype=self.dtype)(x)
+    y = layers.conv(self.channels, (3, 3), strides=self.stride, padding=1, dtype=self.dtype,
+                    impl=self.conv_impl)(x)
     y = layers.batch_norm(use_running_average=not train, dtype=self.dtype)(y)
     y = nn.relu(y)
-    y = layers.conv(self.channels, (3, 3), padding=1, dtype=self.dtype)(y)
+    y = layers.conv(self.channels, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl)(y)
     y = layers.batch_norm(use_running_average=not train, dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != self.channels:
       # Option A: x[:, ::2, ::2] with zero channels added on both sides.
@@ -41,14 +43,15 @@ class CifarResNet(nn.Module):
   depth: int = 32
   width: int = 16
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
+  conv_impl: str = 'xla'  # see layers.py
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     blocks = (self.depth - 2) // 6
-    x = layers.conv(self.width, (3, 3), padding=1, dtype=self.dtype)(x)
+    x = layers.conv(self.width, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl)(x)
     x = nn.relu(layers.batch_norm(use_running_average=not train, dtype=self.dtype)(x))
     for stage in range(3):
       for block in range(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2 ** stage, stride, self.dtype)(x, train)
+        x = BasicBlock(self.width * 2 ** stage, stride, self.dtype, self.conv_impl)(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -9,7 +9,7 @@ from ltjax.models import build_model
 
 
 def cfg(depth=32, width=16):
-  return ml_collections.ConfigDict({'name': 'cifar_resnet', 'depth': depth, 'width': width, 'dtype': 'float32'})
+  return ml_collections.ConfigDict({'name': 'cifar_resnet', 'depth': depth, 'width': width, 'dtype': 'float32', 'conv_impl': 'xla'})
 
 
 def count(tree):
