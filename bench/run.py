@@ -23,10 +23,10 @@ REPO = os.path.dirname(HERE)
 
 # name -> (extra env, args of ltjax_step.py)
 LTJAX_VARIANTS = {
-    'ltjax 1 device, xla conv': ({}, ['--devices', '1', '--conv', 'xla']),
-    'ltjax 1 device, taps conv': ({}, ['--devices', '1', '--conv', 'taps']),
-    'ltjax 8 devices, xla conv': ({}, ['--devices', '8', '--conv', 'xla']),
-    'ltjax 8 devices, taps conv': ({}, ['--devices', '8', '--conv', 'taps']),
+    'ltjax-1dev-xla': ({}, ['--devices', '1', '--conv', 'xla']),
+    'ltjax-1dev-taps': ({}, ['--devices', '1', '--conv', 'taps']),
+    'ltjax-8dev-xla': ({}, ['--devices', '8', '--conv', 'xla']),
+    'ltjax-8dev-taps': ({}, ['--devices', '8', '--conv', 'taps']),
 }
 
 
@@ -69,7 +69,7 @@ def main():
                   help='also time one CIFAR-10-LT epoch through ltjax.main (TFDS data_dir)')
   ap.add_argument('--runs', type=int, default=5)
   ap.add_argument('--variants', default=','.join(LTJAX_VARIANTS),
-                  help='comma list of ltjax variants: ' + '; '.join(LTJAX_VARIANTS))
+                  help='comma list of ltjax variants: ' + ', '.join(LTJAX_VARIANTS))
   args = ap.parse_args()
 
   rows = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _f32(x):
@@ -47,3 +48,86 @@ def balanced_softmax_cross_entropy(logits, labels, class_counts, tau=1.0):
 def accuracy(logits, labels):
   """Top-1 accuracy of a batch, in [0, 1]."""
   return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+def focal_loss(logits, labels, gamma=2.0, class_weights=None):
+  """Focal loss (Lin et al.): ``-(1 - p_y)^gamma log p_y``, optionally weighted per class
+  (CB-focal: with ``class_balanced_weights``). ``gamma = 0`` is cross-entropy."""
+  logp = jnp.take_along_axis(jax.nn.log_softmax(_f32(logits), -1), labels[:, None].astype(jnp.int32), -1)[:, 0]
+  loss = -((1.0 - jnp.exp(logp)) ** gamma) * logp
+  if class_weights is not None:
+    loss = loss * _f32(class_weights)[labels]
+  return jnp.mean(loss)
+
+
+def class_balanced_weights(class_counts, beta=0.9999):
+  """Class-balanced weights (Cui et al.): ``w_c ∝ (1 - beta) / (1 - beta^n_c)``, the
+  inverse effective number of samples, normalised to sum to C.
+
+  A constant of the training set, computed once on the host in float64: with beta
+  near 1, ``1 - beta`` and ``1 - beta^n`` lose about 1e-5 of relative precision in
+  float32. Returns a NumPy float32 array to pass to the jitted losses."""
+  counts = np.asarray(class_counts, np.float64)
+  effective = -np.expm1(counts * np.log(beta))  # 1 - beta^n
+  w = (1.0 - beta) / effective
+  return (w * len(counts) / w.sum()).astype(np.float32)
+
+
+def ldam_margins(class_counts, max_margin=0.5):
+  """LDAM margins (Cao et al.): ``m_c ∝ n_c^(-1/4)``, the largest equal to ``max_margin``."""
+  m = _f32(class_counts) ** -0.25
+  return m * (max_margin / jnp.max(m))
+
+
+def ldam_loss(logits, labels, class_counts, max_margin=0.5, scale=30.0, class_weights=None):
+  """LDAM: subtract ``m_y`` from the true-class logit, scale by ``s``, then (weighted)
+  CE. ``logits`` are those of the normalised classifier of the reference code."""
+  margins = ldam_margins(class_counts, max_margin)[labels]
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  return cross_entropy(scale * (_f32(logits) - margins[:, None] * onehot), labels, class_weights)
+
+
+def kl_divergence(p_target, logits):
+  """``KL(p || softmax(logits))`` per example, with ``0 log 0 = 0``."""
+  logq = jax.nn.log_softmax(_f32(logits), -1)
+  p = _f32(p_target)
+  return jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - logq), 0.0), -1)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature=1.0):
+  """Knowledge distillation (Hinton et al.): ``T^2 KL(softmax(z_t/T) || softmax(z_s/T))``.
+  The teacher is treated as a constant (no gradient)."""
+  t = jax.nn.softmax(jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, -1)
+  return temperature ** 2 * jnp.mean(kl_divergence(t, _f32(student_logits) / temperature))
+
+
+def power_normalize(probs, power):
+  """DiVE's flattening of the teacher's distribution: ``t_k^p / sum_j t_j^p``."""
+  tp = jnp.power(_f32(probs), power)
+  return tp / jnp.sum(tp, -1, keepdims=True)
+
+
+def dive_distillation_loss(student_logits, teacher_logits, temperature=3.0, power=0.5):
+  """DiVE's virtual-example term: ``tau^2 KL(t || softmax(z_s / tau))`` with
+  ``t = power_normalize(softmax(z_t / tau), p)``; no power on the student side."""
+  t = jax.nn.softmax(jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, -1)
+  t = power_normalize(t, power)
+  return temperature ** 2 * jnp.mean(kl_divergence(t, _f32(student_logits) / temperature))
+
+
+def info_nce(query, key, queue, temperature=0.2, labels=None, queue_labels=None):
+  """InfoNCE of MoCo (He et al.): each query's positive is its key, negatives are the
+  queue of earlier keys. Inputs are L2-normalised here; the loss is CE with the
+  positive at index 0 of ``[q.k, q.queue] / T``.
+
+  With ``labels`` and ``queue_labels`` (SSD's variant, as in its official code), queue
+  entries that share the query's label are removed from the negatives.
+  """
+  normalize = lambda x: _f32(x) / jnp.maximum(jnp.linalg.norm(_f32(x), axis=-1, keepdims=True), 1e-12)
+  q, k, queue = normalize(query), jax.lax.stop_gradient(normalize(key)), jax.lax.stop_gradient(normalize(queue))
+  pos = jnp.sum(q * k, -1, keepdims=True)
+  neg = q @ queue.T
+  if labels is not None:
+    neg = jnp.where(labels[:, None] == queue_labels[None, :], -jnp.inf, neg)
+  logits = jnp.concatenate([pos, neg], -1) / temperature
+  return cross_entropy(logits, jnp.zeros(q.shape[0], jnp.int32))

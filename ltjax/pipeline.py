@@ -62,7 +62,10 @@ def run(config, workdir: str) -> dict:
   dataset = sources.load(config.data)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
-  # Only a config that got this far (valid data, known method) is recorded.
+  for phase in phases:
+    parallel.check_batch_size(phase.train.batch_size, mesh)
+  parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
+  # Only a config that got this far (valid data, method, batch sizes) is recorded.
   os.makedirs(workdir, exist_ok=True)
   if not known and jax.process_index() == 0:
     evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))

@@ -191,10 +191,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   pending, t_last, n_last = None, time.perf_counter(), start
   last_save = time.perf_counter()
 
-  def flush(pending, now_step):
-    nonlocal t_last, n_last
-    step_done, metrics = pending
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for that step only
+  def check_finite(step_done, metrics):
     if not math.isfinite(metrics['loss']):
       mgr.wait_until_finished()
       raise NonFiniteLossError(
@@ -202,6 +199,12 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
           f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Lower --config.train.lr '
           f'or raise warm-up (--config.train.warmup_epochs); the last good checkpoint '
           f'(step {mgr.latest_step()}) is kept in {phase_dir}/checkpoints.')
+
+  def flush(pending, now_step):
+    nonlocal t_last, n_last
+    step_done, metrics = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for that step only
+    check_finite(step_done, metrics)
     now = time.perf_counter()
     ips = (now_step - n_last) * tc.batch_size / max(now - t_last, 1e-9)
     t_last, n_last = now, now_step
@@ -231,6 +234,8 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       # checkpoint_min_seconds: on a fast accelerator an epoch takes well under a second.
       due = epoch % config.checkpoint_every_epochs == 0
       if last or (due and time.perf_counter() - last_save >= config.checkpoint_min_seconds):
+        # Never save a diverged state: NaN parameters would poison every resume.
+        check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
         checkpoint.save(mgr, step + 1, state)
         last_save = time.perf_counter()
       if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
@@ -242,7 +247,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   jax.block_until_ready(state)
   stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
            'first_step_seconds': first_step_seconds}
-  if mgr.latest_step() != total_steps:
+  if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
     checkpoint.save(mgr, total_steps, state)
   mgr.wait_until_finished()
   mgr.close()

@@ -88,3 +88,107 @@ def test_bf16_logits_are_stable():
   for value in (losses.cross_entropy(z, jnp.array([1])),
                 losses.balanced_softmax_cross_entropy(z, jnp.array([1]), jnp.array([5000, 50, 5]))):
     assert jnp.isfinite(value) and value.dtype == jnp.float32
+
+
+# ---------------------------------------------------------------- the loss library
+def np_softmax(z):
+  return np.exp(np_log_softmax(z.astype(np.float64)))
+
+
+def np_kl(p, z):
+  return np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - np_log_softmax(z.astype(np.float64))), 0), -1)
+
+
+def test_focal_matches_numpy_and_reduces_to_ce(batch):
+  z, y, counts = batch
+  p = np_softmax(z)[np.arange(len(y)), y]
+  expected = np.mean(-(1 - p) ** 2 * np.log(p))
+  np.testing.assert_allclose(jax.jit(losses.focal_loss)(z, y), expected, rtol=1e-5)
+  np.testing.assert_allclose(losses.focal_loss(z, y, gamma=0.0), losses.cross_entropy(z, y), rtol=1e-6)
+  # Hand case: p_y = 1/2, gamma 2 -> (1/2)^2 log 2.
+  np.testing.assert_allclose(losses.focal_loss(jnp.zeros((1, 2)), jnp.array([0])), 0.25 * np.log(2), rtol=1e-6)
+  check_grads(lambda z: losses.focal_loss(z, y), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+def test_class_balanced_weights():
+  counts = np.array([5000, 500, 50, 5])
+  w = (1 - 0.999) / (1 - 0.999 ** counts)
+  np.testing.assert_allclose(losses.class_balanced_weights(counts, 0.999), w * 4 / w.sum(), rtol=1e-6)
+  np.testing.assert_allclose(jnp.sum(losses.class_balanced_weights(counts)), 4.0, rtol=1e-6)
+  np.testing.assert_allclose(losses.class_balanced_weights(counts, 1e-6), np.ones(4), rtol=1e-4)  # beta -> 0
+
+
+def test_ldam_margins_and_loss(batch):
+  z, y, counts = batch
+  m = losses.ldam_margins(counts)
+  np.testing.assert_allclose(m, 0.5 * (counts / counts.min()) ** -0.25, rtol=1e-6)
+  assert float(m.max()) == pytest.approx(0.5) and int(jnp.argmax(m)) == int(np.argmin(counts))
+  zm = z - np.eye(7)[y] * np.asarray(m)[y][:, None]
+  np.testing.assert_allclose(jax.jit(losses.ldam_loss)(z, y, counts), np_ce(30 * zm, y), rtol=1e-5)
+  check_grads(lambda z: losses.ldam_loss(z, y, counts, scale=1.0), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+def test_distillation_matches_numpy_and_is_zero_for_identical_logits(batch):
+  z, y, _ = batch
+  zt = z[::-1].copy()
+  T = 2.0
+  expected = T ** 2 * np.mean(np_kl(np_softmax(zt / T), z / T))
+  np.testing.assert_allclose(jax.jit(losses.distillation_loss, static_argnums=2)(z, zt, T), expected, rtol=1e-5)
+  np.testing.assert_allclose(losses.distillation_loss(z, z, 3.0), 0.0, atol=1e-6)
+  g_teacher = jax.grad(lambda t: losses.distillation_loss(z, t, T))(zt)
+  assert float(jnp.abs(g_teacher).max()) == 0.0  # the teacher is a constant
+  # d/dz_s of T^2 KL at temperature T is T (q - p) / B.
+  grad = jax.grad(lambda s: losses.distillation_loss(s, zt, T))(z)
+  np.testing.assert_allclose(grad, T * (np_softmax(z / T) - np_softmax(zt / T)) / len(z), atol=1e-6)
+
+
+def test_power_normalize():
+  p = np.array([[0.81, 0.09, 0.09, 0.01]])
+  np.testing.assert_allclose(losses.power_normalize(p, 1.0), p, rtol=1e-6)  # p = 1: identity
+  np.testing.assert_allclose(losses.power_normalize(p, 0.5), [[0.9, 0.3, 0.3, 0.1]] / np.float64(1.6), rtol=1e-6)
+  np.testing.assert_allclose(losses.power_normalize(p, 0.0), np.full((1, 4), 0.25), rtol=1e-6)
+
+
+def test_dive_distillation_matches_numpy(batch):
+  z, _, _ = batch
+  zt = np.roll(z, 1, axis=0)
+  tau, p = 3.0, 0.5
+  t = np_softmax(zt / tau) ** p
+  t /= t.sum(-1, keepdims=True)
+  expected = tau ** 2 * np.mean(np_kl(t, z / tau))
+  got = jax.jit(losses.dive_distillation_loss, static_argnums=(2, 3))(z, zt, tau, p)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # power 1 is plain distillation at temperature tau.
+  np.testing.assert_allclose(losses.dive_distillation_loss(z, zt, tau, 1.0),
+                             losses.distillation_loss(z, zt, tau), rtol=1e-6)
+  check_grads(lambda s: losses.dive_distillation_loss(s, zt, tau, p), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+def np_info_nce(q, k, queue, T, labels=None, queue_labels=None):
+  n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  q, k, queue = n(q.astype(np.float64)), n(k.astype(np.float64)), n(queue.astype(np.float64))
+  out = []
+  for i in range(len(q)):
+    negs = [q[i] @ queue[j] for j in range(len(queue)) if labels is None or queue_labels[j] != labels[i]]
+    logits = np.array([q[i] @ k[i]] + negs) / T
+    out.append(-(logits[0] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()))
+  return np.mean(out)
+
+
+def test_info_nce_matches_numpy_and_mask_ignores_same_label_keys():
+  rng = np.random.default_rng(2)
+  q, k, queue = rng.normal(size=(6, 8)), rng.normal(size=(6, 8)), rng.normal(size=(20, 8))
+  labels, queue_labels = rng.integers(0, 3, 6), rng.integers(0, 3, 20)
+  np.testing.assert_allclose(jax.jit(losses.info_nce)(q, k, queue), np_info_nce(q, k, queue, 0.2), rtol=1e-5)
+  masked = jax.jit(losses.info_nce)(q, k, queue, 0.2, labels, queue_labels)
+  np.testing.assert_allclose(masked, np_info_nce(q, k, queue, 0.2, labels, queue_labels), rtol=1e-5)
+  # Changing only queue entries whose label some query shares, for that query, is invisible:
+  # with all queries of label 0, label-0 keys can be anything.
+  lab0 = np.zeros(6, int)
+  changed = queue.copy()
+  changed[queue_labels == 0] = rng.normal(size=((queue_labels == 0).sum(), 8))
+  np.testing.assert_allclose(losses.info_nce(q, k, queue, 0.2, lab0, queue_labels),
+                             losses.info_nce(q, k, changed, 0.2, lab0, queue_labels), rtol=1e-6)
+  g = jax.grad(lambda kk: losses.info_nce(q, kk, queue))(jnp.asarray(k))
+  assert float(jnp.abs(g).max()) == 0.0  # keys come from the momentum encoder: no gradient
+  check_grads(lambda qq: losses.info_nce(qq, k, queue), (jnp.asarray(q),), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)

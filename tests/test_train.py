@@ -55,8 +55,10 @@ def test_sgd_matches_pytorch_formula():
   np.testing.assert_allclose(p, p_ref, rtol=1e-6)
 
 
-def _train(tmp_path, num_devices):
+def _train(tmp_path, num_devices, **train_overrides):
   config = digits_lt.get_config('smoke')
+  config.train.update(train_overrides)
+  config.checkpoint_min_seconds = 0
   config.num_devices = num_devices
   config.train.epochs = 1
   config.log_every_steps = 1
@@ -87,3 +89,13 @@ def test_one_and_eight_devices_agree(tmp_path):
 def test_batch_must_divide_over_devices():
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
     parallel.check_batch_size(100, parallel.make_mesh(8))
+
+
+def test_diverging_loss_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path):
+  from ltjax import checkpoint
+  from ltjax.errors import NonFiniteLossError
+
+  with pytest.raises(NonFiniteLossError, match='Lower --config.train.lr'):
+    _train(tmp_path, 8, lr=1e30, warmup_epochs=0)
+  mgr = checkpoint.manager(str(tmp_path / 'dev8' / 'checkpoints'))
+  assert mgr.latest_step() is None  # the diverged state was never saved
