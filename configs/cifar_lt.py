@@ -19,6 +19,10 @@ def get_config(arg=None):
   c.seed = args.seed
   c.data.name = args.dataset
   c.data.imbalance_factor = args.imb
+  if args.method in ('ce_drw', 'ldam_drw'):  # LDAM-DRW's schedule: x0.1 at 160 and 180
+    c.train.lr_boundaries = (160, 180)
+    c.train.lr_decay = 0.1
+    c.loss.drw_epoch = 160
   if args.dataset == 'cifar100':
     c.data.augment.mean = (0.5071, 0.4865, 0.4409)
     c.data.augment.std = (0.2673, 0.2564, 0.2762)
@@ -30,5 +34,6 @@ def get_config(arg=None):
     c.train.batch_size = 256
     c.train.warmup_epochs = 0.2
     c.train.lr_boundaries = ()
+    c.loss.drw_epoch = 0
     c.log_every_steps = 5
   return c

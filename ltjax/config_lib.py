@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.bsce_tau = 1.0
+  c.loss.focal_gamma = 1.0  # focal and CB-focal (1, as LDAM-DRW's comparison)
+  c.loss.cb_beta = 0.9999  # class-balanced weights (CB-focal, DRW)
+  c.loss.ldam_max_margin = 0.5
+  c.loss.ldam_scale = 30.0
+  c.loss.drw_epoch = 160  # ce_drw / ldam_drw: class-balanced weights from this epoch on
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 200

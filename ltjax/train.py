@@ -27,16 +27,17 @@ from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, NonFiniteLossError
 from ltjax.logs import MetricLogger
 
-LossFn = Callable[[dict, jax.Array], tuple[jax.Array, dict]]
+LossFn = Callable[[dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
   """One named step of a recipe's pipeline.
 
-  ``loss(outputs, labels) -> (loss, metrics)`` receives the model's outputs dict
-  (``logits``, ``features``) in training mode; ``train`` holds the optimizer and
-  schedule fields of the config (``config.train``).
+  ``loss(outputs, labels, epoch) -> (loss, metrics)`` receives the model's outputs
+  dict (``logits``, ``features``) in training mode and the current epoch (a traced
+  int, for schedules such as DRW); ``train`` holds the optimizer and schedule fields
+  of the config (``config.train``).
   """
   name: str
   model: Any
@@ -99,7 +100,7 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
       outputs, updates = phase.model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
           mutable=['batch_stats'])
-      loss, metrics = phase.loss(outputs, labels)
+      loss, metrics = phase.loss(outputs, labels, state.step // sampler.steps_per_epoch)
       return loss, (metrics, updates['batch_stats'])
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from ltjax.errors import ConfigError
 from ltjax.models import layers
-from ltjax.models.heads import LinearHead
+from ltjax.models.heads import LinearHead, NormedLinearHead
 from ltjax.models.resnet import CifarResNet
 
 
@@ -24,9 +24,11 @@ class Classifier(nn.Module):
 
 
 BACKBONES = {'cifar_resnet': CifarResNet}
+HEADS = {'linear': LinearHead, 'normed': NormedLinearHead}
 
 
-def build_model(model_config, num_classes: int) -> Classifier:
+def build_model(model_config, num_classes: int, head: str = 'linear') -> Classifier:
+  """The backbone the config names, with a ``head`` classifier (a recipe's choice)."""
   name = model_config.name
   if name not in BACKBONES:
     raise ConfigError(f'unknown model.name {name!r}; choose one of {sorted(BACKBONES)}.')
@@ -43,4 +45,4 @@ def build_model(model_config, num_classes: int) -> Classifier:
   backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width,
                              dtype=dtypes[model_config.dtype],
                              conv_impl=layers.resolve_conv_impl(model_config.conv_impl))
-  return Classifier(backbone=backbone, head=LinearHead(num_classes))
+  return Classifier(backbone=backbone, head=HEADS[head](num_classes))

@@ -1,6 +1,7 @@
 """Classifier heads on top of pooled backbone features."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import linen as nn
 
 from ltjax.models import layers
@@ -13,3 +14,17 @@ class LinearHead(nn.Module):
   @nn.compact
   def __call__(self, features):
     return nn.Dense(self.num_classes, kernel_init=layers.kaiming_normal)(features)
+
+
+class NormedLinearHead(nn.Module):
+  """Cosine classifier of LDAM-DRW (``NormedLinear``): ``z_c = f/|f| . w_c/|w_c|``, in
+  [-1, 1]; the LDAM loss scales it by s."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features):
+    w = self.param('kernel', nn.initializers.uniform(2.0), (features.shape[-1], self.num_classes))
+    w = w - 1.0  # uniform(-1, 1), as the reference's uniform_(-1, 1) before renorm
+    f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+    return f @ w

@@ -11,6 +11,10 @@ from ltjax.recipes import supervised
 RECIPES = {
     'ce': supervised.ce,
     'bsce': supervised.bsce,
+    'focal': supervised.focal,
+    'cb_focal': supervised.cb_focal,
+    'ce_drw': supervised.ce_drw,
+    'ldam_drw': supervised.ldam_drw,
 }
 
 

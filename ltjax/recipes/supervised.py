@@ -1,34 +1,70 @@
-"""One-phase supervised recipes: a loss on the long-tailed training set.
+"""One-phase supervised recipes: a loss on the long-tailed training set (METHODS.md 2).
 
-- ``ce``: cross-entropy, instance-balanced sampling.
+- ``ce``: cross-entropy.
 - ``bsce``: Balanced Softmax CE (Ren et al.), ``CE(y, z + tau log n)``; plain ``z`` at test.
+- ``focal``: focal loss (Lin et al.), ``loss.focal_gamma``.
+- ``cb_focal``: focal loss with class-balanced weights (Cui et al.), ``loss.cb_beta``.
+- ``ce_drw``: CE, class-balanced weights from epoch ``loss.drw_epoch`` (deferred re-weighting).
+- ``ldam_drw``: LDAM (Cao et al.) on a cosine classifier, margins ``n^(-1/4)`` (largest
+  ``loss.ldam_max_margin``), scale ``loss.ldam_scale``, with DRW.
+
+Each recipe is its loss: the trainer and the pipeline are shared.
 """
 from __future__ import annotations
+
+import jax.numpy as jnp
 
 from ltjax import losses
 from ltjax.models import build_model
 from ltjax.train import Phase
 
 
-def _with_accuracy(loss_value, outputs, labels):
-  return loss_value, {'accuracy': losses.accuracy(outputs['logits'], labels)}
+def _phase(config, dataset, name, loss_value_fn, head='linear'):
+  def loss(outputs, labels, epoch):
+    value = loss_value_fn(outputs['logits'], labels, epoch)
+    return value, {'accuracy': losses.accuracy(outputs['logits'], labels)}
+
+  model = build_model(config.model, dataset.num_classes, head=head)
+  return [Phase(name=name, model=model, loss=loss, sampler=config.data.sampler, train=config.train)]
+
+
+def _drw_weights(config, dataset):
+  """Per-class weights at an epoch: ones before ``loss.drw_epoch``, class-balanced after."""
+  cb = jnp.asarray(losses.class_balanced_weights(dataset.class_counts, config.loss.cb_beta))
+  return lambda epoch: jnp.where(epoch >= config.loss.drw_epoch, cb, jnp.ones_like(cb))
 
 
 def ce(config, dataset):
-  def loss(outputs, labels):
-    return _with_accuracy(losses.cross_entropy(outputs['logits'], labels), outputs, labels)
-
-  model = build_model(config.model, dataset.num_classes)
-  return [Phase(name='ce', model=model, loss=loss, sampler=config.data.sampler, train=config.train)]
+  return _phase(config, dataset, 'ce', lambda z, y, epoch: losses.cross_entropy(z, y))
 
 
 def bsce(config, dataset):
-  counts = dataset.class_counts
-  tau = config.loss.bsce_tau
+  counts, tau = dataset.class_counts, config.loss.bsce_tau
+  return _phase(config, dataset, 'bsce',
+                lambda z, y, epoch: losses.balanced_softmax_cross_entropy(z, y, counts, tau))
 
-  def loss(outputs, labels):
-    value = losses.balanced_softmax_cross_entropy(outputs['logits'], labels, counts, tau)
-    return _with_accuracy(value, outputs, labels)
 
-  model = build_model(config.model, dataset.num_classes)
-  return [Phase(name='bsce', model=model, loss=loss, sampler=config.data.sampler, train=config.train)]
+def focal(config, dataset):
+  gamma = config.loss.focal_gamma
+  return _phase(config, dataset, 'focal', lambda z, y, epoch: losses.focal_loss(z, y, gamma))
+
+
+def cb_focal(config, dataset):
+  gamma = config.loss.focal_gamma
+  w = jnp.asarray(losses.class_balanced_weights(dataset.class_counts, config.loss.cb_beta))
+  return _phase(config, dataset, 'cb_focal', lambda z, y, epoch: losses.focal_loss(z, y, gamma, w))
+
+
+def ce_drw(config, dataset):
+  weights = _drw_weights(config, dataset)
+  return _phase(config, dataset, 'ce_drw', lambda z, y, epoch: losses.cross_entropy(z, y, weights(epoch)))
+
+
+def ldam_drw(config, dataset):
+  weights = _drw_weights(config, dataset)
+  counts, lc = dataset.class_counts, config.loss
+
+  def value(z, y, epoch):
+    return losses.ldam_loss(z, y, counts, lc.ldam_max_margin, lc.ldam_scale, weights(epoch))
+
+  return _phase(config, dataset, 'ldam_drw', value, head='normed')

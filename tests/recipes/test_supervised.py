@@ -1,0 +1,74 @@
+"""The one-phase recipes: each loss is the library's, DRW switches on at its epoch,
+LDAM uses the cosine classifier, and every recipe trains without diverging."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits_lt
+from ltjax import losses, parallel, recipes, train
+from ltjax.data import sources
+from ltjax.recipes import supervised
+
+
+@pytest.fixture(scope='module')
+def digits():
+  return sources.load(digits_lt.get_config('smoke').data)
+
+
+def test_drw_weights_switch_at_their_epoch(digits):
+  config = digits_lt.get_config()
+  weights = supervised._drw_weights(config, digits)
+  np.testing.assert_array_equal(weights(jnp.int32(47)), np.ones(10))
+  cb = losses.class_balanced_weights(digits.class_counts, config.loss.cb_beta)
+  np.testing.assert_allclose(weights(jnp.int32(48)), cb, rtol=1e-6)
+  assert cb[-1] > cb[0]  # the rarest class weighs most
+
+
+@pytest.mark.parametrize('method', ['ce', 'bsce', 'focal', 'cb_focal', 'ce_drw', 'ldam_drw'])
+def test_recipe_loss_is_the_library_loss(digits, method):
+  config = digits_lt.get_config(f'method={method}')
+  (phase,) = recipes.phases(config, digits)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(8, 10)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 8))
+  counts, lc = digits.class_counts, config.loss
+  cb = losses.class_balanced_weights(counts, lc.cb_beta)
+  late = lc.drw_epoch
+  expected = {
+      'ce': losses.cross_entropy(z, y),
+      'bsce': losses.balanced_softmax_cross_entropy(z, y, counts),
+      'focal': losses.focal_loss(z, y, lc.focal_gamma),
+      'cb_focal': losses.focal_loss(z, y, lc.focal_gamma, cb),
+      'ce_drw': losses.cross_entropy(z, y, cb),
+      'ldam_drw': losses.ldam_loss(z, y, counts, lc.ldam_max_margin, lc.ldam_scale, cb),
+  }[method]
+  assert phase.name == method
+  got, metrics = jax.jit(phase.loss)({'logits': z}, y, jnp.int32(late))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert 'accuracy' in metrics
+  head = jax.eval_shape(lambda: phase.model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))
+  # LDAM's cosine classifier has a bare kernel; the others a linear layer with bias.
+  assert set(head['params']['head']) == ({'kernel'} if method == 'ldam_drw' else {'Dense_0'})
+
+
+def test_normed_head_gives_cosines(digits):
+  (phase,) = recipes.phases(digits_lt.get_config('method=ldam_drw'), digits)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 8, 1)), jnp.float32)
+  variables = phase.model.init(jax.random.key(0), x, train=False)
+  out = phase.model.apply(variables, x, train=False)
+  f = out['features'] / np.linalg.norm(out['features'], axis=-1, keepdims=True)
+  w = variables['params']['head']['kernel'] - 1.0
+  np.testing.assert_allclose(out['logits'], f @ (w / np.linalg.norm(w, axis=0)), rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(out['logits']).max()) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize('method', ['focal', 'cb_focal', 'ce_drw', 'ldam_drw'])
+def test_recipe_trains(tmp_path, digits, method):
+  config = digits_lt.get_config(f'smoke,method={method}')
+  config.train.epochs = 4  # DRW (epoch 3 in smoke) switches on inside the run
+  (phase,) = recipes.phases(config, digits)
+  mesh = parallel.make_mesh(8)
+  variables, stats = train.train_phase(phase, digits, config, str(tmp_path / method), mesh)
+  assert stats['steps_run'] == 28
+  assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables['params']))
