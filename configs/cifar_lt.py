@@ -35,5 +35,6 @@ def get_config(arg=None):
     c.train.warmup_epochs = 0.2
     c.train.lr_boundaries = ()
     c.loss.drw_epoch = 0
+    c.stage2.epochs = 1
     c.log_every_steps = 5
   return c

@@ -35,6 +35,7 @@ def get_config(arg=None):
   c.train.lr_boundaries = (40, 50)
   c.train.lr_decay = 0.1
   c.loss.drw_epoch = 48  # DRW in the last fifth, as 160 of 200 on CIFAR
+  c.stage2.weight_decay = 5e-4
   c.log_every_steps = 10
   if args.smoke:
     c.model.width = 8
@@ -42,4 +43,5 @@ def get_config(arg=None):
     c.train.warmup_epochs = 1.0
     c.train.lr_boundaries = (3,)
     c.loss.drw_epoch = 3
+    c.stage2.epochs = 2
   return c

@@ -28,3 +28,15 @@ def restore_latest(mgr: ocp.CheckpointManager, target):
     return target
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def restore_variables(directory: str) -> dict:
+  """The model variables (``params``, ``batch_stats``) of the newest checkpoint in
+  ``directory``, as saved, without needing the optimizer that wrote them."""
+  mgr = manager(directory)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(directory)
+  state = mgr.restore(step, args=ocp.args.StandardRestore())
+  mgr.close()
+  return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}

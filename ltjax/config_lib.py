@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   """The fields every run has; dataset configs fill in the numbers."""
   c = ml_collections.ConfigDict()
   c.method = 'ce'
+  c.phases = ''  # run only these phases of the recipe (comma list); '' = all
   c.seed = 0
   c.num_devices = 0  # 0: every visible device
   c.log_every_steps = 20
@@ -84,6 +85,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.ldam_max_margin = 0.5
   c.loss.ldam_scale = 30.0
   c.loss.drw_epoch = 160  # ce_drw / ldam_drw: class-balanced weights from this epoch on
+  c.loss.tau_norm_tau = 1.0
+  c.loss.tau_norm_sweep = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+  # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.sampler = 'class'
+  c.stage2.epochs = 10
+  c.stage2.lr = 0.1
+  c.stage2.schedule = 'cosine'
+  c.stage2.warmup_epochs = 0.0
+  c.stage2.weight_decay = 2e-4
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 200

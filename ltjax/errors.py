@@ -20,3 +20,7 @@ class WorkdirConflictError(LtjaxError, RuntimeError):
 
 class NonFiniteLossError(LtjaxError, FloatingPointError):
   """The training loss became NaN or infinite."""
+
+
+class MissingCheckpointError(LtjaxError, FileNotFoundError):
+  """A phase needs an earlier phase's final checkpoint that is not there."""

@@ -12,13 +12,13 @@ import time
 
 import jax
 
-from ltjax import evaluate, parallel, recipes, train
-from ltjax.errors import WorkdirConflictError
+from ltjax import checkpoint, evaluate, parallel, recipes, train
+from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
 from ltjax.data import augment, sources
 
 # Fields that may change between the runs of one workdir: where data is read from,
 # how often to log, evaluate and checkpoint, and how many devices share the batch.
-RESUMABLE_FIELDS = ('data.data_dir', 'data.cache_dir', 'data.download', 'num_devices', 'log_every_steps',
+RESUMABLE_FIELDS = ('phases', 'data.data_dir', 'data.cache_dir', 'data.download', 'num_devices', 'log_every_steps',
                     'eval_every_epochs', 'checkpoint_every_epochs', 'checkpoint_min_seconds', 'keep_checkpoints',
                     'train.eval_batch_size')
 
@@ -62,6 +62,11 @@ def run(config, workdir: str) -> dict:
   dataset = sources.load(config.data)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
+  selected = [p.strip() for p in config.phases.split(',') if p.strip()]
+  unknown = sorted(set(selected) - {p.name for p in phases})
+  if unknown:
+    raise ConfigError(f'--config.phases names {unknown}, not phases of {config.method!r}: '
+                      f'{[p.name for p in phases]}.')
   for phase in phases:
     parallel.check_batch_size(phase.train.batch_size, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
@@ -84,6 +89,9 @@ def run(config, workdir: str) -> dict:
       print(f'[{phase.name}] finished earlier: {path}')
       results[phase.name] = evaluate.read_results(path)
       continue
+    if selected and phase.name not in selected:
+      print(f'[{phase.name}] not selected by --config.phases, skipped')
+      continue
 
     forward = train.make_forward(phase.model, normalize, phase.eval_output)
 
@@ -92,9 +100,22 @@ def run(config, workdir: str) -> dict:
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 
-    variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn)
+    init_variables = None
+    if phase.init_from:
+      source = os.path.join(workdir, phase.init_from)
+      if not os.path.exists(os.path.join(source, 'results.json')):
+        raise MissingCheckpointError(
+            f'phase {phase.name!r} starts from the final checkpoint of phase {phase.init_from!r}, '
+            f'but {source} holds no finished run of it. Fix: run the whole recipe in this workdir '
+            f'(the same command runs {phase.init_from!r} first, also with --config.phases='
+            f'{phase.init_from},{phase.name}).')
+      init_variables = checkpoint.restore_variables(os.path.join(source, 'checkpoints'))
+    variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
+                                          init_variables)
     t = time.perf_counter()
     res = evaluate_fn(variables)
+    if phase.extra_eval is not None:
+      res.update(phase.extra_eval(variables, init_variables, evaluate_fn))
     timing['eval_seconds'] = time.perf_counter() - t
     timing['data_seconds'] = data_seconds
     res.update(method=config.method, phase=phase.name, dataset=dataset.name,
@@ -106,6 +127,9 @@ def run(config, workdir: str) -> dict:
       evaluate.write_results(path, res)
     results[phase.name] = res
 
+  if not results:
+    print('no phase finished: nothing to report')
+    return results
   last = list(results)[-1]
   summary = dict(results[last])
   summary['phases'] = {name: {k: r.get(k) for k in ('top1', 'top5', 'many', 'medium', 'few')}

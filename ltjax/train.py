@@ -46,6 +46,14 @@ class Phase:
   train: Any
   # Which head's logits are evaluated.
   eval_output: str = 'logits'
+  # Hand-off: start from the final variables of an earlier phase of the recipe,
+  # ``init(fresh_variables, earlier_variables) -> variables``.
+  init_from: str | None = None
+  init: Callable[[dict, dict], dict] | None = None
+  # ``trainable(path) -> bool`` on parameter paths (tuples of names); None: all.
+  trainable: Callable[[tuple], bool] | None = None
+  # ``extra_eval(variables, init_variables, evaluate_fn) -> dict`` adds results (a sweep).
+  extra_eval: Callable[[dict, dict, Callable], dict] | None = None
 
 
 @struct.dataclass
@@ -78,11 +86,17 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   return optax.join_schedules([warmup, main], [warm])
 
 
-def make_optimizer(tc, schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled L2 weight decay, as PyTorch's ``SGD(weight_decay=)``."""
-  return optax.chain(
+def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientTransformation:
+  """SGD with momentum and coupled L2 weight decay, as PyTorch's ``SGD(weight_decay=)``.
+  With ``trainable(path)``, the other parameters get zero updates (and no decay)."""
+  sgd = optax.chain(
       optax.add_decayed_weights(tc.weight_decay),
       optax.sgd(schedule, momentum=tc.momentum, nesterov=tc.nesterov))
+  if trainable is None:
+    return sgd
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: 'train' if trainable(tuple(getattr(k, 'key', str(k)) for k in path)) else 'frozen', params)
+  return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
 
 
 def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, mesh):
@@ -140,7 +154,8 @@ def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np
   return np.concatenate([np.asarray(o)[:n] for o, n in zip(jax.device_get(outs), sizes)])
 
 
-def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None):
+def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
+                init_variables=None):
   """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
 
   ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
@@ -157,7 +172,6 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)
-  tx = make_optimizer(tc, schedule)
 
   def augment_fn(key, images):
     return augment.train_augment(key, images, pad=aug.pad, flip=aug.flip, mean=aug.mean,
@@ -167,6 +181,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   init_key, step_rng = jax.random.split(rng)
   sample = augment.normalize(dataset.train_images[:2], aug.mean, aug.std, dataset.pixel_scale)
   variables = phase.model.init(init_key, sample, train=False)
+  if init_variables is not None:  # an earlier phase's variables, merged by the recipe
+    variables = phase.init(variables, init_variables) if phase.init else init_variables
+  tx = make_optimizer(tc, schedule, phase.trainable, variables['params'])
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                      batch_stats=variables.get('batch_stats', {}),
                      opt_state=tx.init(variables['params']))

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from ltjax import evaluate
 
@@ -24,3 +25,28 @@ def test_empty_group_is_none_not_crash():
   r = evaluate.classification_results(np.eye(2), np.array([0, 1]), [500, 300])
   assert r['few'] is None and r['medium'] is None and r['many'] == 100.0
   assert '| - |' in evaluate.format_table([('x', r)])
+
+
+def test_report_table_from_fabricated_runs(tmp_path):
+  import json
+
+  from ltjax import report
+
+  def write(workdir, method, phases):
+    for name, top1, few in phases:
+      (workdir / name).mkdir(parents=True)
+      r = {'method': method, 'phase': name, 'dataset': 'digits', 'imbalance_factor': 20.0, 'seed': 0,
+           'top1': top1, 'many': 100.0, 'medium': 90.0, 'few': few, 'top5': 99.0}
+      (workdir / name / 'results.json').write_text(json.dumps(r))
+    (workdir / 'results.json').write_text(json.dumps({**r, 'phases': {n: {} for n, _, _ in phases}}))
+
+  write(tmp_path / 'a', 'ce', [('ce', 94.0, 86.0)])
+  write(tmp_path / 'b', 'crt', [('ce', 93.0, 85.0), ('crt', 97.4, None)])
+  out = tmp_path / 'results.md'
+  report.main([str(tmp_path / 'a'), str(tmp_path / 'b'), '--out', str(out)])
+  lines = out.read_text().splitlines()
+  assert lines[2] == '| ce | digits | 20 | 0 | 94.00 | 100.00 | 90.00 | 86.00 | 99.00 |'
+  assert lines[3].startswith('| crt/ce | digits | 20 | 0 | 93.00 |')
+  assert lines[4] == '| crt | digits | 20 | 0 | 97.40 | 100.00 | 90.00 | - | 99.00 |'
+  with pytest.raises(SystemExit, match='no results.json'):
+    report.main([str(tmp_path / 'missing')])

@@ -10,24 +10,27 @@ from flax import linen as nn
 
 from ltjax.errors import ConfigError
 from ltjax.models import layers
-from ltjax.models.heads import LinearHead, NormedLinearHead
+from ltjax.models.heads import LinearHead, LWSHead, NormedLinearHead
 from ltjax.models.resnet import CifarResNet
 
 
 class Classifier(nn.Module):
   backbone: nn.Module
   head: nn.Module
+  # False: the backbone always runs in evaluation mode (BatchNorm running statistics),
+  # as when a classifier is refit on a frozen backbone.
+  backbone_train: bool = True
 
   def __call__(self, x, train: bool = True):
-    features = self.backbone(x, train=train)
+    features = self.backbone(x, train=train and self.backbone_train)
     return {'features': features, 'logits': self.head(features)}
 
 
 BACKBONES = {'cifar_resnet': CifarResNet}
-HEADS = {'linear': LinearHead, 'normed': NormedLinearHead}
+HEADS = {'linear': LinearHead, 'normed': NormedLinearHead, 'lws': LWSHead}
 
 
-def build_model(model_config, num_classes: int, head: str = 'linear') -> Classifier:
+def build_model(model_config, num_classes: int, head: str = 'linear', backbone_train: bool = True) -> Classifier:
   """The backbone the config names, with a ``head`` classifier (a recipe's choice)."""
   name = model_config.name
   if name not in BACKBONES:
@@ -45,4 +48,4 @@ def build_model(model_config, num_classes: int, head: str = 'linear') -> Classif
   backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width,
                              dtype=dtypes[model_config.dtype],
                              conv_impl=layers.resolve_conv_impl(model_config.conv_impl))
-  return Classifier(backbone=backbone, head=HEADS[head](num_classes))
+  return Classifier(backbone=backbone, head=HEADS[head](num_classes), backbone_train=backbone_train)

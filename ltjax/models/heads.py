@@ -28,3 +28,14 @@ class NormedLinearHead(nn.Module):
     f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
     w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
     return f @ w
+
+
+class LWSHead(nn.Module):
+  """Learnable weight scaling (Kang et al.): ``z_c = s_c (w_c . f + b_c)``, the linear
+  classifier frozen by the recipe and only the scales ``s`` (initialised to 1) trained."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features):
+    scales = self.param('scales', nn.initializers.ones, (self.num_classes,))
+    return scales * LinearHead(self.num_classes, name='linear')(features)

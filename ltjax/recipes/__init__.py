@@ -6,7 +6,7 @@ method names.
 from __future__ import annotations
 
 from ltjax.errors import ConfigError
-from ltjax.recipes import supervised
+from ltjax.recipes import decoupled, supervised
 
 RECIPES = {
     'ce': supervised.ce,
@@ -15,6 +15,9 @@ RECIPES = {
     'cb_focal': supervised.cb_focal,
     'ce_drw': supervised.ce_drw,
     'ldam_drw': supervised.ldam_drw,
+    'crt': decoupled.crt,
+    'lws': decoupled.lws,
+    'tau_norm': decoupled.tau_norm,
 }
 
 

@@ -1,0 +1,70 @@
+"""cRT, LWS and tau-norm: the classifier stage starts from the CE phase's checkpoint,
+changes only what it should, and needs that checkpoint."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_lt
+from ltjax import checkpoint, pipeline
+from ltjax.errors import MissingCheckpointError
+
+
+def final(workdir, phase):
+  return checkpoint.restore_variables(os.path.join(workdir, phase, 'checkpoints'))
+
+
+def same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def run(tmp_path, method, **fields):
+  config = digits_lt.get_config(f'smoke,method={method}')
+  config.update(fields)
+  workdir = str(tmp_path / method)
+  return workdir, pipeline.run(config, workdir)
+
+
+def test_crt_retrains_only_a_new_classifier(tmp_path):
+  workdir, results = run(tmp_path, 'crt')
+  assert list(results) == ['ce', 'crt']
+  ce, crt = final(workdir, 'ce'), final(workdir, 'crt')
+  assert same(ce['params']['backbone'], crt['params']['backbone'])
+  assert same(ce['batch_stats'], crt['batch_stats'])  # backbone in evaluation mode
+  assert not same(ce['params']['head'], crt['params']['head'])
+  assert results['crt']['top1'] is not None
+
+
+def test_lws_learns_only_the_scales(tmp_path):
+  workdir, results = run(tmp_path, 'lws')
+  ce, lws = final(workdir, 'ce'), final(workdir, 'lws')
+  assert same(ce['params']['backbone'], lws['params']['backbone'])
+  assert same(ce['batch_stats'], lws['batch_stats'])
+  assert same(ce['params']['head'], lws['params']['head']['linear'])  # weights and bias frozen
+  scales = np.asarray(lws['params']['head']['scales'])
+  assert scales.shape == (10,) and not np.allclose(scales, 1.0)
+
+
+def test_tau_norm_sweep_and_tau_zero_is_the_ce_classifier(tmp_path):
+  workdir, results = run(tmp_path, 'tau_norm')
+  r = results['tau_norm']
+  assert [row['tau'] for row in r['tau_sweep']] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+  assert r['tau_sweep'][0]['top1'] == pytest.approx(results['ce']['top1'])  # tau 0: unchanged
+  assert r['tau_sweep'][4]['top1'] == pytest.approx(r['top1'])  # tau 1: this phase's result
+  assert 'validation split' in r['tau_note']
+  ce, tn = final(workdir, 'ce'), final(workdir, 'tau_norm')
+  norms = np.linalg.norm(tn['params']['head']['Dense_0']['kernel'], axis=0)
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-5)  # tau = 1: unit class vectors
+  assert same(ce['params']['backbone'], tn['params']['backbone'])
+
+
+def test_second_stage_alone_needs_the_first(tmp_path):
+  with pytest.raises(MissingCheckpointError, match="final checkpoint of phase 'ce'"):
+    run(tmp_path, 'crt', phases='crt')
+  assert not os.path.exists(tmp_path / 'crt' / 'crt' / 'results.json')
+  # The first stage alone, then the second alone on the same workdir.
+  _, first = run(tmp_path, 'crt', phases='ce')
+  assert list(first) == ['ce']
+  _, second = run(tmp_path, 'crt', phases='crt')
+  assert list(second) == ['ce', 'crt']
