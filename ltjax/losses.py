@@ -131,3 +131,9 @@ def info_nce(query, key, queue, temperature=0.2, labels=None, queue_labels=None)
     neg = jnp.where(labels[:, None] == queue_labels[None, :], -jnp.inf, neg)
   logits = jnp.concatenate([pos, neg], -1) / temperature
   return cross_entropy(logits, jnp.zeros(q.shape[0], jnp.int32))
+
+
+def rotation_loss(rotation_logits, rotations):
+  """Rotation prediction (Gidaris et al.): 4-way CE on the rotation (0, 1, 2, 3 for 0,
+  90, 180 and 270 degrees) of each image, from a rotation head on shared features."""
+  return cross_entropy(rotation_logits, rotations)

@@ -85,9 +85,20 @@ def test_balanced_softmax_gradient(batch):
 
 def test_bf16_logits_are_stable():
   z = jnp.array([[1000.0, -1000.0, 0.0]], jnp.bfloat16)
-  for value in (losses.cross_entropy(z, jnp.array([1])),
-                losses.balanced_softmax_cross_entropy(z, jnp.array([1]), jnp.array([5000, 50, 5]))):
+  y, counts = jnp.array([1]), jnp.array([5000, 50, 5])
+  for value in (losses.cross_entropy(z, y),
+                losses.balanced_softmax_cross_entropy(z, y, counts),
+                losses.focal_loss(z, y), losses.ldam_loss(z / 1000, y, counts),
+                losses.distillation_loss(z, z[:, ::-1], 2.0),
+                losses.dive_distillation_loss(z, z[:, ::-1], 3.0, 0.5),
+                losses.info_nce(z, z, jnp.concatenate([z, -z]).astype(jnp.bfloat16))):
     assert jnp.isfinite(value) and value.dtype == jnp.float32
+
+
+def test_rotation_loss_is_four_way_ce():
+  z = jnp.asarray(np.random.default_rng(5).normal(size=(8, 4)), jnp.float32)
+  r = jnp.array([0, 1, 2, 3, 0, 1, 2, 3])
+  np.testing.assert_allclose(jax.jit(losses.rotation_loss)(z, r), np_ce(np.asarray(z), np.asarray(r)), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- the loss library
