@@ -35,7 +35,8 @@ def _ce_loss(outputs, labels, epoch):
   return losses.cross_entropy(outputs['logits'], labels), {'accuracy': losses.accuracy(outputs['logits'], labels)}
 
 
-def _backbone_from(earlier, fresh, head):
+def _backbone_from(earlier, head):
+  """The earlier phase's backbone (weights and BatchNorm statistics) under ``head``."""
   return {'params': {'backbone': earlier['params']['backbone'], 'head': head},
           'batch_stats': earlier['batch_stats']}
 
@@ -45,7 +46,7 @@ def crt(config, dataset):
   second = Phase(
       name='crt', model=model, loss=_ce_loss, sampler=config.stage2.sampler,
       train=stage2_train_config(config), init_from='ce',
-      init=lambda fresh, earlier: _backbone_from(earlier, fresh, fresh['params']['head']),
+      init=lambda fresh, earlier: _backbone_from(earlier, fresh['params']['head']),
       trainable=lambda path: path[0] == 'head')
   return supervised.ce(config, dataset) + [second]
 
@@ -55,7 +56,7 @@ def lws(config, dataset):
 
   def init(fresh, earlier):
     head = {'scales': fresh['params']['head']['scales'], 'linear': earlier['params']['head']}
-    return _backbone_from(earlier, fresh, head)
+    return _backbone_from(earlier, head)
 
   second = Phase(
       name='lws', model=model, loss=_ce_loss, sampler=config.stage2.sampler,
@@ -92,6 +93,6 @@ def tau_norm(config, dataset):
 
   second = Phase(
       name='tau_norm', model=model, loss=_ce_loss, sampler='instance', train=tc, init_from='ce',
-      init=lambda fresh, earlier: _backbone_from(earlier, fresh, tau_normalize(earlier['params']['head'], tau)),
+      init=lambda fresh, earlier: _backbone_from(earlier, tau_normalize(earlier['params']['head'], tau)),
       trainable=lambda path: False, extra_eval=sweep)
   return supervised.ce(config, dataset) + [second]
