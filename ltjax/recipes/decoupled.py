@@ -31,8 +31,7 @@ def stage2_train_config(config):
   return tc
 
 
-def _ce_loss(outputs, labels, epoch):
-  return losses.cross_entropy(outputs['logits'], labels), {'accuracy': losses.accuracy(outputs['logits'], labels)}
+_ce_loss = supervised.logits_loss(lambda z, y, epoch: losses.cross_entropy(z, y))
 
 
 def _backbone_from(earlier, head):

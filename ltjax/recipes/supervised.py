@@ -19,11 +19,17 @@ from ltjax.models import build_model
 from ltjax.train import Phase
 
 
-def _phase(config, dataset, name, loss_value_fn, head='linear'):
+def logits_loss(loss_value_fn):
+  """A phase's loss from ``loss_value_fn(logits, labels, epoch)``, with batch accuracy."""
   def loss(outputs, labels, epoch):
     value = loss_value_fn(outputs['logits'], labels, epoch)
     return value, {'accuracy': losses.accuracy(outputs['logits'], labels)}
 
+  return loss
+
+
+def _phase(config, dataset, name, loss_value_fn, head='linear'):
+  loss = logits_loss(loss_value_fn)
   model = build_model(config.model, dataset.num_classes, head=head)
   return [Phase(name=name, model=model, loss=loss, sampler=config.data.sampler, train=config.train)]
 
