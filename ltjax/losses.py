@@ -107,12 +107,53 @@ def power_normalize(probs, power):
   return tp / jnp.sum(tp, -1, keepdims=True)
 
 
+def dive_teacher_distribution(teacher_logits, temperature=3.0, power=0.5):
+  """DiVE's virtual-example distribution ``power_normalize(softmax(z_t / tau), p)``,
+  a constant (no gradient reaches the teacher)."""
+  t = jax.nn.softmax(jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, -1)
+  return power_normalize(t, power)
+
+
 def dive_distillation_loss(student_logits, teacher_logits, temperature=3.0, power=0.5):
   """DiVE's virtual-example term: ``tau^2 KL(t || softmax(z_s / tau))`` with
   ``t = power_normalize(softmax(z_t / tau), p)``; no power on the student side."""
-  t = jax.nn.softmax(jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, -1)
-  t = power_normalize(t, power)
+  t = dive_teacher_distribution(teacher_logits, temperature, power)
   return temperature ** 2 * jnp.mean(kl_divergence(t, _f32(student_logits) / temperature))
+
+
+DIVE_TARGETS = ('t_tau', 't_tilde')
+
+
+def dive_student_loss(student_logits, teacher_logits, labels, class_counts, temperature=3.0,
+                      power=0.5, alpha=0.5, use_bsce=True, target='t_tau', bsce_tau=1.0):
+  """DiVE's student loss (He et al., METHODS.md 2), one value per batch.
+
+  ``target='t_tau'`` (the paper's method): ``(1 - alpha) * hard + alpha * tau^2 *
+  KL(t || softmax(z_s / tau))`` with ``t = power_normalize(softmax(z_t / tau), p)`` and
+  ``hard`` the BSCE (``use_bsce``: ``CE(y, z_s + bsce_tau * log n)``) or CE of the
+  student's logits.
+
+  ``target='t_tilde'`` (the ablation's virtual-example mixture, ltjax's reading): one
+  cross-entropy against ``t~ = (1 - alpha) * onehot(y) + alpha * t`` with the same
+  flattened teacher ``t``, on the student's logits at temperature 1 (``+ bsce_tau *
+  log n`` with ``use_bsce``): hard labels and virtual examples as one label distribution.
+
+  ``power = 1`` is no power normalisation. Returns ``(loss, {'hard': ..., 'distill':
+  ...})``, the two terms before weighting (for ``t_tilde``, ``distill`` is the KL of
+  ``t`` to the adjusted student at temperature 1).
+  """
+  if target not in DIVE_TARGETS:
+    raise ValueError(f'DiVE target {target!r}; choose one of {DIVE_TARGETS}.')
+  z = _f32(student_logits)
+  adjusted = z + bsce_tau * jnp.log(_f32(class_counts)) if use_bsce else z
+  hard = cross_entropy(adjusted, labels)
+  if target == 't_tau':
+    distill = dive_distillation_loss(z, teacher_logits, temperature, power)
+    return (1 - alpha) * hard + alpha * distill, {'hard': hard, 'distill': distill}
+  t = dive_teacher_distribution(teacher_logits, temperature, power)
+  mixture = (1 - alpha) * jax.nn.one_hot(labels, z.shape[-1], dtype=jnp.float32) + alpha * t
+  loss = -jnp.mean(jnp.sum(mixture * jax.nn.log_softmax(adjusted, -1), -1))
+  return loss, {'hard': hard, 'distill': jnp.mean(kl_divergence(t, adjusted))}
 
 
 def info_nce(query, key, queue, temperature=0.2, labels=None, queue_labels=None):

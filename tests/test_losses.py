@@ -175,6 +175,65 @@ def test_dive_distillation_matches_numpy(batch):
   check_grads(lambda s: losses.dive_distillation_loss(s, zt, tau, p), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
 
 
+def np_dive_student(z, zt, y, counts, tau, p, alpha, use_bsce=True, target='t_tau'):
+  """DiVE's student loss written from METHODS.md, in float64."""
+  z, zt = z.astype(np.float64), zt.astype(np.float64)
+  t = np_softmax(zt / tau) ** p
+  t /= t.sum(-1, keepdims=True)
+  adj = z + np.log(counts) if use_bsce else z
+  hard = np_ce(adj, y)
+  if target == 't_tau':
+    return (1 - alpha) * hard + alpha * tau ** 2 * np.mean(np_kl(t, z / tau))
+  mix = (1 - alpha) * np.eye(z.shape[1])[y] + alpha * t
+  return -np.mean(np.sum(mix * np_log_softmax(adj), -1))
+
+
+@pytest.mark.parametrize('use_bsce', [True, False])
+@pytest.mark.parametrize('target', ['t_tau', 't_tilde'])
+@pytest.mark.parametrize('tau,p,alpha', [(3.0, 0.5, 0.5), (1.0, 1.0, 0.3), (2.0, 0.25, 0.9)])
+def test_dive_student_loss_matches_numpy(batch, use_bsce, target, tau, p, alpha):
+  z, y, counts = batch
+  zt = np.roll(z, 3, axis=0) * 0.7
+  fn = jax.jit(lambda s, t: losses.dive_student_loss(s, t, y, counts, tau, p, alpha, use_bsce, target)[0])
+  np.testing.assert_allclose(fn(z, zt), np_dive_student(z, zt, y, counts, tau, p, alpha, use_bsce, target),
+                             rtol=1e-5)
+  # Gradients: numerical check on the student; none reaches the teacher.
+  check_grads(lambda s: fn(s, zt), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+  assert float(jnp.abs(jax.grad(fn, argnums=1)(z, zt)).max()) == 0.0
+
+
+def test_dive_student_loss_limits_and_hand_case(batch):
+  z, y, counts = batch
+  zt = np.roll(z, 1, axis=0)
+  loss = lambda **kw: float(losses.dive_student_loss(z, zt, y, counts, **kw)[0])
+  bsce = float(losses.balanced_softmax_cross_entropy(z, y, counts))
+  # alpha = 0: the hard term alone (BSCE, or CE without use_bsce), whichever the target.
+  for target in ('t_tau', 't_tilde'):
+    np.testing.assert_allclose(loss(alpha=0.0, target=target), bsce, rtol=1e-6)
+    np.testing.assert_allclose(loss(alpha=0.0, target=target, use_bsce=False),
+                               float(losses.cross_entropy(z, y)), rtol=1e-6)
+  # alpha = 1: the tau^2-scaled distillation term alone, blind to the labels.
+  np.testing.assert_allclose(loss(alpha=1.0), float(losses.dive_distillation_loss(z, zt, 3.0, 0.5)), rtol=1e-6)
+  other = (y + 1) % 7
+  np.testing.assert_allclose(float(losses.dive_student_loss(z, zt, other, counts, alpha=1.0)[0]), loss(alpha=1.0),
+                             rtol=1e-6)
+  # The tau^2 factor: tau = 3 with p = 1 is 9 times the KL at temperature 3.
+  t = np_softmax(zt.astype(np.float64) / 3)
+  np.testing.assert_allclose(loss(alpha=1.0, power=1.0), 9 * np.mean(np_kl(t, z / 3)), rtol=1e-5)
+  # Hand case: 2 classes, teacher logits (0, log 9) at tau 1: t = (0.1, 0.9); with p = 0.5,
+  # t ~ (1, 3) / 4. Student logits 0: KL(t || (1/2, 1/2)) = log 2 - H(t).
+  got = losses.dive_student_loss(jnp.zeros((1, 2)), jnp.array([[0.0, np.log(9.0)]]), jnp.array([1]),
+                                 np.array([1, 1]), temperature=1.0, power=0.5, alpha=1.0)[0]
+  h = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+  np.testing.assert_allclose(got, np.log(2) - h, rtol=1e-6)
+
+
+def test_dive_student_loss_rejects_unknown_target(batch):
+  z, y, counts = batch
+  with pytest.raises(ValueError, match='t_tilde'):
+    losses.dive_student_loss(z, z, y, counts, target='mixture')
+
+
 def np_info_nce(q, k, queue, T, labels=None, queue_labels=None):
   n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
   q, k, queue = n(q.astype(np.float64)), n(k.astype(np.float64)), n(queue.astype(np.float64))
