@@ -76,10 +76,10 @@ def main():
   data = jax.device_put({'images': ds.train_images, 'labels': ds.train_labels,
                          **Sampler.arrays(ds.train_labels, 10)}, rep)
   step = jax.jit(train.make_train_step(phase, tx, schedule, sampler, aug_fn, mesh),
-                 in_shardings=(rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+                 in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
   key = jax.random.key(1)
   t = time.perf_counter()
-  compiled = step.lower(state, data, key).compile()
+  compiled = step.lower(state, data, key, {}).compile()
   compile_s = time.perf_counter() - t
   try:
     cost = compiled.cost_analysis()
@@ -88,13 +88,13 @@ def main():
   except Exception:  # not every backend reports costs
     flops = 0.0
   for _ in range(3):  # warm-up
-    state, m = compiled(state, data, key)
+    state, m = compiled(state, data, key, {})
   jax.block_until_ready(state)
   rates = []
   for _ in range(args.runs):
     t = time.perf_counter()
     for _ in range(args.steps):
-      state, m = compiled(state, data, key)
+      state, m = compiled(state, data, key, {})
     jax.block_until_ready(state)
     rates.append(args.steps * args.batch / (time.perf_counter() - t))
 

@@ -88,6 +88,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.tau_norm_tau = 1.0
   c.loss.tau_norm_sweep = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
+  # DiVE's student (ltjax/recipes/dive.py); paper defaults. A public reimplementation's
+  # CIFAR configs use temperature 2.
+  c.dive = ml_collections.ConfigDict()
+  c.dive.temperature = 3.0  # tau
+  c.dive.power = 0.5  # p of the power normalisation; 1 = none
+  c.dive.alpha = 0.5  # weight of the distillation term
+  c.dive.use_bsce = True  # the student's hard term: BSCE (True) or CE
+  c.dive.target = 't_tau'  # t_tau (the paper) | t_tilde (the ablation's label mixture)
+  c.dive.teacher_dir = ''  # '' = the teacher phase of this workdir; else another run's
+
   # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.sampler = 'class'

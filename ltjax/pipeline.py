@@ -54,6 +54,61 @@ def check_workdir(config, workdir: str) -> bool:
   return False
 
 
+def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_field: str = '') -> str:
+  """The checkpoint folder of phase ``name`` of this run, which must have finished."""
+  source = os.path.join(workdir, name)
+  if not os.path.exists(os.path.join(source, 'results.json')):
+    elsewhere = (f', or point --config.{path_field} at the phase folder of a finished run'
+                 if path_field else '')
+    raise MissingCheckpointError(
+        f'phase {needed_by!r} needs the final checkpoint of phase {name!r}, but {source} holds '
+        f'no finished run of it. Fix: run the whole recipe in this workdir (the same command '
+        f'runs {name!r} first, also with --config.phases={name},{needed_by}){elsewhere}.')
+  return os.path.join(source, 'checkpoints')
+
+
+def _checkpoints_at(path: str, name: str, field: str) -> str:
+  """The checkpoint folder a user's ``path`` names: a phase folder (``.../<name>``), a
+  run's workdir, or an orbax checkpoint folder itself."""
+  for candidate in (os.path.join(path, 'checkpoints'), os.path.join(path, name, 'checkpoints'), path):
+    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+      return candidate
+  raise MissingCheckpointError(
+      f'--config.{field}={path!r} holds no checkpoint: give the folder of a finished {name!r} '
+      f'phase (with checkpoints/ inside), the workdir of a run that has one ({path}/{name}/'
+      f'checkpoints), or an orbax checkpoint folder.')
+
+
+def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
+  """The frozen teacher's variables, checked against the teacher model of this config:
+  a teacher of another dataset (class count) or architecture is refused by name."""
+  teacher = phase.teacher
+  if teacher.path:
+    directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
+  else:
+    directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
+  variables = checkpoint.restore_variables(directory)
+  sample = normalize(dataset.train_images[:2])
+  expected = jax.eval_shape(lambda: teacher.model.init(jax.random.key(0), sample, train=False))
+  want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  got = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(variables)}
+  if want == got:
+    return variables
+  head = [k for k in want if k in got and want[k] != got[k] and "['head']" in k]
+  if head and set(want) == set(got) and all(want[k][:-1] == got[k][:-1] for k in head):
+    raise MissingCheckpointError(
+        f'the teacher in {directory} was trained with {got[head[0]][-1]} classes, but this run\'s '
+        f'{dataset.name}-LT has {dataset.num_classes}. Fix: train the teacher on this dataset (run '
+        f'the whole recipe in a new workdir) or point --config.{teacher.path_field} at one that was.')
+  diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+  lines = '\n'.join(f'  {k}: {got.get(k, "<absent>")} in the checkpoint, {want.get(k, "<absent>")} '
+                    f'in this config' for k in diff[:6])
+  raise MissingCheckpointError(
+      f'the teacher in {directory} has another architecture than this config\'s model '
+      f'(config.model):\n{lines}\nFix: run with the model settings the teacher was trained with '
+      f'(its config.json), or train a new teacher.')
+
+
 def run(config, workdir: str) -> dict:
   """Runs every phase of ``config.method`` in ``workdir``; returns results per phase."""
   known = check_workdir(config, workdir)
@@ -102,16 +157,13 @@ def run(config, workdir: str) -> dict:
 
     init_variables = None
     if phase.init_from:
-      source = os.path.join(workdir, phase.init_from)
-      if not os.path.exists(os.path.join(source, 'results.json')):
-        raise MissingCheckpointError(
-            f'phase {phase.name!r} starts from the final checkpoint of phase {phase.init_from!r}, '
-            f'but {source} holds no finished run of it. Fix: run the whole recipe in this workdir '
-            f'(the same command runs {phase.init_from!r} first, also with --config.phases='
-            f'{phase.init_from},{phase.name}).')
-      init_variables = checkpoint.restore_variables(os.path.join(source, 'checkpoints'))
+      init_variables = checkpoint.restore_variables(
+          _finished_phase_checkpoints(workdir, phase.init_from, phase.name))
+    teacher_variables = None
+    if phase.teacher is not None:
+      teacher_variables = _load_teacher(phase, workdir, dataset, normalize)
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
-                                          init_variables)
+                                          init_variables, teacher_variables)
     t = time.perf_counter()
     res = evaluate_fn(variables)
     if phase.extra_eval is not None:

@@ -31,13 +31,28 @@ LossFn = Callable[[dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A frozen network that runs inside a phase's jitted step (DiVE's and SSD's teacher).
+
+  Its final variables come from an earlier phase of the recipe (``workdir/<phase>``)
+  or, with ``path``, from a phase folder or checkpoint folder of another run.
+  """
+  phase: str
+  model: Any
+  path: str = ''
+  # The config field that sets ``path``, named in error messages.
+  path_field: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
 class Phase:
   """One named step of a recipe's pipeline.
 
   ``loss(outputs, labels, epoch) -> (loss, metrics)`` receives the model's outputs
   dict (``logits``, ``features``) in training mode and the current epoch (a traced
   int, for schedules such as DRW); ``train`` holds the optimizer and schedule fields
-  of the config (``config.train``).
+  of the config (``config.train``). With a ``teacher``, ``outputs['teacher']`` holds the
+  frozen teacher's outputs (evaluation mode, no gradient) on the same augmented batch.
   """
   name: str
   model: Any
@@ -54,6 +69,7 @@ class Phase:
   trainable: Callable[[tuple], bool] | None = None
   # ``extra_eval(variables, init_variables, evaluate_fn) -> dict`` adds results (a sweep).
   extra_eval: Callable[[dict, dict, Callable], dict] | None = None
+  teacher: Teacher | None = None
 
 
 @struct.dataclass
@@ -102,18 +118,29 @@ def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientT
 def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, mesh):
   batch = parallel.batch_sharding(mesh)
 
-  def step(state: TrainState, data: dict, rng: jax.Array):
+  def step(state: TrainState, data: dict, rng: jax.Array, teacher_variables: Any):
     key = jax.random.fold_in(rng, state.step)
     k_sample, k_aug = jax.random.split(key)
     idx = jax.lax.with_sharding_constraint(sampler(data, k_sample, state.step), batch)
     images = jax.lax.with_sharding_constraint(data['images'][idx], batch)
     labels = data['labels'][idx]
     x = augment_fn(k_aug, images)
+    teacher_outputs = None
+    if phase.teacher is not None:
+      # The teacher runs here, on this step's augmented batch, rather than from a file of
+      # soft labels: the crop and flip are drawn anew every step, and the soft label must
+      # be the teacher's view of the very image the student sees. It costs one forward
+      # pass (about a third of a training step) and no disk; its variables are
+      # replicated like the student's parameters, so the batch sharding is all it needs.
+      teacher_outputs = jax.lax.stop_gradient(
+          phase.teacher.model.apply(teacher_variables, x, train=False))
 
     def loss_fn(params):
       outputs, updates = phase.model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
           mutable=['batch_stats'])
+      if teacher_outputs is not None:
+        outputs = {**outputs, 'teacher': teacher_outputs}
       loss, metrics = phase.loss(outputs, labels, state.step // sampler.steps_per_epoch)
       return loss, (metrics, updates['batch_stats'])
 
@@ -155,15 +182,18 @@ def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np
 
 
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
-                init_variables=None):
+                init_variables=None, teacher_variables=None):
   """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
 
   ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
   scalars are logged. Returns the final variables (``params``, ``batch_stats``) and
   timings: ``train_seconds`` (the loop, compile included), ``first_step_seconds``
   (compile + first step), ``steps_run`` (this process's steps, after any resume).
+  ``teacher_variables`` are the frozen teacher's, for a phase with a ``teacher``.
   """
   tc = phase.train
+  if (phase.teacher is None) != (teacher_variables is None):
+    raise ValueError(f'phase {phase.name!r}: teacher_variables must be given exactly when the phase has a teacher.')
   parallel.check_batch_size(tc.batch_size, mesh)
   aug = config.data.augment
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
@@ -191,13 +221,14 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   state = jax.device_put(state, replicated)
   data = jax.device_put({'images': dataset.train_images, 'labels': dataset.train_labels,
                          **Sampler.arrays(dataset.train_labels, dataset.num_classes)}, replicated)
+  teacher_variables = jax.device_put(teacher_variables or {}, replicated)
 
   mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.keep_checkpoints)
   state = checkpoint.restore_latest(mgr, state)
   start = int(state.step)
 
   step_fn = jax.jit(make_train_step(phase, tx, schedule, sampler, augment_fn, mesh),
-                    in_shardings=(replicated, replicated, replicated),
+                    in_shardings=(replicated, replicated, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   logger = MetricLogger(phase_dir)
   is_main = jax.process_index() == 0
@@ -234,7 +265,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   t_loop = time.perf_counter()
   first_step_seconds = None
   for step in range(start, total_steps):
-    state, metrics = step_fn(state, data, step_rng)
+    state, metrics = step_fn(state, data, step_rng, teacher_variables)
     if first_step_seconds is None:
       jax.block_until_ready(metrics)
       first_step_seconds = time.perf_counter() - t_loop

@@ -6,7 +6,7 @@ method names.
 from __future__ import annotations
 
 from ltjax.errors import ConfigError
-from ltjax.recipes import decoupled, supervised
+from ltjax.recipes import decoupled, dive, supervised
 
 RECIPES = {
     'ce': supervised.ce,
@@ -18,6 +18,7 @@ RECIPES = {
     'crt': decoupled.crt,
     'lws': decoupled.lws,
     'tau_norm': decoupled.tau_norm,
+    'dive': dive.dive,
 }
 
 
