@@ -43,20 +43,25 @@ def test_smoke_run_writes_results_and_prints_table(finished):
   assert r['dataset'] == 'digits' and r['imbalance_factor'] == 20
   assert r['class_counts'] == [124, 88, 63, 45, 32, 23, 16, 12, 8, 6]
   assert len(r['per_class']) == 10 and r['top1'] > 30  # 10 classes: chance is 10
-  assert (workdir / 'ce' / 'results.json').exists()
+  # The default method, DiVE: a teacher phase, then the student, and the table of both.
+  assert r['method'] == 'dive' and r['phase'] == 'student' and set(r['phases']) == {'teacher', 'student'}
+  assert (workdir / 'teacher' / 'results.json').exists() and (workdir / 'student' / 'results.json').exists()
   assert '| run | overall | many | medium | few | top-5 |' in p.stdout
-  assert f'| ce | {r["top1"]:.2f} |' in p.stdout
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'ce'))
-  lines = [json.loads(l) for l in open(workdir / 'ce' / 'metrics.jsonl')]
+  assert f'| student | {r["top1"]:.2f} |' in p.stdout
+  assert f'| teacher | {r["phases"]["teacher"]["top1"]:.2f} |' in p.stdout
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'student'))
+  lines = [json.loads(l) for l in open(workdir / 'student' / 'metrics.jsonl')]
   assert lines[-1]['step'] == 70 and 'train/loss' in lines[-1] and 'train/images_per_sec' in lines[-1]
+  assert 'train/distill' in lines[-1] and 'train/teacher_accuracy' in lines[-1]
 
 
-def test_rerun_skips_finished_phase(finished):
+def test_rerun_skips_finished_phases(finished):
   workdir, _ = finished
-  before = (workdir / 'ce' / 'results.json').stat().st_mtime
+  before = [(workdir / ph / 'results.json').stat().st_mtime for ph in ('teacher', 'student')]
   p = run(workdir, EPOCHS, CKPT)
-  assert p.returncode == 0 and '[ce] finished earlier' in p.stdout
-  assert (workdir / 'ce' / 'results.json').stat().st_mtime == before
+  assert p.returncode == 0
+  assert '[teacher] finished earlier' in p.stdout and '[student] finished earlier' in p.stdout
+  assert [(workdir / ph / 'results.json').stat().st_mtime for ph in ('teacher', 'student')] == before
 
 
 def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
@@ -64,7 +69,7 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS, CKPT), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = killed / 'ce' / 'checkpoints'
+  ckpt = killed / 'student' / 'checkpoints'  # killed in the second phase, the teacher done
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if ckpt.exists() and any(d.isdigit() and int(d) >= 14 for d in os.listdir(ckpt)):
@@ -73,17 +78,19 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   assert proc.poll() is None, 'the run ended before it could be killed'
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert not (killed / 'ce' / 'results.json').exists()
+  assert (killed / 'teacher' / 'results.json').exists()
+  assert not (killed / 'student' / 'results.json').exists()
   p = run(killed, EPOCHS, CKPT)
   assert p.returncode == 0, p.stderr[-3000:]
   resumed = [l for l in p.stderr.splitlines() + p.stdout.splitlines() if 'resumed from checkpoint' in l]
   assert resumed, 'the second run did not resume'
   step = int(resumed[0].split('at step ')[1].split()[0])
   assert 14 <= step < 70
-  a = json.load(open(workdir / 'ce' / 'results.json'))
-  b = json.load(open(killed / 'ce' / 'results.json'))
+  assert '[teacher] finished earlier' in p.stdout
+  a = json.load(open(workdir / 'student' / 'results.json'))
+  b = json.load(open(killed / 'student' / 'results.json'))
   assert a['per_class'] == b['per_class'] and a['top1'] == b['top1']
-  last = lambda d: json.loads(open(d / 'ce' / 'metrics.jsonl').read().splitlines()[-1])['train/loss']
+  last = lambda d: json.loads(open(d / 'student' / 'metrics.jsonl').read().splitlines()[-1])['train/loss']
   assert last(workdir) == pytest.approx(last(killed), rel=1e-6)
 
 
@@ -124,9 +131,10 @@ def test_real_cifar10_lt_smoke(tmp_path):
   data_dir = real_tfds_dir()
   if data_dir is None:
     pytest.skip('real CIFAR-10 not found (set LTJAX_TFDS_DIR or put it in ../shared/tfds)')
-  p = run(tmp_path / 'c10', f'--config.data.data_dir={data_dir}', config='configs/cifar_lt.py:smoke')
+  p = run(tmp_path / 'c10', f'--config.data.data_dir={data_dir}', config='configs/cifar_lt.py:smoke,method=dive')
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.load(open(tmp_path / 'c10' / 'results.json'))
+  assert set(r['phases']) == {'teacher', 'student'}
   assert r['dataset'] == 'cifar10' and r['num_train'] == 12406 and r['num_test'] == 10000
   assert r['class_counts'][0] == 5000 and r['class_counts'][9] == 50
   assert r['few'] is None and r['top1'] > 12  # 1 tiny epoch: above chance (10)
