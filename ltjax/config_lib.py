@@ -98,6 +98,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.dive.target = 't_tau'  # t_tau (the paper) | t_tilde (the ablation's label mixture)
   c.dive.teacher_dir = ''  # '' = the teacher phase of this workdir; else another run's
 
+  # SSD (ltjax/recipes/ssd.py); paper values, CIFAR choices where the paper has none.
+  c.ssd = ml_collections.ConfigDict()
+  c.ssd.selfsup = 'rotation'  # rotation | contrastive (MoCo v2)
+  c.ssd.alpha1 = 1.0  # phase I: alpha1 * CE + alpha2 * self-supervised loss
+  c.ssd.alpha2 = 1.0
+  c.ssd.proj_dim = 128  # contrastive: MLP projection output
+  c.ssd.moco_momentum = 0.999
+  c.ssd.queue_size = 4096  # ImageNet-LT official: 115,712 = 452 x 256
+  c.ssd.moco_temperature = 0.2
+  c.ssd.mask_same_label = True  # drop queue keys of the query's label (official code)
+  c.ssd.generator = 'lws'  # phase II: lws | crt, on the frozen phase-I backbone
+  c.ssd.distill_temperature = 2.0  # phase III: T of the soft head's T^2 KL
+  c.ssd.lambda1 = 1.0  # phase III: lambda1 * hard CE + lambda2 * soft KD
+  c.ssd.lambda2 = 1.0
+  c.ssd.student_selfsup = True  # phase III keeps the self-supervised loss
+  c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
+  c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
+  c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's
+
   # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.sampler = 'class'

@@ -55,6 +55,16 @@ def _fmt(v):
   return '-' if v is None else f'{v:.2f}'
 
 
+def table_rows(results: dict) -> list[tuple[str, dict]]:
+  """(label, results) per phase, and per extra head of a phase with several
+  (``student (hard)``, ``student (soft)``)."""
+  rows = []
+  for name, r in results.items():
+    rows.append((f'{name} ({r["main_head"]})' if r.get('main_head') else name, r))
+    rows.extend((f'{name} ({head})', hr) for head, hr in r.get('heads', {}).items())
+  return rows
+
+
 def format_table(rows: list[tuple[str, dict]]) -> str:
   """A Markdown table: one row per (name, results)."""
   head = '| run | overall | many | medium | few | top-5 |\n|---|---|---|---|---|---|'

@@ -166,6 +166,11 @@ def run(config, workdir: str) -> dict:
                                           init_variables, teacher_variables)
     t = time.perf_counter()
     res = evaluate_fn(variables)
+    for head, output in phase.extra_heads:
+      head_forward = train.make_forward(phase.model, normalize, output)
+      res.setdefault('heads', {})[head] = evaluate_fn(variables, forward=head_forward)
+    if phase.main_head:
+      res['main_head'] = phase.main_head
     if phase.extra_eval is not None:
       res.update(phase.extra_eval(variables, init_variables, evaluate_fn))
     timing['eval_seconds'] = time.perf_counter() - t
@@ -184,14 +189,16 @@ def run(config, workdir: str) -> dict:
     return results
   last = list(results)[-1]
   summary = dict(results[last])
+  rows = evaluate.table_rows(results)
+  summary['phase_names'] = list(results)
   summary['phases'] = {name: {k: r.get(k) for k in ('top1', 'top5', 'many', 'medium', 'few')}
-                       for name, r in results.items()}
+                       for name, r in rows}
   if jax.process_index() == 0:
     evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
     counts_by_group = summary['num_classes_per_group']
     print(f'\n{config.method} on {dataset.name}-LT IF {dataset.imbalance_factor:g} '
           f'(classes many/medium/few: {counts_by_group["many"]}/{counts_by_group["medium"]}/'
           f'{counts_by_group["few"]}), top-1 %:')
-    print(evaluate.format_table(list(results.items())))
+    print(evaluate.format_table(rows))
     print(f'results: {os.path.join(workdir, "results.json")}')
   return results

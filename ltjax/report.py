@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from ltjax import evaluate
+
 
 def _fmt(v):
   return '-' if v is None else f'{v:.2f}'
@@ -24,11 +26,16 @@ def rows_of(workdir: str) -> list[dict]:
     raise FileNotFoundError(f'{workdir} holds no results.json: is it a finished ltjax run?')
   with open(path) as f:
     summary = json.load(f)
-  rows = []
-  for phase in summary.get('phases', {summary.get('phase', '?'): summary}):
+  results = {}
+  for phase in summary.get('phase_names') or summary.get('phases', {summary.get('phase', '?'): summary}):
     with open(os.path.join(workdir, phase, 'results.json')) as f:
-      r = json.load(f)
-    rows.append({'run': f'{r.get("method")}/{phase}' if r.get('method') != phase else phase, **r})
+      results[phase] = json.load(f)
+  rows = []
+  for label, r in evaluate.table_rows(results):
+    method = summary.get('method')
+    rows.append({**r, 'run': f'{method}/{label}' if method != label else label,
+                 'dataset': summary.get('dataset'), 'imbalance_factor': summary.get('imbalance_factor'),
+                 'seed': summary.get('seed')})
   return rows
 
 

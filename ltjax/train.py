@@ -45,6 +45,27 @@ class Teacher:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepHooks:
+  """What a phase adds to the generic step beyond ``model(augmented batch)``.
+
+  - ``init(variables) -> aux``: state the step carries in ``TrainState.aux`` and that is
+    checkpointed with it (SSD's momentum encoder and queue of keys).
+  - ``prepare(key, images, x, labels, aux) -> (inputs, extras, aux)``: the model's inputs
+    (e.g. each image at four rotations) from the uint8 ``images`` and their augmented
+    ``x``, and ``extras`` merged into the loss's ``outputs`` (e.g. rotation labels,
+    momentum keys, the queue), computed without gradient.
+  - ``update(aux, params, extras, labels) -> aux``: after the optimizer update (the
+    momentum encoder's moving average, the queue's FIFO update).
+
+  The step is jitted over global arrays, so ``extras`` hold the whole global batch
+  whatever the number of devices.
+  """
+  init: Callable[[dict], Any] | None = None
+  prepare: Callable[..., tuple] | None = None
+  update: Callable[..., Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Phase:
   """One named step of a recipe's pipeline.
 
@@ -70,6 +91,11 @@ class Phase:
   # ``extra_eval(variables, init_variables, evaluate_fn) -> dict`` adds results (a sweep).
   extra_eval: Callable[[dict, dict, Callable], dict] | None = None
   teacher: Teacher | None = None
+  hooks: StepHooks | None = None
+  # More outputs to evaluate as classifiers (SSD's soft head): (result name, output key)
+  # pairs, stored in results['heads']; ``main_head`` names the eval_output's row.
+  extra_heads: tuple[tuple[str, str], ...] = ()
+  main_head: str = ''
 
 
 @struct.dataclass
@@ -78,6 +104,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  aux: Any = dataclasses.field(default_factory=dict)  # StepHooks.init's state
 
 
 def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
@@ -125,6 +152,11 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
     images = jax.lax.with_sharding_constraint(data['images'][idx], batch)
     labels = data['labels'][idx]
     x = augment_fn(k_aug, images)
+    inputs, extras, aux = x, {}, state.aux
+    hooks = phase.hooks
+    if hooks is not None and hooks.prepare is not None:
+      inputs, extras, aux = hooks.prepare(jax.random.fold_in(key, 2), images, x, labels, aux)
+      extras = jax.lax.stop_gradient(extras)
     teacher_outputs = None
     if phase.teacher is not None:
       # The teacher runs here, on this step's augmented batch, rather than from a file of
@@ -137,19 +169,22 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
 
     def loss_fn(params):
       outputs, updates = phase.model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+          {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
           mutable=['batch_stats'])
+      outputs = {**outputs, **extras}
       if teacher_outputs is not None:
-        outputs = {**outputs, 'teacher': teacher_outputs}
+        outputs['teacher'] = teacher_outputs
       loss, metrics = phase.loss(outputs, labels, state.step // sampler.steps_per_epoch)
       return loss, (metrics, updates['batch_stats'])
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if hooks is not None and hooks.update is not None:
+      aux = hooks.update(aux, params, extras, labels)
     metrics = {'loss': loss, 'lr': schedule(state.step), **metrics}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+                              opt_state=opt_state, aux=aux)
     return new_state, metrics
 
   return step
@@ -214,9 +249,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   if init_variables is not None:  # an earlier phase's variables, merged by the recipe
     variables = phase.init(variables, init_variables) if phase.init else init_variables
   tx = make_optimizer(tc, schedule, phase.trainable, variables['params'])
+  aux = phase.hooks.init(variables) if phase.hooks is not None and phase.hooks.init else {}
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                      batch_stats=variables.get('batch_stats', {}),
-                     opt_state=tx.init(variables['params']))
+                     opt_state=tx.init(variables['params']), aux=aux)
   replicated = parallel.replicated(mesh)
   state = jax.device_put(state, replicated)
   data = jax.device_put({'images': dataset.train_images, 'labels': dataset.train_labels,

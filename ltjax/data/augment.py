@@ -39,3 +39,40 @@ def train_augment(key, images, *, pad: int, flip: bool, mean, std, scale: float 
   if flip:
     images = random_flip(k_flip, images)
   return normalize(images, mean, std, scale)
+
+
+def color_jitter(key, x, brightness=0.4, contrast=0.4, saturation=0.4, p=0.8):
+  """Per image, with probability ``p``: brightness, contrast and saturation factors
+  drawn uniformly from ``[1 - s, 1 + s]`` (in that order), on ``x`` in [0, 1]
+  ``[B, H, W, C]``; clipped to [0, 1]. (torchvision's ColorJitter draws a random
+  order and also jitters hue; neither is done here.)"""
+  b = x.shape[0]
+  k_on, k_b, k_c, k_s = jax.random.split(key, 4)
+  factor = lambda k, s: jax.random.uniform(k, (b, 1, 1, 1), minval=1 - s, maxval=1 + s)
+  gray = lambda y: jnp.mean(y, axis=-1, keepdims=True)
+  y = jnp.clip(x * factor(k_b, brightness), 0, 1)
+  mean = jnp.mean(gray(y), axis=(1, 2, 3), keepdims=True)
+  y = jnp.clip((y - mean) * factor(k_c, contrast) + mean, 0, 1)
+  g = gray(y)
+  y = jnp.clip((y - g) * factor(k_s, saturation) + g, 0, 1)
+  on = jax.random.bernoulli(k_on, p, (b, 1, 1, 1))
+  return jnp.where(on, y, x)
+
+
+def random_grayscale(key, x, p=0.2):
+  """Per image, with probability ``p``, every channel set to the channel mean."""
+  on = jax.random.bernoulli(key, p, (x.shape[0], 1, 1, 1))
+  return jnp.where(on, jnp.broadcast_to(jnp.mean(x, -1, keepdims=True), x.shape), x)
+
+
+def moco_view(key, images, *, pad: int, flip: bool, mean, std, scale: float = 255.0):
+  """MoCo v2's key view for small images: the dataset's crop and flip, colour jitter
+  (0.4, p 0.8) and grayscale (p 0.2), then normalisation. Blur and the random resized
+  crop belong to large images (the ImageNet pipeline)."""
+  k_crop, k_flip, k_jit, k_gray = jax.random.split(key, 4)
+  images = random_crop(k_crop, images, pad)
+  if flip:
+    images = random_flip(k_flip, images)
+  x = images.astype(jnp.float32) / scale
+  x = random_grayscale(k_gray, color_jitter(k_jit, x))
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

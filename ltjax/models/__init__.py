@@ -1,7 +1,8 @@
 """Models: backbones (``resnet.py``) and heads (``heads.py``), joined by ``Classifier``.
 
-The parameters of a ``Classifier`` are ``{'backbone': ..., 'head': ...}`` so that later
-stages can freeze the backbone, swap or add heads, or rescale the classifier.
+The parameters of a ``Classifier`` are ``{'backbone': ..., 'head': ...}`` (plus
+``soft_head`` and ``selfsup_head`` where a recipe asks for them) so that later stages
+can freeze the backbone, swap or add heads, or rescale the classifier.
 """
 from __future__ import annotations
 
@@ -10,28 +11,44 @@ from flax import linen as nn
 
 from ltjax.errors import ConfigError
 from ltjax.models import layers
-from ltjax.models.heads import LinearHead, LWSHead, NormedLinearHead
+from ltjax.models.heads import LinearHead, LWSHead, NormedLinearHead, ProjectionHead
 from ltjax.models.resnet import CifarResNet
 
 
 class Classifier(nn.Module):
+  """Outputs ``features``, ``logits`` (``head``), and where present ``soft_logits``
+  (SSD's soft-label head) and ``selfsup`` (a self-supervised head: rotation logits or
+  a contrastive projection)."""
   backbone: nn.Module
   head: nn.Module
   # False: the backbone always runs in evaluation mode (BatchNorm running statistics),
   # as when a classifier is refit on a frozen backbone.
   backbone_train: bool = True
+  soft_head: nn.Module | None = None
+  selfsup_head: nn.Module | None = None
 
   def __call__(self, x, train: bool = True):
     features = self.backbone(x, train=train and self.backbone_train)
-    return {'features': features, 'logits': self.head(features)}
+    out = {'features': features, 'logits': self.head(features)}
+    if self.soft_head is not None:
+      out['soft_logits'] = self.soft_head(features)
+    if self.selfsup_head is not None:
+      out['selfsup'] = self.selfsup_head(features)
+    return out
 
 
 BACKBONES = {'cifar_resnet': CifarResNet}
 HEADS = {'linear': LinearHead, 'normed': NormedLinearHead, 'lws': LWSHead}
 
 
-def build_model(model_config, num_classes: int, head: str = 'linear', backbone_train: bool = True) -> Classifier:
-  """The backbone the config names, with a ``head`` classifier (a recipe's choice)."""
+SELFSUP = ('rotation', 'contrastive')
+
+
+def build_model(model_config, num_classes: int, head: str = 'linear', backbone_train: bool = True,
+                soft_head: bool = False, selfsup: str | None = None, proj_dim: int = 128) -> Classifier:
+  """The backbone the config names, with a ``head`` classifier (a recipe's choice), and
+  optionally a second linear ``soft_head`` and a ``selfsup`` head: ``rotation`` (4-way
+  linear) or ``contrastive`` (MLP projection to ``proj_dim``)."""
   name = model_config.name
   if name not in BACKBONES:
     raise ConfigError(f'unknown model.name {name!r}; choose one of {sorted(BACKBONES)}.')
@@ -48,4 +65,13 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width,
                              dtype=dtypes[model_config.dtype],
                              conv_impl=layers.resolve_conv_impl(model_config.conv_impl))
-  return Classifier(backbone=backbone, head=HEADS[head](num_classes), backbone_train=backbone_train)
+  if selfsup is not None and selfsup not in SELFSUP:
+    raise ConfigError(f'self-supervised task {selfsup!r}; choose one of {SELFSUP}.')
+  extra = {}
+  if soft_head:
+    extra['soft_head'] = LinearHead(num_classes)
+  if selfsup == 'rotation':
+    extra['selfsup_head'] = LinearHead(4)
+  elif selfsup == 'contrastive':
+    extra['selfsup_head'] = ProjectionHead(proj_dim)
+  return Classifier(backbone=backbone, head=HEADS[head](num_classes), backbone_train=backbone_train, **extra)

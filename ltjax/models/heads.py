@@ -39,3 +39,15 @@ class LWSHead(nn.Module):
   def __call__(self, features):
     scales = self.param('scales', nn.initializers.ones, (self.num_classes,))
     return scales * LinearHead(self.num_classes, name='linear')(features)
+
+
+class ProjectionHead(nn.Module):
+  """MoCo v2's MLP projection ``Dense(hidden) - ReLU - Dense(dim)`` (hidden 0: the
+  feature width, as 2048-2048-128 on ResNeXt-50)."""
+  dim: int = 128
+  hidden: int = 0
+
+  @nn.compact
+  def __call__(self, features):
+    h = nn.Dense(self.hidden or features.shape[-1], kernel_init=layers.kaiming_normal)(features)
+    return nn.Dense(self.dim, kernel_init=layers.kaiming_normal)(nn.relu(h))

@@ -6,7 +6,7 @@ method names.
 from __future__ import annotations
 
 from ltjax.errors import ConfigError
-from ltjax.recipes import decoupled, dive, supervised
+from ltjax.recipes import decoupled, dive, ssd, supervised
 
 RECIPES = {
     'ce': supervised.ce,
@@ -19,6 +19,7 @@ RECIPES = {
     'lws': decoupled.lws,
     'tau_norm': decoupled.tau_norm,
     'dive': dive.dive,
+    'ssd': ssd.ssd,
 }
 
 
