@@ -1,0 +1,170 @@
+"""SSD: the two heads' gradients, the momentum encoder and queue inside the step and
+across devices, and every phase end to end with the frozen parts left unchanged."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import digits_lt
+from ltjax import checkpoint, parallel, pipeline, recipes, train
+from ltjax.data import augment, sources
+from ltjax.data.samplers import Sampler
+from ltjax.errors import ConfigError
+from ltjax.recipes import ssd
+
+
+@pytest.fixture(scope='module')
+def digits():
+  return sources.load(digits_lt.get_config('smoke').data)
+
+
+def _config(**fields):
+  config = digits_lt.get_config('smoke,method=ssd')
+  config.train.epochs = 2
+  config.stage2.epochs = 1
+  config.ssd.update(fields)
+  return config
+
+
+def same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_soft_head_never_sees_labels_and_hard_head_never_sees_the_teacher(digits):
+  config = _config(student_selfsup=False)
+  student = recipes.phases(config, digits)[2]
+  assert student.name == 'student' and student.extra_heads == (('soft', 'soft_logits'),)
+  x = jnp.asarray(digits.train_images[:16], jnp.float32) / 16
+  variables = student.model.init(jax.random.key(0), x, train=False)
+  rng = np.random.default_rng(0)
+  labels = jnp.asarray(rng.integers(0, 10, 16))
+  teacher = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+
+  def grads(labels, teacher):
+    def f(params):
+      out = student.model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=False)
+      return student.loss({**out, 'teacher': {'logits': teacher}}, labels, 0)[0]
+    return jax.jit(jax.grad(f))(variables['params'])
+
+  g = grads(labels, teacher)
+  g_labels = grads((labels + 3) % 10, teacher)
+  g_teacher = grads(labels, teacher[::-1])
+  assert same(g['soft_head'], g_labels['soft_head'])  # other labels: the same soft-head gradient
+  assert not same(g['head'], g_labels['head'])
+  assert same(g['head'], g_teacher['head'])  # another teacher: the same hard-head gradient
+  assert not same(g['soft_head'], g_teacher['soft_head'])
+  assert float(jnp.abs(g['soft_head']['Dense_0']['kernel']).max()) > 0
+
+
+@pytest.mark.parametrize('field,value,match', [('selfsup', 'jigsaw', 'rotation'), ('generator', 'x', 'lws'),
+                                               ('queue_size', 8, 'queue_size'), ('phase4_head', 'x', 'hard')])
+def test_bad_ssd_settings_are_refused(digits, field, value, match):
+  config = _config(**{field: value})
+  if field == 'queue_size':
+    config.ssd.selfsup = 'contrastive'
+  with pytest.raises(ConfigError, match=match):
+    recipes.phases(config, digits)
+
+
+def _restore_state(directory):
+  mgr = checkpoint.manager(directory)
+  state = mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore())
+  mgr.close()
+  return state
+
+
+def _contrastive_phase1(tmp_path, digits, num_devices, epochs=1):
+  config = _config(selfsup='contrastive', queue_size=256, moco_momentum=0.9)
+  config.train.epochs = epochs
+  config.checkpoint_min_seconds = 0
+  phase = recipes.phases(config, digits)[0]
+  directory = tmp_path / f'dev{num_devices}'
+  variables, _ = train.train_phase(phase, digits, config, str(directory), parallel.make_mesh(num_devices))
+  return _restore_state(str(directory / 'checkpoints')), variables
+
+
+def test_momentum_encoder_and_queue_in_the_step(tmp_path, digits):
+  """One epoch = 7 steps of 64 keys into a queue of 256: it wraps around; every key is
+  a unit vector of the step's batch, labelled with its image's class."""
+  state, variables = _contrastive_phase1(tmp_path, digits, 8)
+  queue = state['aux']['queue']
+  assert int(queue['ptr']) == (7 * 64) % 256
+  np.testing.assert_allclose(np.linalg.norm(queue['keys'], axis=-1), 1.0, rtol=1e-5)
+  assert set(np.unique(queue['labels'])) <= set(range(10))  # every initial entry overwritten
+  # The momentum encoder trails the encoder: close to it, never equal.
+  ema, params = state['aux']['params'], variables['params']
+  diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(params))]
+  assert max(diffs) > 0
+
+
+def test_queue_and_momentum_encoder_agree_on_one_and_eight_devices(tmp_path, digits):
+  s1, _ = _contrastive_phase1(tmp_path, digits, 1)
+  s8, _ = _contrastive_phase1(tmp_path, digits, 8)
+  q1, q8 = s1['aux']['queue'], s8['aux']['queue']
+  np.testing.assert_array_equal(q1['labels'], q8['labels'])  # the whole global batch entered
+  assert int(q1['ptr']) == int(q8['ptr'])
+  np.testing.assert_allclose(q1['keys'], q8['keys'], rtol=1e-3, atol=1e-4)
+  # The momentum encoders: equal up to float summation order, which InfoNCE at T = 0.2
+  # amplifies over 7 steps to about 6e-5 on parameters of size 5e-3.
+  for a, b in zip(jax.tree.leaves(s1['aux']['params']), jax.tree.leaves(s8['aux']['params'])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
+
+
+def test_one_step_updates_the_momentum_encoder_and_enqueues_the_batch(digits):
+  config = _config(selfsup='contrastive', queue_size=96, moco_momentum=0.9)
+  phase = recipes.phases(config, digits)[0]
+  mesh = parallel.make_mesh(8)
+  sampler = Sampler(kind='instance', num_examples=len(digits.train_labels), batch_size=64,
+                          class_counts=tuple(int(c) for c in digits.class_counts), total_epochs=1)
+  tx = train.make_optimizer(config.train, 0.1)
+  aug = config.data.augment
+  aug_fn = lambda k, x: augment.train_augment(k, x, pad=aug.pad, flip=aug.flip, mean=aug.mean,
+                                                    std=aug.std, scale=digits.pixel_scale)
+  step = jax.jit(train.make_train_step(phase, tx, lambda s: 0.1, sampler, aug_fn, mesh))
+  x = jnp.asarray(digits.train_images[:2], jnp.float32)
+  variables = phase.model.init(jax.random.key(0), x, train=False)
+  aux = phase.hooks.init(variables)
+  state = train.TrainState(step=jnp.int32(0), params=variables['params'], batch_stats=variables['batch_stats'],
+                           opt_state=tx.init(variables['params']), aux=aux)
+  data = {'images': jnp.asarray(digits.train_images), 'labels': jnp.asarray(digits.train_labels),
+          **Sampler.arrays(digits.train_labels, 10)}
+  p0 = state.params
+  new, _ = step(state, data, jax.random.key(1), {})
+  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, p0, new.params)
+  for a, b in zip(jax.tree.leaves(new.aux['params']), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  q = new.aux['queue']
+  assert int(q['ptr']) == 64
+  labels = np.asarray(q['labels'])
+  assert (labels[:64] >= 0).all() and (labels[64:] == -1).all()
+  np.testing.assert_array_equal(np.asarray(q['keys'])[64:], np.asarray(aux['queue']['keys'])[64:])
+  # The key encoder's BatchNorm statistics moved (it ran in training mode on the key view).
+  assert not same(new.aux['batch_stats'], aux['batch_stats'])
+
+
+@pytest.mark.parametrize('selfsup', ['rotation', 'contrastive'])
+def test_all_phases_end_to_end(tmp_path, selfsup):
+  workdir = str(tmp_path / selfsup)
+  config = _config(selfsup=selfsup, queue_size=256)
+  results = pipeline.run(config, workdir)
+  assert list(results) == ['selfsup', 'teacher', 'student', 'student_lws']
+  assert results['student']['main_head'] == 'hard'
+  assert results['student']['heads']['soft']['top1'] is not None
+  final = lambda phase: checkpoint.restore_variables(os.path.join(workdir, phase, 'checkpoints'))
+  one, two, three, four = (final(p) for p in ('selfsup', 'teacher', 'student', 'student_lws'))
+  # Phase II: LWS on the frozen phase-I backbone and classifier; only the scales moved.
+  assert same(one['params']['backbone'], two['params']['backbone']) and same(one['batch_stats'], two['batch_stats'])
+  assert same(one['params']['head'], two['params']['head']['linear'])
+  assert not np.allclose(two['params']['head']['scales'], 1.0)
+  assert 'selfsup_head' in one['params'] and 'soft_head' in three['params']
+  # Phase IV: LWS on the phase-III backbone and hard classifier.
+  assert same(three['params']['backbone'], four['params']['backbone'])
+  assert same(three['params']['head'], four['params']['head']['linear'])
+  summary = pipeline.evaluate.read_results(os.path.join(workdir, 'results.json'))
+  assert list(summary['phases']) == ['selfsup', 'teacher', 'student (hard)', 'student (soft)', 'student_lws']
+  # A rerun trains nothing.
+  again = pipeline.run(config, workdir)
+  assert again['student']['top1'] == results['student']['top1']
