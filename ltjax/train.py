@@ -1,8 +1,9 @@
 """The generic training loop of one phase. It knows no method names: a recipe hands
 it a ``Phase`` (model, loss function, sampler, optimizer settings).
 
-The step is pure, ``step(state, data, rng) -> (state, metrics)``: it draws the batch
-indices from the sampler, gathers and augments the images on the device, and
+The step is pure, ``step(state, data, rng, teacher_variables) -> (state, metrics)``:
+it draws the batch indices from the sampler, gathers and augments the images on the
+device, applies the phase's ``StepHooks`` and frozen ``Teacher`` if it has them, and
 updates the parameters. It is jitted once per phase with the state donated, the
 batch sharded over the mesh's ``data`` axis and everything else replicated.
 """
