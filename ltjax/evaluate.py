@@ -9,10 +9,40 @@ import numpy as np
 from ltjax.data import longtail
 
 
+ECE_BINS = 15
+
+
+def calibration(logits: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS) -> dict:
+  """Expected calibration error (Guo et al.) of the softmax's top-1 confidence over
+  ``num_bins`` equal-width bins of (0, 1]: ``sum_b n_b / N * |acc_b - conf_b|``, in
+  percent; the negative log-likelihood of the labels (nats, mean); and the bins
+  (mean confidence, accuracy, count) for a reliability diagram."""
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  labels = np.asarray(labels)
+  conf = np.exp(logp.max(-1))
+  correct = logp.argmax(-1) == labels
+  # Bin b holds confidences in (b / B, (b + 1) / B]; a confidence of exactly 0 cannot occur.
+  bins = np.clip(np.ceil(conf * num_bins).astype(int) - 1, 0, num_bins - 1)
+  count = np.bincount(bins, minlength=num_bins)
+  conf_sum = np.bincount(bins, weights=conf, minlength=num_bins)
+  acc_sum = np.bincount(bins, weights=correct.astype(np.float64), minlength=num_bins)
+  nonempty = count > 0
+  mean_conf = np.where(nonempty, conf_sum / np.maximum(count, 1), np.nan)
+  mean_acc = np.where(nonempty, acc_sum / np.maximum(count, 1), np.nan)
+  ece = float(np.sum(np.abs(acc_sum - conf_sum)) / len(labels))
+  tolist = lambda a: [None if np.isnan(v) else float(v) for v in a]
+  return {'ece': 100 * ece, 'nll': float(-logp[np.arange(len(labels)), labels].mean()),
+          'reliability': {'confidence': tolist(mean_conf), 'accuracy': tolist(mean_acc),
+                          'count': [int(c) for c in count]}}
+
+
 def classification_results(logits: np.ndarray, labels: np.ndarray, class_counts,
                            many_above: int = 100, few_below: int = 20) -> dict:
   """Top-1 / top-5 overall, top-1 per shot group (mean of per-class accuracies, as
-  in Kang et al.; ``None`` for a group with no class) and per class, in percent."""
+  in Kang et al.; ``None`` for a group with no class) and per class, in percent;
+  the calibration of the softmax (``ece`` in percent, ``nll``, ``reliability`` bins)."""
   logits, labels = np.asarray(logits), np.asarray(labels)
   counts = np.asarray(class_counts)
   num_classes = logits.shape[1]
@@ -34,6 +64,8 @@ def classification_results(logits: np.ndarray, labels: np.ndarray, class_counts,
   res['per_class'] = per_class
   res['class_counts'] = [int(c) for c in counts]
   res['num_test'] = int(len(labels))
+  res['shot_groups'] = {'many_above': many_above, 'few_below': few_below}
+  res.update(calibration(logits, labels))
   return res
 
 
@@ -67,9 +99,10 @@ def table_rows(results: dict) -> list[tuple[str, dict]]:
 
 def format_table(rows: list[tuple[str, dict]]) -> str:
   """A Markdown table: one row per (name, results)."""
-  head = '| run | overall | many | medium | few | top-5 |\n|---|---|---|---|---|---|'
+  head = '| run | overall | many | medium | few | top-5 | ECE |\n|---|---|---|---|---|---|---|'
   lines = [head]
   for name, r in rows:
     lines.append(f'| {name} | {_fmt(r.get("top1"))} | {_fmt(r.get("many"))} | '
-                 f'{_fmt(r.get("medium"))} | {_fmt(r.get("few"))} | {_fmt(r.get("top5"))} |')
+                 f'{_fmt(r.get("medium"))} | {_fmt(r.get("few"))} | {_fmt(r.get("top5"))} | '
+                 f'{_fmt(r.get("ece"))} |')
   return '\n'.join(lines)

@@ -201,4 +201,8 @@ def run(config, workdir: str) -> dict:
           f'{counts_by_group["few"]}), top-1 %:')
     print(evaluate.format_table(rows))
     print(f'results: {os.path.join(workdir, "results.json")}')
+    from ltjax import plots  # matplotlib only once there is something to draw
+
+    for name, path in plots.write_figures(rows, workdir).items():
+      print(f'figure ({name.replace("_", "-")}): {path}')
   return results

@@ -1,10 +1,13 @@
-"""One Markdown table from the results of several runs:
+"""One Markdown table and two figures from the results of several runs:
 
-  python -m ltjax.report runs/ce runs/bsce runs/crt [--out runs/results.md]
+  python -m ltjax.report runs/ce_s0 runs/ce_s1 runs/dive_s0 runs/dive_s1 [--out report]
 
-A row per phase of each run (a two-stage run such as crt gives its CE row too):
-method / phase, dataset, imbalance factor, seed, top-1 overall / many / medium / few,
-top-5 (percent; '-' for a shot group without classes).
+A row per phase (and per extra head) of each run: method / phase, dataset, imbalance
+factor, seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a
+shot group without classes). Runs that differ only in their seed are one row, shown as
+mean ± sample standard deviation. Written to ``OUT/report.md`` with ``OUT/per_class.png``
+(per-class top-1 against class size) and ``OUT/reliability.png`` (a reliability
+diagram per row).
 """
 from __future__ import annotations
 
@@ -13,14 +16,16 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from ltjax import evaluate
 
-
-def _fmt(v):
-  return '-' if v is None else f'{v:.2f}'
+METRICS = ('top1', 'many', 'medium', 'few', 'top5', 'ece')
 
 
 def rows_of(workdir: str) -> list[dict]:
+  """The table rows of one run: a row per phase and extra head, with the run's dataset,
+  imbalance factor and seed."""
   path = os.path.join(workdir, 'results.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{workdir} holds no results.json: is it a finished ltjax run?')
@@ -31,38 +36,98 @@ def rows_of(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, phase, 'results.json')) as f:
       results[phase] = json.load(f)
   rows = []
+  method = summary.get('method')
   for label, r in evaluate.table_rows(results):
-    method = summary.get('method')
     rows.append({**r, 'run': f'{method}/{label}' if method != label else label,
                  'dataset': summary.get('dataset'), 'imbalance_factor': summary.get('imbalance_factor'),
                  'seed': summary.get('seed')})
   return rows
 
 
-def table(workdirs: list[str]) -> str:
-  lines = ['| run | dataset | IF | seed | overall | many | medium | few | top-5 |',
-           '|---|---|---|---|---|---|---|---|---|']
-  for w in workdirs:
-    for r in rows_of(w):
-      lines.append(f'| {r["run"]} | {r.get("dataset")} | {r.get("imbalance_factor", 0):g} | {r.get("seed")} | '
-                   f'{_fmt(r.get("top1"))} | {_fmt(r.get("many"))} | {_fmt(r.get("medium"))} | '
-                   f'{_fmt(r.get("few"))} | {_fmt(r.get("top5"))} |')
+def _mean_std(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None
+  return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _merge_reliability(rels):
+  rels = [r for r in rels if r]
+  if not rels:
+    return None
+  count = np.sum([r['count'] for r in rels], axis=0)
+  weighted = lambda key: np.sum([np.nan_to_num(np.asarray(r[key], dtype=float)) * np.asarray(r['count'])
+                                 for r in rels], axis=0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    conf, acc = weighted('confidence') / count, weighted('accuracy') / count
+  tolist = lambda a: [None if c == 0 else float(v) for v, c in zip(a, count)]
+  return {'confidence': tolist(conf), 'accuracy': tolist(acc), 'count': [int(c) for c in count]}
+
+
+def group(rows: list[dict]) -> list[dict]:
+  """Rows of the same run label, dataset and imbalance factor (seeds apart) merged:
+  each metric as mean and standard deviation, per-class accuracies averaged, and the
+  reliability bins pooled. Order of first appearance."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r['run'], r.get('dataset'), r.get('imbalance_factor')), []).append(r)
+  out = []
+  for (run, dataset, imb), members in groups.items():
+    g = {'run': run, 'dataset': dataset, 'imbalance_factor': imb,
+         'seeds': sorted({m.get('seed') for m in members}, key=str), 'n': len(members)}
+    for k in METRICS:
+      g[k], g[k + '_std'] = _mean_std([m.get(k) for m in members])
+    per_class = [m['per_class'] for m in members if m.get('per_class')]
+    if per_class and all(len(p) == len(per_class[0]) for p in per_class):
+      g['per_class'] = [None if any(p[c] is None for p in per_class) else float(np.mean([p[c] for p in per_class]))
+                        for c in range(len(per_class[0]))]
+      g['class_counts'] = next(m['class_counts'] for m in members if m.get('per_class'))
+      g['shot_groups'] = members[0].get('shot_groups', {'many_above': 100, 'few_below': 20})
+    g['reliability'] = _merge_reliability([m.get('reliability') for m in members])
+    out.append(g)
+  return out
+
+
+def _cell(mean, std):
+  if mean is None:
+    return '-'
+  return f'{mean:.2f}' if std is None else f'{mean:.2f} ± {std:.2f}'
+
+
+def table(groups: list[dict]) -> str:
+  lines = ['| method | dataset | IF | seed | overall | many | medium | few | top-5 | ECE |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for g in groups:
+    imb = '-' if g['imbalance_factor'] is None else f'{g["imbalance_factor"]:g}'
+    seeds = ','.join(str(s) for s in g['seeds'])
+    cells = ' | '.join(_cell(g[k], g[k + '_std']) for k in METRICS)
+    lines.append(f'| {g["run"]} | {g["dataset"]} | {imb} | {seeds} | {cells} |')
   return '\n'.join(lines)
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument('workdirs', nargs='+')
-  ap.add_argument('--out', help='also write the table to this Markdown file')
+  ap.add_argument('--out', default='report', help='folder for report.md and the figures (default: ./report)')
   args = ap.parse_args(argv)
   try:
-    text = table(args.workdirs)
+    rows = [r for w in args.workdirs for r in rows_of(w)]
   except FileNotFoundError as e:
     sys.exit(f'ltjax.report: error: {e}')
+  from ltjax import plots  # matplotlib only when figures are made
+
+  groups = group(rows)
+  text = table(groups)
+  os.makedirs(args.out, exist_ok=True)
+  figures = plots.write_figures([(g['run'] + (f' (n={g["n"]})' if g['n'] > 1 else ''), g) for g in groups], args.out)
+  with open(os.path.join(args.out, 'report.md'), 'w') as f:
+    f.write(text + '\n')
+    for name, path in figures.items():
+      f.write(f'\n![{name}]({os.path.basename(path)})\n')
   print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
+  print(f'\nreport: {os.path.join(args.out, "report.md")}')
+  for name, path in figures.items():
+    print(f'figure: {path}')
 
 
 if __name__ == '__main__':

@@ -27,26 +27,91 @@ def test_empty_group_is_none_not_crash():
   assert '| - |' in evaluate.format_table([('x', r)])
 
 
-def test_report_table_from_fabricated_runs(tmp_path):
+def np_ece(logits, labels, bins=15):
+  """ECE written plainly: loop over the bins (lo, hi] of the top-1 softmax confidence."""
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  conf, pred = p.max(-1), p.argmax(-1)
+  total = 0.0
+  for b in range(bins):
+    lo, hi = b / bins, (b + 1) / bins
+    m = (conf > lo) & (conf <= hi)
+    if m.any():
+      total += m.mean() * abs((pred[m] == labels[m]).mean() - conf[m].mean())
+  return 100 * total
+
+
+def test_ece_and_nll_hand_case():
+  # Two images at confidence 0.9 (softmax of (log 9, 0)), one right, one wrong; two at
+  # 0.5, both right. Bin (13/15, 14/15]: acc 0.5, conf 0.9; bin (7/15, 8/15]: acc 1, conf 0.5.
+  # ECE = 2/4 * 0.4 + 2/4 * 0.5 = 0.45.
+  logits = np.array([[np.log(9), 0], [np.log(9), 0], [0, 0], [0, 0]])
+  labels = np.array([0, 1, 0, 0])
+  c = evaluate.calibration(logits, labels)
+  np.testing.assert_allclose(c['ece'], 45.0, rtol=1e-9)
+  np.testing.assert_allclose(c['nll'], (-np.log(0.9) - np.log(0.1) + 2 * np.log(2)) / 4, rtol=1e-9)
+  rel = c['reliability']
+  assert rel['count'][13] == 2 and rel['count'][7] == 2 and sum(rel['count']) == 4
+  np.testing.assert_allclose([rel['accuracy'][13], rel['confidence'][13]], [0.5, 0.9])
+  assert rel['accuracy'][0] is None  # empty bins
+
+
+def test_ece_matches_numpy_and_is_stored_with_every_evaluation():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(1000, 10)) * 3
+  labels = rng.integers(0, 10, 1000)
+  r = evaluate.classification_results(logits, labels, np.full(10, 50))
+  np.testing.assert_allclose(r['ece'], np_ece(logits, labels), rtol=1e-9)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(r['nll'], -np.log(p[np.arange(1000), labels]).mean(), rtol=1e-9)
+  # Perfectly calibrated-by-construction: confidence 1 and always right gives ECE 0.
+  assert evaluate.calibration(np.eye(3) * 100, np.arange(3))['ece'] < 1e-9
+
+
+def _fabricate(workdir, method, phases, seed, imb=20.0):
   import json
+  for name, top1, few in phases:
+    (workdir / name).mkdir(parents=True)
+    r = {'method': method, 'phase': name, 'dataset': 'digits', 'imbalance_factor': imb, 'seed': seed,
+         'top1': top1, 'many': 100.0, 'medium': 90.0, 'few': few, 'top5': 99.0, 'ece': 2.0 + seed,
+         'per_class': [100.0, 90.0, few if few is not None else 80.0], 'class_counts': [200, 50, 5],
+         'reliability': {'confidence': [None, 0.5, 0.95], 'accuracy': [None, 0.4, 0.9], 'count': [0, 10, 30]}}
+    (workdir / name / 'results.json').write_text(json.dumps(r))
+  (workdir / 'results.json').write_text(json.dumps({**r, 'phase_names': [n for n, _, _ in phases]}))
+
+
+def test_report_table_mean_std_over_seeds_and_figures(tmp_path):
+  from PIL import Image
 
   from ltjax import report
 
-  def write(workdir, method, phases):
-    for name, top1, few in phases:
-      (workdir / name).mkdir(parents=True)
-      r = {'method': method, 'phase': name, 'dataset': 'digits', 'imbalance_factor': 20.0, 'seed': 0,
-           'top1': top1, 'many': 100.0, 'medium': 90.0, 'few': few, 'top5': 99.0}
-      (workdir / name / 'results.json').write_text(json.dumps(r))
-    (workdir / 'results.json').write_text(json.dumps({**r, 'phases': {n: {} for n, _, _ in phases}}))
-
-  write(tmp_path / 'a', 'ce', [('ce', 94.0, 86.0)])
-  write(tmp_path / 'b', 'crt', [('ce', 93.0, 85.0), ('crt', 97.4, None)])
-  out = tmp_path / 'results.md'
-  report.main([str(tmp_path / 'a'), str(tmp_path / 'b'), '--out', str(out)])
-  lines = out.read_text().splitlines()
-  assert lines[2] == '| ce | digits | 20 | 0 | 94.00 | 100.00 | 90.00 | 86.00 | 99.00 |'
-  assert lines[3].startswith('| crt/ce | digits | 20 | 0 | 93.00 |')
-  assert lines[4] == '| crt | digits | 20 | 0 | 97.40 | 100.00 | 90.00 | - | 99.00 |'
+  _fabricate(tmp_path / 'ce0', 'ce', [('ce', 94.0, 86.0)], seed=0)
+  _fabricate(tmp_path / 'ce1', 'ce', [('ce', 96.0, 90.0)], seed=1)
+  _fabricate(tmp_path / 'crt', 'crt', [('ce', 93.0, 85.0), ('crt', 97.4, None)], seed=0)
+  out = tmp_path / 'report'
+  report.main([str(tmp_path / d) for d in ('ce0', 'ce1', 'crt')] + ['--out', str(out)])
+  lines = (out / 'report.md').read_text().splitlines()
+  assert lines[0] == '| method | dataset | IF | seed | overall | many | medium | few | top-5 | ECE |'
+  # Two seeds: mean ± sample standard deviation (94, 96: 95 ± 1.41; 86, 90: 88 ± 2.83).
+  assert lines[2] == ('| ce | digits | 20 | 0,1 | 95.00 ± 1.41 | 100.00 ± 0.00 | 90.00 ± 0.00 | '
+                      '88.00 ± 2.83 | 99.00 ± 0.00 | 2.50 ± 0.71 |')
+  assert lines[3].startswith('| crt/ce | digits | 20 | 0 | 93.00 | 100.00 |')
+  assert lines[4] == '| crt | digits | 20 | 0 | 97.40 | 100.00 | 90.00 | - | 99.00 | 2.00 |'  # no few group
+  for name in ('per_class.png', 'reliability.png'):
+    path = out / name
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with Image.open(path) as im:
+      w, h = im.size
+      assert 400 <= w <= 3000 and 300 <= h <= 3000 and im.getextrema() != ((255, 255), (255, 255), (255, 255), (255, 255))
+    assert path.stat().st_size > 10_000
+    assert f'({name})' in (out / 'report.md').read_text()
   with pytest.raises(SystemExit, match='no results.json'):
     report.main([str(tmp_path / 'missing')])
+
+
+def test_no_figure_without_per_class_results(tmp_path):
+  from ltjax import plots
+  assert plots.per_class_figure([('x', {'top1': 50.0})], str(tmp_path / 'a.png')) is None
+  assert plots.reliability_figure([('x', {'top1': 50.0})], str(tmp_path / 'b.png')) is None
+  assert not list(tmp_path.iterdir())

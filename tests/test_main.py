@@ -46,7 +46,11 @@ def test_smoke_run_writes_results_and_prints_table(finished):
   # The default method, DiVE: a teacher phase, then the student, and the table of both.
   assert r['method'] == 'dive' and r['phase'] == 'student' and set(r['phases']) == {'teacher', 'student'}
   assert (workdir / 'teacher' / 'results.json').exists() and (workdir / 'student' / 'results.json').exists()
-  assert '| run | overall | many | medium | few | top-5 |' in p.stdout
+  assert '| run | overall | many | medium | few | top-5 | ECE |' in p.stdout
+  assert 0 <= r['ece'] <= 100 and r['nll'] > 0 and len(r['reliability']['count']) == 15
+  # The figures of the run, and their paths printed.
+  for name in ('per_class.png', 'reliability.png'):
+    assert (workdir / name).read_bytes()[:4] == b'\x89PNG' and f'{workdir / name}' in p.stdout
   assert f'| student | {r["top1"]:.2f} |' in p.stdout
   assert f'| teacher | {r["phases"]["teacher"]["top1"]:.2f} |' in p.stdout
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'student'))
