@@ -31,7 +31,7 @@ def stage2_train_config(config):
   return tc
 
 
-_ce_loss = supervised.logits_loss(lambda z, y, epoch: losses.cross_entropy(z, y))
+ce_loss = supervised.logits_loss(lambda z, y, epoch: losses.cross_entropy(z, y))
 
 
 def _backbone_from(earlier, head):
@@ -40,28 +40,32 @@ def _backbone_from(earlier, head):
           'batch_stats': earlier['batch_stats']}
 
 
+def classifier_phase(config, dataset, name, kind, init_from, head_key='head'):
+  """Phase ``name``: the classifier refit on the frozen backbone of phase ``init_from``
+  with ``config.stage2``'s sampler and schedule; ``kind`` ``crt`` (a new linear
+  classifier) or ``lws`` (learned scales over that phase's ``head_key`` classifier,
+  which stays frozen). SSD's phases II and IV are such phases too."""
+  if kind == 'lws':
+    model = build_model(config.model, dataset.num_classes, head='lws', backbone_train=False)
+    init = lambda fresh, earlier: _backbone_from(
+        earlier, {'scales': fresh['params']['head']['scales'], 'linear': earlier['params'][head_key]})
+    trainable = lambda path: path[:2] == ('head', 'scales')
+  elif kind == 'crt':
+    model = build_model(config.model, dataset.num_classes, backbone_train=False)
+    init = lambda fresh, earlier: _backbone_from(earlier, fresh['params']['head'])
+    trainable = lambda path: path[0] == 'head'
+  else:
+    raise ValueError(f'classifier refit {kind!r}; choose crt or lws.')
+  return Phase(name=name, model=model, loss=ce_loss, sampler=config.stage2.sampler,
+               train=stage2_train_config(config), init_from=init_from, init=init, trainable=trainable)
+
+
 def crt(config, dataset):
-  model = build_model(config.model, dataset.num_classes, backbone_train=False)
-  second = Phase(
-      name='crt', model=model, loss=_ce_loss, sampler=config.stage2.sampler,
-      train=stage2_train_config(config), init_from='ce',
-      init=lambda fresh, earlier: _backbone_from(earlier, fresh['params']['head']),
-      trainable=lambda path: path[0] == 'head')
-  return supervised.ce(config, dataset) + [second]
+  return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'crt', 'crt', 'ce')]
 
 
 def lws(config, dataset):
-  model = build_model(config.model, dataset.num_classes, head='lws', backbone_train=False)
-
-  def init(fresh, earlier):
-    head = {'scales': fresh['params']['head']['scales'], 'linear': earlier['params']['head']}
-    return _backbone_from(earlier, head)
-
-  second = Phase(
-      name='lws', model=model, loss=_ce_loss, sampler=config.stage2.sampler,
-      train=stage2_train_config(config), init_from='ce', init=init,
-      trainable=lambda path: path[:2] == ('head', 'scales'))
-  return supervised.ce(config, dataset) + [second]
+  return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'lws', 'lws', 'ce')]
 
 
 def tau_normalize(head_params, tau):
@@ -91,7 +95,7 @@ def tau_norm(config, dataset):
                         f'choice of tau needs a validation split.'}
 
   second = Phase(
-      name='tau_norm', model=model, loss=_ce_loss, sampler='instance', train=tc, init_from='ce',
+      name='tau_norm', model=model, loss=ce_loss, sampler='instance', train=tc, init_from='ce',
       init=lambda fresh, earlier: _backbone_from(earlier, tau_normalize(earlier['params']['head'], tau)),
       trainable=lambda path: False, extra_eval=sweep)
   return supervised.ce(config, dataset) + [second]

@@ -26,7 +26,7 @@ from ltjax import losses, selfsup
 from ltjax.data import augment
 from ltjax.errors import ConfigError
 from ltjax.models import SELFSUP, build_model
-from ltjax.recipes.decoupled import _backbone_from, stage2_train_config
+from ltjax.recipes.decoupled import classifier_phase
 from ltjax.train import Phase, StepHooks, Teacher
 
 
@@ -127,34 +127,13 @@ def phase3_loss(config):
   return loss
 
 
-_ce_loss = lambda outputs, labels, epoch: (losses.cross_entropy(outputs['logits'], labels),
-                                           {'accuracy': losses.accuracy(outputs['logits'], labels)})
-
-
-def _classifier_phase(config, dataset, name, init_from, head_of):
-  """Phase II / IV: LWS or cRT on the frozen backbone of ``init_from``; ``head_of``
-  picks the earlier classifier that LWS rescales."""
-  generator = config.ssd.generator if name == 'teacher' else 'lws'
-  model = build_model(config.model, dataset.num_classes, head='lws' if generator == 'lws' else 'linear',
-                      backbone_train=False)
-  if generator == 'lws':
-    init = lambda fresh, earlier: _backbone_from(
-        earlier, {'scales': fresh['params']['head']['scales'], 'linear': earlier['params'][head_of]})
-    trainable = lambda path: path[:2] == ('head', 'scales')
-  else:
-    init = lambda fresh, earlier: _backbone_from(earlier, fresh['params']['head'])
-    trainable = lambda path: path[0] == 'head'
-  return Phase(name=name, model=model, loss=_ce_loss, sampler=config.stage2.sampler,
-               train=stage2_train_config(config), init_from=init_from, init=init, trainable=trainable)
-
-
 def ssd(config, dataset):
   check_config(config)
   sc = config.ssd
   first_model = build_model(config.model, dataset.num_classes, selfsup=sc.selfsup, proj_dim=sc.proj_dim)
   first = Phase(name='selfsup', model=first_model, loss=phase1_loss(config), sampler='instance',
                 train=config.train, hooks=selfsup_hooks(config, dataset, first_model))
-  teacher = _classifier_phase(config, dataset, 'teacher', 'selfsup', 'head')
+  teacher = classifier_phase(config, dataset, 'teacher', sc.generator, 'selfsup')
   student_model = build_model(config.model, dataset.num_classes, soft_head=True,
                               selfsup=sc.selfsup if sc.student_selfsup else None, proj_dim=sc.proj_dim)
   student = Phase(
@@ -164,6 +143,6 @@ def ssd(config, dataset):
       main_head='hard', extra_heads=(('soft', 'soft_logits'),))
   phases = [first, teacher, student]
   if sc.phase4:
-    phases.append(_classifier_phase(config, dataset, 'student_lws', 'student',
-                                    'head' if sc.phase4_head == 'hard' else 'soft_head'))
+    phases.append(classifier_phase(config, dataset, 'student_lws', 'lws', 'student',
+                                   'head' if sc.phase4_head == 'hard' else 'soft_head'))
   return phases

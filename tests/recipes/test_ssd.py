@@ -13,7 +13,6 @@ from ltjax import checkpoint, parallel, pipeline, recipes, train
 from ltjax.data import augment, sources
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError
-from ltjax.recipes import ssd
 
 
 @pytest.fixture(scope='module')
