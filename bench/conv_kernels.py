@@ -12,8 +12,6 @@ import os
 import statistics
 import time
 
-import numpy as np
-
 # (count in ResNet-32, H=W of the input, C_in, C_out, stride)
 SHAPES = [(1, 32, 3, 16, 1), (10, 32, 16, 16, 1), (1, 32, 16, 32, 2), (9, 16, 32, 32, 1),
           (1, 16, 32, 64, 2), (9, 8, 64, 64, 1)]
