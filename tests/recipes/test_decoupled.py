@@ -2,10 +2,10 @@
 changes only what it should, and needs that checkpoint."""
 import os
 
-import jax
 import numpy as np
 import pytest
 
+from recipe_testing import same
 from configs import digits_lt
 from ltjax import checkpoint, pipeline
 from ltjax.errors import MissingCheckpointError
@@ -13,10 +13,6 @@ from ltjax.errors import MissingCheckpointError
 
 def final(workdir, phase):
   return checkpoint.restore_variables(os.path.join(workdir, phase, 'checkpoints'))
-
-
-def same(a, b):
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def run(tmp_path, method, **fields):

@@ -10,17 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from recipe_testing import digits, make_step  # noqa: F401 (digits: a fixture)
 from configs import digits_lt
-from ltjax import checkpoint, losses, parallel, pipeline, recipes, train
-from ltjax.data import augment, sources
-from ltjax.data.samplers import Sampler
+from ltjax import checkpoint, losses, pipeline, recipes, train
+from ltjax.data import augment
 from ltjax.errors import ConfigError, MissingCheckpointError
 from ltjax.models import build_model
-
-
-@pytest.fixture(scope='module')
-def digits():
-  return sources.load(digits_lt.get_config('smoke').data)
 
 
 class Linear(nn.Module):
@@ -30,20 +25,6 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x, train=True):
     return {'logits': nn.Dense(10)(x.reshape(x.shape[0], -1))}
-
-
-def _step(phase, digits, config):
-  mesh = parallel.make_mesh(0)
-  sampler = Sampler(kind='instance', num_examples=len(digits.train_labels), batch_size=16,
-                    class_counts=tuple(int(c) for c in digits.class_counts), total_epochs=1)
-  schedule = train.make_schedule(config.train, sampler.steps_per_epoch)
-  tx = train.make_optimizer(config.train, schedule)
-  aug = config.data.augment
-  aug_fn = lambda k, x: augment.train_augment(k, x, pad=aug.pad, flip=aug.flip, mean=aug.mean, std=aug.std,
-                                              scale=digits.pixel_scale)
-  data = {'images': jnp.asarray(digits.train_images), 'labels': jnp.asarray(digits.train_labels),
-          **Sampler.arrays(digits.train_labels, 10)}
-  return train.make_train_step(phase, tx, schedule, sampler, aug_fn, mesh), tx, data
 
 
 def test_teacher_runs_frozen_on_the_students_augmented_batch(digits):
@@ -56,7 +37,7 @@ def test_teacher_runs_frozen_on_the_students_augmented_batch(digits):
 
   phase = train.Phase(name='student', model=model, loss=loss, sampler='instance', train=config.train,
                       teacher=train.Teacher(phase='teacher', model=model))
-  step, tx, data = _step(phase, digits, config)
+  step, tx, data = make_step(phase, digits, config, batch_size=16)
   variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
   state = train.TrainState(step=jnp.int32(3), params=variables['params'], batch_stats={},
                            opt_state=tx.init(variables['params']))
