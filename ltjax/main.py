@@ -16,6 +16,14 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs an
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 8, 'How many XLA devices to split the CPU into (ignored on GPU/TPU). '
     'On a 2-core machine, 8 trained ResNet-32 faster than 1 (see bench/README.md).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'Multi-process run: host:port of process 0 (launch/local.sh sets it); '
+    'with --num_processes and --process_id.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Multi-process run: how many processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'Multi-process run: this process, 0 .. num_processes-1.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() with the cluster the launcher provides '
+    '(TPU pod workers, SLURM); see launch/.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Show INFO logs (orbax, jax) and tracebacks.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -47,10 +55,11 @@ def main(argv):
 
   # Before any backend starts: only the CPU backend reads it.
   jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
-  from ltjax import pipeline
+  from ltjax import parallel, pipeline
   from ltjax.errors import LtjaxError
 
   try:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except LtjaxError as e:
     if _VERBOSE.value:

@@ -1,17 +1,68 @@
-"""Mesh and shardings: data parallelism over every device with ``jax.jit``.
+"""Mesh and shardings: data parallelism over every device of every process with ``jax.jit``.
 
 One mesh axis, ``data``. Batches are sharded along it; parameters, optimizer state
 and the small on-device datasets are replicated. BatchNorm statistics computed on a
 sharded batch under ``jax.jit`` are over the global batch.
+
+Multi-host (TPU pods, SLURM, several local processes): ``initialize`` starts
+``jax.distributed`` before anything touches a device; the mesh then spans every
+process's devices. Each process either holds the same small dataset (replicated:
+the step draws the same global indices everywhere) or reads its own shard from a host
+pipeline, whose process-local batches ``global_batch`` joins into one global array.
 """
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from ltjax.errors import ConfigError
 
 DATA = 'data'
+
+
+def initialize(coordinator_address: str = '', num_processes: int = 0, process_id: int = -1,
+               auto: bool = False) -> None:
+  """Starts ``jax.distributed``: with an explicit coordinator (local multi-process runs), or
+  with ``auto`` from what the launcher provides (TPU pod metadata, SLURM variables).
+  Does nothing for a single-process run."""
+  if coordinator_address:
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ConfigError(f'--coordinator_address needs --num_processes >= 1 and 0 <= --process_id < '
+                        f'num_processes (got {num_processes}, {process_id}).')
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+  elif auto:
+    jax.distributed.initialize()
+
+
+def is_main() -> bool:
+  """Process 0 writes results, logs and figures, and shows progress."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """All processes wait here (e.g. until process 0 has written a phase's results.json)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def agree(flag: bool) -> bool:
+  """Process 0's ``flag`` on every process: decisions that take part in collective work
+  (whether to save a checkpoint now) must not differ between hosts' clocks."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def global_batch(local: dict, mesh) -> dict:
+  """Process-local batches (this process's rows, leading axis) -> global arrays sharded on
+  ``data``; the global batch is the processes' batches in process order."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
@@ -25,6 +76,9 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   if n > len(devices):
     raise ConfigError(f'num_devices={n} but only {len(devices)} {devices[0].platform} devices '
                      f'are visible; on CPU, start with --cpu_devices={n}.')
+  if n != len(devices) and jax.process_count() > 1:
+    raise ConfigError(f'num_devices={n}: a multi-process run uses every device of every process '
+                     f'({len(devices)}); leave --config.num_devices at 0.')
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices[:n])
 
 

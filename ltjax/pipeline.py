@@ -109,8 +109,15 @@ def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
       f'(its config.json), or train a new teacher.')
 
 
+def _say(*args):
+  """Prints from process 0 only: one table, not one per host."""
+  if parallel.is_main():
+    print(*args, flush=True)
+
+
 def run(config, workdir: str) -> dict:
-  """Runs every phase of ``config.method`` in ``workdir``; returns results per phase."""
+  """Runs every phase of ``config.method`` in ``workdir``; returns results per phase.
+  Every process of a multi-process run calls it; process 0 writes the files."""
   known = check_workdir(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   t = time.perf_counter()
@@ -127,10 +134,11 @@ def run(config, workdir: str) -> dict:
   parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
   # Only a config that got this far (valid data, method, batch sizes) is recorded.
   os.makedirs(workdir, exist_ok=True)
-  if not known and jax.process_index() == 0:
+  if not known and parallel.is_main():
     evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
+  parallel.barrier('config written')
   counts = dataset.class_counts
-  print(f'{dataset.name}-LT IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
+  _say(f'{dataset.name}-LT IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '
         f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
   aug = config.data.augment
@@ -141,14 +149,14 @@ def run(config, workdir: str) -> dict:
     phase_dir = os.path.join(workdir, phase.name)
     path = os.path.join(phase_dir, 'results.json')
     if os.path.exists(path):
-      print(f'[{phase.name}] finished earlier: {path}')
+      _say(f'[{phase.name}] finished earlier: {path}')
       results[phase.name] = evaluate.read_results(path)
       continue
     if selected and phase.name not in selected:
-      print(f'[{phase.name}] not selected by --config.phases, skipped')
+      _say(f'[{phase.name}] not selected by --config.phases, skipped')
       continue
 
-    forward = train.make_forward(phase.model, normalize, phase.eval_output)
+    forward = train.make_forward(phase.model, normalize, phase.eval_output, mesh)
 
     def evaluate_fn(variables, forward=forward):
       logits = train.predict(forward, variables, dataset.test_images, mesh, eval_batch)
@@ -167,7 +175,7 @@ def run(config, workdir: str) -> dict:
     t = time.perf_counter()
     res = evaluate_fn(variables)
     for head, output in phase.extra_heads:
-      head_forward = train.make_forward(phase.model, normalize, output)
+      head_forward = train.make_forward(phase.model, normalize, output, mesh)
       res.setdefault('heads', {})[head] = evaluate_fn(variables, forward=head_forward)
     if phase.main_head:
       res['main_head'] = phase.main_head
@@ -180,12 +188,13 @@ def run(config, workdir: str) -> dict:
                num_train=int(len(dataset.train_labels)), epochs=phase.train.epochs,
                devices=int(mesh.devices.size), platform=jax.devices()[0].platform,
                timing={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timing.items()})
-    if jax.process_index() == 0:
+    if parallel.is_main():
       evaluate.write_results(path, res)
+    parallel.barrier(f'{phase.name} finished')  # the next phase may read that results.json
     results[phase.name] = res
 
   if not results:
-    print('no phase finished: nothing to report')
+    _say('no phase finished: nothing to report')
     return results
   last = list(results)[-1]
   summary = dict(results[last])
@@ -193,7 +202,7 @@ def run(config, workdir: str) -> dict:
   summary['phase_names'] = list(results)
   summary['phases'] = {name: {k: r.get(k) for k in ('top1', 'top5', 'many', 'medium', 'few')}
                        for name, r in rows}
-  if jax.process_index() == 0:
+  if parallel.is_main():
     evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
     counts_by_group = summary['num_classes_per_group']
     print(f'\n{config.method} on {dataset.name}-LT IF {dataset.imbalance_factor:g} '

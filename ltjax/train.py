@@ -191,15 +191,15 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
   return step
 
 
-def make_forward(model, normalize_fn, output: str = 'logits'):
-  """The jitted evaluation forward ``(variables, uint8 images) -> outputs[output]``.
+def make_forward(model, normalize_fn, output: str = 'logits', mesh=None):
+  """The jitted evaluation forward ``(variables, uint8 images) -> outputs[output]``,
+  its outputs replicated (with ``mesh``) so that every process can read all of them.
   Make it once per phase: each new function object would compile again."""
 
-  @jax.jit
   def forward(variables, x):
     return model.apply(variables, normalize_fn(x), train=False)[output]
 
-  return forward
+  return jax.jit(forward, out_shardings=None if mesh is None else parallel.replicated(mesh))
 
 
 def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
@@ -271,7 +271,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   is_main = jax.process_index() == 0
   bar = tqdm(total=total_steps, initial=start, desc=phase.name, unit='step', disable=not is_main,
              dynamic_ncols=True, mininterval=1.0)
-  if start:
+  if start and is_main:
     bar.write(f'[{phase.name}] resumed from checkpoint at step {start} of {total_steps}')
   log_every = max(1, min(config.log_every_steps, steps_per_epoch))
   pending, t_last, n_last = None, time.perf_counter(), start
@@ -319,7 +319,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       # Every checkpoint_every_epochs epochs, but not more often than every
       # checkpoint_min_seconds: on a fast accelerator an epoch takes well under a second.
       due = epoch % config.checkpoint_every_epochs == 0
-      if last or (due and time.perf_counter() - last_save >= config.checkpoint_min_seconds):
+      if last or (due and parallel.agree(time.perf_counter() - last_save >= config.checkpoint_min_seconds)):
         # Never save a diverged state: NaN parameters would poison every resume.
         check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
         checkpoint.save(mgr, step + 1, state)
@@ -327,7 +327,8 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
         logger.write(step + 1, {k: v for k, v in res.items() if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}, prefix='test/')
-        bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+        if is_main:
+          bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
   if pending is not None:
     flush(pending, total_steps)
   jax.block_until_ready(state)
