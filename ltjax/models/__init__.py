@@ -12,7 +12,7 @@ from flax import linen as nn
 from ltjax.errors import ConfigError
 from ltjax.models import layers
 from ltjax.models.heads import LinearHead, LWSHead, NormedLinearHead, ProjectionHead
-from ltjax.models.resnet import CifarResNet
+from ltjax.models.resnet import IMAGENET_RESNETS, CifarResNet, ImageNetResNet
 
 
 class Classifier(nn.Module):
@@ -37,7 +37,7 @@ class Classifier(nn.Module):
     return out
 
 
-BACKBONES = {'cifar_resnet': CifarResNet}
+BACKBONES = ('cifar_resnet', *IMAGENET_RESNETS)
 HEADS = {'linear': LinearHead, 'normed': NormedLinearHead, 'lws': LWSHead}
 
 
@@ -51,7 +51,7 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   linear) or ``contrastive`` (MLP projection to ``proj_dim``)."""
   name = model_config.name
   if name not in BACKBONES:
-    raise ConfigError(f'unknown model.name {name!r}; choose one of {sorted(BACKBONES)}.')
+    raise ConfigError(f'unknown model.name {name!r}; choose one of {list(BACKBONES)}.')
   if name == 'cifar_resnet' and ((model_config.depth - 2) % 6 or model_config.depth < 8):
     raise ConfigError(f'model.depth={model_config.depth}: a CIFAR ResNet has depth 6n + 2 '
                       f'(8, 14, 20, 32, 44, 56, 110).')
@@ -62,9 +62,12 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   if model_config.conv_impl not in layers.CONV_IMPLS:
     raise ConfigError(f'model.conv_impl={model_config.conv_impl!r}; choose one of {layers.CONV_IMPLS} '
                       f'(auto: taps on CPU, xla on GPU/TPU).')
-  backbone = BACKBONES[name](depth=model_config.depth, width=model_config.width,
-                             dtype=dtypes[model_config.dtype],
-                             conv_impl=layers.resolve_conv_impl(model_config.conv_impl))
+  dtype, conv_impl = dtypes[model_config.dtype], layers.resolve_conv_impl(model_config.conv_impl)
+  if name == 'cifar_resnet':
+    backbone = CifarResNet(depth=model_config.depth, width=model_config.width, dtype=dtype, conv_impl=conv_impl)
+  else:  # model.depth and model.width are the CIFAR ResNet's; these are fixed by name
+    stages, bottleneck, groups, base_width = IMAGENET_RESNETS[name]
+    backbone = ImageNetResNet(stages, bottleneck, groups, base_width, dtype=dtype, conv_impl=conv_impl)
   if selfsup is not None and selfsup not in SELFSUP:
     raise ConfigError(f'self-supervised task {selfsup!r}; choose one of {SELFSUP}.')
   extra = {}

@@ -55,3 +55,92 @@ class CifarResNet(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(self.width * 2 ** stage, stride, self.dtype, self.conv_impl)(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+# ---------------------------------------------------------------- ImageNet ResNets
+# torchvision's ResNet v1.5 (stride in the 3x3 convolution of a bottleneck), as the
+# decoupling (Kang et al.), DiVE and SSD ImageNet-LT / iNaturalist code use it:
+# a 7x7 stride-2 stem and 3x3 max-pool, four stages of 64, 128, 256, 512 planes, a
+# 1x1 convolution + BatchNorm shortcut where the shape changes.
+
+class ImageNetBasicBlock(nn.Module):
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda: layers.batch_norm(use_running_average=not train, dtype=self.dtype)
+    y = layers.conv(self.planes, (3, 3), strides=self.stride, padding=1, dtype=self.dtype, impl=self.conv_impl)(x)
+    y = nn.relu(bn()(y))
+    y = layers.conv(self.planes, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl)(y)
+    y = bn()(y)
+    return nn.relu(y + _projection(x, self.planes, self.stride, bn, self.dtype, self.conv_impl))
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (stride, ``groups``) -> 1x1 x4; ResNeXt widens the 3x3 to
+  ``planes * base_width / 64 * groups`` channels in ``groups`` groups."""
+  planes: int
+  stride: int = 1
+  groups: int = 1
+  base_width: int = 64
+  dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda: layers.batch_norm(use_running_average=not train, dtype=self.dtype)
+    width = int(self.planes * self.base_width / 64) * self.groups
+    y = layers.conv(width, (1, 1), dtype=self.dtype, impl=self.conv_impl)(x)
+    y = nn.relu(bn()(y))
+    y = layers.conv(width, (3, 3), strides=self.stride, padding=1, feature_group_count=self.groups,
+                    dtype=self.dtype, impl=self.conv_impl)(y)
+    y = nn.relu(bn()(y))
+    y = layers.conv(self.planes * 4, (1, 1), dtype=self.dtype, impl=self.conv_impl)(y)
+    y = bn()(y)
+    return nn.relu(y + _projection(x, self.planes * 4, self.stride, bn, self.dtype, self.conv_impl))
+
+
+def _projection(x, channels, stride, bn, dtype, conv_impl):
+  if stride == 1 and x.shape[-1] == channels:
+    return x
+  return bn()(layers.conv(channels, (1, 1), strides=stride, dtype=dtype, impl=conv_impl)(x))
+
+
+class ImageNetResNet(nn.Module):
+  """ResNet-10/18/50 and ResNeXt-50 (32x4d) backbones; returns pooled float32 features
+  (512 for basic blocks, 2048 for bottlenecks)."""
+  stage_sizes: tuple[int, ...]
+  bottleneck: bool = True
+  groups: int = 1
+  base_width: int = 64
+  dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = layers.conv(64, (7, 7), strides=2, padding=3, dtype=self.dtype, impl=self.conv_impl)(x)
+    x = nn.relu(layers.batch_norm(use_running_average=not train, dtype=self.dtype)(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, blocks in enumerate(self.stage_sizes):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        planes = 64 * 2 ** stage
+        if self.bottleneck:
+          x = Bottleneck(planes, stride, self.groups, self.base_width, self.dtype, self.conv_impl)(x, train)
+        else:
+          x = ImageNetBasicBlock(planes, stride, self.dtype, self.conv_impl)(x, train)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+# name -> (stage sizes, bottleneck, groups, base width)
+IMAGENET_RESNETS = {
+    'resnet10': ((1, 1, 1, 1), False, 1, 64),
+    'resnet18': ((2, 2, 2, 2), False, 1, 64),
+    'resnet50': ((3, 4, 6, 3), True, 1, 64),
+    'resnext50_32x4d': ((3, 4, 6, 3), True, 32, 4),
+}

@@ -63,3 +63,46 @@ def test_bfloat16_computes_in_bf16_keeps_float32_params():
   c.dtype = 'float16'
   with pytest.raises(ConfigError, match='bfloat16'):
     build_model(c, 5)
+
+
+def imagenet_cfg(name, dtype='float32'):
+  return ml_collections.ConfigDict({'name': name, 'depth': 0, 'width': 0, 'dtype': dtype, 'conv_impl': 'xla'})
+
+
+@pytest.mark.parametrize('name,expected', [
+    # torchvision's counts with a 1000-class fc: resnet18 11,689,512, resnet50 25,557,032,
+    # resnext50_32x4d 25,028,904. ResNet-10 (one basic block a stage) by hand:
+    # stem 9,408 + 128; stage 1: 2 x 36,864 + 256; stage 2: 73,728 + 147,456 + 8,192 +
+    # 768; stage 3: 294,912 + 589,824 + 32,768 + 1,536; stage 4: 1,179,648 + 2,359,296 +
+    # 131,072 + 3,072; fc 513,000 = 5,418,792.
+    ('resnet10', 5_418_792), ('resnet18', 11_689_512), ('resnet50', 25_557_032),
+    ('resnext50_32x4d', 25_028_904)])
+def test_imagenet_backbones_match_torchvision_sizes(name, expected):
+  model = build_model(imagenet_cfg(name), 1000)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  assert count(variables['params']) == expected
+
+
+def test_resnext_groups_and_feature_size():
+  model = build_model(imagenet_cfg('resnext50_32x4d'), 5)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  grouped = variables['params']['backbone']['Bottleneck_0']['Conv_1']['kernel']
+  assert grouped.shape == (3, 3, 4, 128)  # 32 groups of 4 input channels, 128 = 32 x 4 wide
+  assert variables['params']['head']['Dense_0']['kernel'].shape == (2048, 5)
+
+
+def test_bfloat16_computes_in_bf16_keeps_float32_parameters():
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  outs = {}
+  for dtype in ('float32', 'bfloat16'):
+    model = build_model(imagenet_cfg('resnet10', dtype), 7)
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    outs[dtype] = out
+    jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+    assert ('bf16[' in jaxpr) == (dtype == 'bfloat16')
+  assert outs['bfloat16']['features'].dtype == jnp.float32
+  # Same parameters, bf16 arithmetic: close to float32, not equal.
+  np.testing.assert_allclose(outs['bfloat16']['logits'], outs['float32']['logits'], rtol=0.1, atol=0.1)
+  assert not np.array_equal(outs['bfloat16']['logits'], outs['float32']['logits'])
