@@ -1,14 +1,35 @@
 """Orbax checkpoints of a phase's train state, and finding an earlier phase's output.
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete,
-so a run killed mid-save leaves the previous checkpoint intact.
+so a run killed mid-save leaves the previous checkpoint intact. A run fed by the host
+pipeline saves two items per step, ``state`` and ``data`` (each process's grain
+iterator state, through grain's orbax handler); a run on an on-device dataset saves
+the state alone (orbax's single default item).
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class DataState:
+  """A grain iterator state captured when its batch was read (the live iterator has
+  already read ahead), in the form grain's orbax handler saves and restores."""
+
+  def __init__(self, state=None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state)
+
+  def start_prefetch(self) -> None:
+    pass
 
 
 def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
@@ -16,18 +37,36 @@ def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state) -> None:
-  mgr.save(step, args=ocp.args.StandardSave(state))
+def save(mgr: ocp.CheckpointManager, step: int, state, data_state=None) -> None:
+  """Saves ``state``; with ``data_state`` (a grain iterator state) both, as one step."""
+  if data_state is None:
+    mgr.save(step, args=ocp.args.StandardSave(state))
+  else:
+    import grain
+
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           data=grain.checkpoint.CheckpointSave(DataState(data_state))))
 
 
-def restore_latest(mgr: ocp.CheckpointManager, target):
+def _has_items(directory: str, step: int) -> bool:
+  return os.path.isdir(os.path.join(directory, str(step), 'state'))
+
+
+def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
   """Restores the newest checkpoint into the shapes and shardings of ``target``;
-  returns ``target`` unchanged when there is none."""
+  returns ``target`` unchanged when there is none. With ``with_data``, returns
+  ``(state, data_state)`` (``None`` without a checkpoint)."""
   step = mgr.latest_step()
   if step is None:
-    return target
+    return (target, None) if with_data else target
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+  if not with_data:
+    return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+  import grain
+
+  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                  data=grain.checkpoint.CheckpointRestore(DataState())))
+  return out['state'], out['data'].state
 
 
 def restore_variables(directory: str) -> dict:
@@ -37,6 +76,9 @@ def restore_variables(directory: str) -> dict:
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(directory)
-  state = mgr.restore(step, args=ocp.args.StandardRestore())
+  if _has_items(os.path.abspath(directory), step):
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  else:
+    state = mgr.restore(step, args=ocp.args.StandardRestore())
   mgr.close()
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}

@@ -58,6 +58,20 @@ def agree(flag: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
+def local_rows(mesh, global_batch_size: int) -> slice:
+  """The rows of a global batch that this process's devices hold (``global_batch`` then
+  places this process's batch there): a contiguous block of ``B / process_count``."""
+  index = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+  lo = min(ix[0].start or 0 for ix in index.values())
+  hi = max(global_batch_size if ix[0].stop is None else ix[0].stop for ix in index.values())
+  per_process = global_batch_size // jax.process_count()
+  if hi - lo != per_process:
+    raise ValueError(f'the devices of process {jax.process_index()} do not hold one contiguous block '
+                     f'of the batch ({lo}..{hi} of {global_batch_size}); build the mesh with each '
+                     f'process\'s devices together.')
+  return slice(lo, hi)
+
+
 def global_batch(local: dict, mesh) -> dict:
   """Process-local batches (this process's rows, leading axis) -> global arrays sharded on
   ``data``; the global batch is the processes' batches in process order."""

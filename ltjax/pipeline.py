@@ -14,11 +14,11 @@ import jax
 
 from ltjax import checkpoint, evaluate, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
-from ltjax.data import augment, sources
+from ltjax.data import augment, host, sources
 
 # Fields that may change between the runs of one workdir: where data is read from,
 # how often to log, evaluate and checkpoint, and how many devices share the batch.
-RESUMABLE_FIELDS = ('phases', 'data.data_dir', 'data.cache_dir', 'data.download', 'num_devices', 'log_every_steps',
+RESUMABLE_FIELDS = ('phases', 'data.data_dir', 'data.cache_dir', 'data.download', 'data.host_threads', 'data.host_workers', 'num_devices', 'log_every_steps',
                     'eval_every_epochs', 'checkpoint_every_epochs', 'checkpoint_min_seconds', 'keep_checkpoints',
                     'train.eval_batch_size')
 
@@ -88,7 +88,7 @@ def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
   else:
     directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
   variables = checkpoint.restore_variables(directory)
-  sample = normalize(dataset.train_images[:2])
+  sample = normalize(dataset.example_images(2))
   expected = jax.eval_shape(lambda: teacher.model.init(jax.random.key(0), sample, train=False))
   want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
   got = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(variables)}
@@ -98,7 +98,7 @@ def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
   if head and set(want) == set(got) and all(want[k][:-1] == got[k][:-1] for k in head):
     raise MissingCheckpointError(
         f'the teacher in {directory} was trained with {got[head[0]][-1]} classes, but this run\'s '
-        f'{dataset.name}-LT has {dataset.num_classes}. Fix: train the teacher on this dataset (run '
+        f'{dataset.title} has {dataset.num_classes}. Fix: train the teacher on this dataset (run '
         f'the whole recipe in a new workdir) or point --config.{teacher.path_field} at one that was.')
   diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
   lines = '\n'.join(f'  {k}: {got.get(k, "<absent>")} in the checkpoint, {want.get(k, "<absent>")} '
@@ -138,7 +138,7 @@ def run(config, workdir: str) -> dict:
     evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
   parallel.barrier('config written')
   counts = dataset.class_counts
-  _say(f'{dataset.name}-LT IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
+  _say(f'{dataset.title} IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '
         f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
   aug = config.data.augment
@@ -159,7 +159,11 @@ def run(config, workdir: str) -> dict:
     forward = train.make_forward(phase.model, normalize, phase.eval_output, mesh)
 
     def evaluate_fn(variables, forward=forward):
-      logits = train.predict(forward, variables, dataset.test_images, mesh, eval_batch)
+      if isinstance(dataset, host.HostDataset):
+        batches = host.test_batches(dataset, eval_batch, parallel.local_rows(mesh, eval_batch))
+        logits = train.predict_batches(forward, variables, batches, mesh, len(dataset.test_labels))
+      else:
+        logits = train.predict(forward, variables, dataset.test_images, mesh, eval_batch)
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 
@@ -205,7 +209,7 @@ def run(config, workdir: str) -> dict:
   if parallel.is_main():
     evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
     counts_by_group = summary['num_classes_per_group']
-    print(f'\n{config.method} on {dataset.name}-LT IF {dataset.imbalance_factor:g} '
+    print(f'\n{config.method} on {dataset.title} IF {dataset.imbalance_factor:g} '
           f'(classes many/medium/few: {counts_by_group["many"]}/{counts_by_group["medium"]}/'
           f'{counts_by_group["few"]}), top-1 %:')
     print(evaluate.format_table(rows))

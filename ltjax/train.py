@@ -23,7 +23,8 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from ltjax import checkpoint, parallel
-from ltjax.data import augment
+from ltjax.data import augment, host
+from ltjax.data.host import HostDataset
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, NonFiniteLossError
 from ltjax.logs import MetricLogger
@@ -51,10 +52,11 @@ class StepHooks:
 
   - ``init(variables) -> aux``: state the step carries in ``TrainState.aux`` and that is
     checkpointed with it (SSD's momentum encoder and queue of keys).
-  - ``prepare(key, images, x, labels, aux) -> (inputs, extras, aux)``: the model's inputs
-    (e.g. each image at four rotations) from the uint8 ``images`` and their augmented
-    ``x``, and ``extras`` merged into the loss's ``outputs`` (e.g. rotation labels,
-    momentum keys, the queue), computed without gradient.
+  - ``prepare(key, batch, x, aux) -> (inputs, extras, aux)``: the model's inputs (e.g.
+    each image at four rotations) from the batch (uint8 ``images``, ``labels``, and from
+    the host pipeline ``key_images`` where ``two_views``) and its augmented ``x``, and
+    ``extras`` merged into the loss's ``outputs`` (e.g. rotation labels, momentum keys,
+    the queue), computed without gradient.
   - ``update(aux, params, extras, labels) -> aux``: after the optimizer update (the
     momentum encoder's moving average, the queue's FIFO update).
 
@@ -64,6 +66,8 @@ class StepHooks:
   init: Callable[[dict], Any] | None = None
   prepare: Callable[..., tuple] | None = None
   update: Callable[..., Any] | None = None
+  # The host pipeline also delivers a second random resized crop, ``key_images``.
+  two_views: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,20 +147,27 @@ def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientT
   return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
 
 
-def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, mesh):
-  batch = parallel.batch_sharding(mesh)
+def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, mesh, on_device: bool = True):
+  """The step. ``on_device``: ``data`` is the whole (small) training set, replicated, and
+  the step samples, gathers and augments its batch; else ``data`` is the global batch
+  from the host pipeline (uint8 ``images``, ``labels``), sharded on ``data``."""
+  batch_sharding = parallel.batch_sharding(mesh)
 
   def step(state: TrainState, data: dict, rng: jax.Array, teacher_variables: Any):
     key = jax.random.fold_in(rng, state.step)
     k_sample, k_aug = jax.random.split(key)
-    idx = jax.lax.with_sharding_constraint(sampler(data, k_sample, state.step), batch)
-    images = jax.lax.with_sharding_constraint(data['images'][idx], batch)
-    labels = data['labels'][idx]
-    x = augment_fn(k_aug, images)
+    if on_device:
+      idx = jax.lax.with_sharding_constraint(sampler(data, k_sample, state.step), batch_sharding)
+      batch = {'images': jax.lax.with_sharding_constraint(data['images'][idx], batch_sharding),
+               'labels': data['labels'][idx]}
+    else:
+      batch = data
+    labels = batch['labels']
+    x = augment_fn(k_aug, batch['images'])
     inputs, extras, aux = x, {}, state.aux
     hooks = phase.hooks
     if hooks is not None and hooks.prepare is not None:
-      inputs, extras, aux = hooks.prepare(jax.random.fold_in(key, 2), images, x, labels, aux)
+      inputs, extras, aux = hooks.prepare(jax.random.fold_in(key, 2), batch, x, aux)
       extras = jax.lax.stop_gradient(extras)
     teacher_outputs = None
     if phase.teacher is not None:
@@ -217,6 +228,14 @@ def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np
   return np.concatenate([np.asarray(o)[:n] for o, n in zip(jax.device_get(outs), sizes)])
 
 
+def predict_batches(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
+  """``predict`` for the host pipeline: ``batches`` yields this process's rows of each
+  global batch (``host.test_batches``), joined into global arrays; the first
+  ``num_examples`` outputs, in dataset order."""
+  outs = [forward(variables, parallel.global_batch(b, mesh)['images']) for b in batches]
+  return np.concatenate([np.asarray(o) for o in jax.device_get(outs)])[:num_examples]
+
+
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
                 init_variables=None, teacher_variables=None):
   """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
@@ -239,13 +258,18 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)
 
+  on_device = not isinstance(dataset, HostDataset)
+
   def augment_fn(key, images):
+    if not on_device:  # the host cropped and flipped
+      return augment.host_batch_augment(key, images, jitter=aug.jitter, mean=aug.mean, std=aug.std,
+                                        scale=dataset.pixel_scale)
     return augment.train_augment(key, images, pad=aug.pad, flip=aug.flip, mean=aug.mean,
                                  std=aug.std, scale=dataset.pixel_scale)
 
   rng = jax.random.key(config.seed)
   init_key, step_rng = jax.random.split(rng)
-  sample = augment.normalize(dataset.train_images[:2], aug.mean, aug.std, dataset.pixel_scale)
+  sample = augment.normalize(dataset.example_images(2), aug.mean, aug.std, dataset.pixel_scale)
   variables = phase.model.init(init_key, sample, train=False)
   if init_variables is not None:  # an earlier phase's variables, merged by the recipe
     variables = phase.init(variables, init_variables) if phase.init else init_variables
@@ -256,16 +280,30 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                      opt_state=tx.init(variables['params']), aux=aux)
   replicated = parallel.replicated(mesh)
   state = jax.device_put(state, replicated)
-  data = jax.device_put({'images': dataset.train_images, 'labels': dataset.train_labels,
-                         **Sampler.arrays(dataset.train_labels, dataset.num_classes)}, replicated)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)
 
   mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.keep_checkpoints)
-  state = checkpoint.restore_latest(mgr, state)
+  if on_device:
+    data = jax.device_put({'images': dataset.train_images, 'labels': dataset.train_labels,
+                           **Sampler.arrays(dataset.train_labels, dataset.num_classes)}, replicated)
+    state = checkpoint.restore_latest(mgr, state)
+  else:
+    state, data_state = checkpoint.restore_latest(mgr, state, with_data=True)
+    two_views = phase.hooks is not None and phase.hooks.two_views
+    batches = host.train_iterator(dataset, sampler, config.seed, total_steps,
+                                  parallel.local_rows(mesh, tc.batch_size), two_views=two_views)
+    if data_state is not None:
+      batches.set_state(data_state)  # the batches after the checkpoint's step, as if never stopped
+
+    def read_batch():
+      local = next(batches)
+      # The state right after this batch: what a checkpoint taken after its step saves.
+      return parallel.global_batch(local, mesh), batches.get_state()
   start = int(state.step)
 
-  step_fn = jax.jit(make_train_step(phase, tx, schedule, sampler, augment_fn, mesh),
-                    in_shardings=(replicated, replicated, replicated, replicated),
+  step_fn = jax.jit(make_train_step(phase, tx, schedule, sampler, augment_fn, mesh, on_device),
+                    in_shardings=(replicated, replicated if on_device else parallel.batch_sharding(mesh),
+                                  replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   logger = MetricLogger(phase_dir)
   is_main = jax.process_index() == 0
@@ -283,8 +321,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       raise NonFiniteLossError(
           f'[{phase.name}] loss is {metrics["loss"]} at step {step_done} (epoch '
           f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Lower --config.train.lr '
-          f'or raise warm-up (--config.train.warmup_epochs); the last good checkpoint '
-          f'(step {mgr.latest_step()}) is kept in {phase_dir}/checkpoints.')
+          f'or raise warm-up (--config.train.warmup_epochs); ' + (
+              f'the last good checkpoint (step {mgr.latest_step()}) is kept in {phase_dir}/checkpoints.'
+              if mgr.latest_step() is not None else 'no checkpoint of this phase was written yet.'))
 
   def flush(pending, now_step):
     nonlocal t_last, n_last
@@ -301,8 +340,15 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
 
   t_loop = time.perf_counter()
   first_step_seconds = None
+  data_state = None
+  if not on_device and start < total_steps:
+    upcoming = read_batch()
   for step in range(start, total_steps):
+    if not on_device:
+      data, data_state = upcoming
     state, metrics = step_fn(state, data, step_rng, teacher_variables)
+    if not on_device and step + 1 < total_steps:
+      upcoming = read_batch()  # the host reads and copies the next batch while the device works
     if first_step_seconds is None:
       jax.block_until_ready(metrics)
       first_step_seconds = time.perf_counter() - t_loop
@@ -322,7 +368,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       if last or (due and parallel.agree(time.perf_counter() - last_save >= config.checkpoint_min_seconds)):
         # Never save a diverged state: NaN parameters would poison every resume.
         check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
-        checkpoint.save(mgr, step + 1, state)
+        checkpoint.save(mgr, step + 1, state, data_state)
         last_save = time.perf_counter()
       if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
@@ -335,7 +381,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
            'first_step_seconds': first_step_seconds}
   if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
-    checkpoint.save(mgr, total_steps, state)
+    checkpoint.save(mgr, total_steps, state, data_state)
   mgr.wait_until_finished()
   mgr.close()
   bar.close()

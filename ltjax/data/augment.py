@@ -68,11 +68,28 @@ def random_grayscale(key, x, p=0.2):
 def moco_view(key, images, *, pad: int, flip: bool, mean, std, scale: float = 255.0):
   """MoCo v2's key view for small images: the dataset's crop and flip, colour jitter
   (0.4, p 0.8) and grayscale (p 0.2), then normalisation. Blur and the random resized
-  crop belong to large images (the ImageNet pipeline)."""
-  k_crop, k_flip, k_jit, k_gray = jax.random.split(key, 4)
+  crop belong to large images (the host pipeline crops, ``moco_colour`` does the rest)."""
+  k_crop, k_flip, k_col = jax.random.split(key, 3)
   images = random_crop(k_crop, images, pad)
   if flip:
     images = random_flip(k_flip, images)
+  return moco_colour(k_col, images, mean, std, scale)
+
+
+def moco_colour(key, images, mean, std, scale: float = 255.0):
+  """MoCo v2's colour part on already cropped uint8 images: jitter (0.4, p 0.8),
+  grayscale (p 0.2), normalisation."""
+  k_jit, k_gray = jax.random.split(key)
   x = images.astype(jnp.float32) / scale
   x = random_grayscale(k_gray, color_jitter(k_jit, x))
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def host_batch_augment(key, images, *, jitter: float, mean, std, scale: float = 255.0):
+  """The device half of the large-image training augmentation (the host did the random
+  resized crop and flip): ``ColorJitter(jitter, jitter, jitter)`` on every image, as the
+  decoupling code's ImageNet-LT transform, then normalisation."""
+  x = images.astype(jnp.float32) / scale
+  if jitter > 0:
+    x = color_jitter(key, x, jitter, jitter, jitter, p=1.0)
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -6,7 +6,7 @@ resumed run and a run on another number of devices draw the same batches.
 
 - ``instance``: every image once per epoch, in a fresh permutation each epoch (the
   PyTorch ``shuffle=True`` loader; the last batch of an epoch wraps around).
-- ``class``: class-balanced, each class equally likely, then an image of it.
+- ``class``: class-balanced, each class (with images) equally likely, then an image of it.
 - ``sqrt``: class c drawn with probability proportional to ``sqrt(n_c)``.
 - ``progressive``: ``(1 - t/T) * instance + t/T * class`` over epochs t of T.
 """
@@ -28,7 +28,8 @@ def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   """Probability of drawing each class under a sampler (the definitions above)."""
   counts = jnp.asarray(class_counts, jnp.float32)
   instance = counts / counts.sum()
-  balanced = jnp.ones_like(counts) / counts.shape[0]
+  present = (counts > 0).astype(jnp.float32)  # a class without images cannot be drawn
+  balanced = present / present.sum()
   if kind == 'instance':
     return instance
   if kind == 'class':
@@ -79,3 +80,32 @@ class Sampler:
     within = jnp.floor(jax.random.uniform(k_item, (self.batch_size,)) * sizes).astype(jnp.int32)
     within = jnp.minimum(within, sizes - 1)
     return arrays['by_class'][arrays['class_offsets'][classes] + within]
+
+  def host_indices(self, arrays, seed: int, step: int) -> np.ndarray:
+    """The same samplers in NumPy, for the host pipeline: indices ``[batch_size]`` of the
+    training set at ``step``, a pure function of ``(seed, step)`` (another random stream
+    than the on-device sampler's, the same distribution). ``arrays``: ``Sampler.arrays``."""
+    if self.kind not in KINDS:
+      raise ConfigError(f'unknown sampler {self.kind!r}; choose one of {KINDS}.')
+    epoch = step // self.steps_per_epoch
+    if self.kind == 'instance':
+      perm = self._permutation(seed, epoch)
+      pos = (step % self.steps_per_epoch) * self.batch_size + np.arange(self.batch_size)
+      return perm[pos % self.num_examples]
+    rng = np.random.default_rng([seed, 2, step])
+    probs = np.asarray(class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs), np.float64)
+    classes = rng.choice(len(self.class_counts), self.batch_size, p=probs / probs.sum())
+    sizes = np.asarray(arrays['class_sizes'])[classes]
+    within = np.minimum((rng.random(self.batch_size) * sizes).astype(np.int64), sizes - 1)
+    return np.asarray(arrays['by_class'])[np.asarray(arrays['class_offsets'])[classes] + within]
+
+  def _permutation(self, seed: int, epoch: int) -> np.ndarray:
+    # One permutation per epoch, kept while its steps are read (iNaturalist: 437k
+    # indices); reader threads may straddle an epoch boundary, so two are kept.
+    cache = self.__dict__.setdefault('_permutations', {})
+    if (seed, epoch) not in cache:
+      perm = np.random.default_rng([seed, 3, epoch]).permutation(self.num_examples)
+      while len(cache) >= 2:
+        cache.pop(next(iter(cache)), None)
+      cache[(seed, epoch)] = perm
+    return cache[(seed, epoch)]

@@ -32,8 +32,16 @@ class ArrayDataset:
   test_index: np.ndarray | None = None
 
   @property
+  def title(self) -> str:
+    return f'{self.name}-LT'
+
+  @property
   def class_counts(self) -> np.ndarray:
     return np.bincount(self.train_labels, minlength=self.num_classes)
+
+  def example_images(self, n: int = 2) -> np.ndarray:
+    """A few training images, for initialising a model."""
+    return self.train_images[:n]
 
 
 # ---------------------------------------------------------------- embedded digits
@@ -193,13 +201,173 @@ def load_cifar_lt(name: str, imbalance_factor: float, data_dir=None, download: b
       imbalance_factor=float(imbalance_factor), class_names=names, train_index=keep)
 
 
-def load(data_config) -> ArrayDataset:
-  """The dataset a config names (``config.data``)."""
+# ---------------------------------------------------------------- large datasets (host pipeline)
+# config name -> TFDS name, training split, test split, file-name feature
+LARGE = {
+    'imagenet_lt': ('imagenet_lt', 'train', 'test', 'file_name'),  # test = the 50,000 ILSVRC val images
+    'inat18': ('i_naturalist2018', 'train', 'validation', 'id'),  # test = the official val (24,426)
+    'places_lt': ('places365_small', 'train', 'validation', 'filename'),  # Places-LT: a file list of train
+}
+MANUAL = {
+    'imagenet_lt': (
+        'ImageNet-LT is built from the ILSVRC2012 tars, which need an image-net.org account: put '
+        'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in DATA_DIR/downloads/manual/, then (with '
+        'TensorFlow installed) run `tfds build imagenet_lt --file_format=array_record --data_dir DATA_DIR`.'),
+}
+
+
+def normalize_file_name(name: str) -> str:
+  """A Places image path as both the OLTR list and TFDS write it: no leading slash or
+  ``data_256/`` folder (``/data_256/a/airfield/00000129.jpg`` -> ``a/airfield/00000129.jpg``)."""
+  name = name.strip().lstrip('/')
+  return name[len('data_256/'):] if name.startswith('data_256/') else name
+
+
+def select_by_file_list(file_names, entries) -> np.ndarray:
+  """Record indices of the listed files, in list order: ``entries`` are lines ``path label``
+  (Places-LT's ``Places_LT_train.txt``). A listed file that the split lacks is an error."""
+  position = {normalize_file_name(f): i for i, f in enumerate(file_names)}
+  records, missing = [], []
+  for line in entries:
+    if not line.strip():
+      continue
+    parts = line.rsplit(None, 1)  # 'path label'; a path may hold spaces
+    path = normalize_file_name(parts[0] if len(parts) == 2 and parts[1].isdigit() else line)
+    if path in position:
+      records.append(position[path])
+    else:
+      missing.append(path)
+  if missing:
+    raise DatasetNotPreparedError(
+        f'{len(missing)} of the {len(records) + len(missing)} files of the list are not in the TFDS '
+        f'split (first: {missing[0]!r}). Fix: check that --config.data.file_list is the list of this '
+        f'dataset (Places-LT: Places_LT_train.txt of OLTR) and that the split is fully prepared.')
+  return np.asarray(records, np.int64)
+
+
+def read_file_list(location: str, sha256: str = '') -> list[str]:
+  """The lines of a file list from a path or URL (fetched, never stored in the project),
+  checked against ``sha256`` when given."""
+  import hashlib
+  import urllib.request
+
+  if not location:
+    raise ConfigError('places_lt needs --config.data.file_list: the path or URL of OLTR\'s '
+                      'Places_LT_train.txt (https://github.com/zhmiao/OpenLongTailRecognition-OLTR, '
+                      '"Places_LT_v2" lists), and --config.data.file_list_sha256 to pin it.')
+  if '://' in location:
+    with urllib.request.urlopen(location, timeout=60) as f:
+      data = f.read()
+  else:
+    with open(os.path.expanduser(location), 'rb') as f:
+      data = f.read()
+  digest = hashlib.sha256(data).hexdigest()
+  if sha256 and digest != sha256:
+    raise DatasetNotPreparedError(f'the file list {location} has sha256 {digest}, not the expected '
+                                  f'{sha256}: a different or damaged list. Fix: fetch the published list again.')
+  return data.decode().splitlines()
+
+
+def _scan(source, keys: tuple[str, ...], desc: str) -> dict[str, list]:
+  """Reads ``keys`` of every record (labels, file names) with a progress bar."""
+  from tqdm.auto import tqdm
+
+  n, out = len(source), {k: [] for k in keys}
+  chunk = 4096
+  for start in tqdm(range(0, n, chunk), desc=desc, unit='chunk', leave=False):
+    for ex in _host_read(source, range(start, min(start + chunk, n))):
+      for k in keys:
+        v = ex[k]
+        out[k].append(v.decode() if isinstance(v, bytes) else (str(v) if k != 'label' else int(v)))
+  return out
+
+
+def _host_read(source, records):
+  from ltjax.data.host import _read
+
+  return _read(source, records)
+
+
+def load_large(data_config):
+  """ImageNet-LT, iNaturalist 2018 or Places-LT as a ``HostDataset`` read by the host
+  pipeline. Only labels (and Places' file names) are read here, without decoding images
+  (cached as ``.npz`` in ``data.cache_dir`` when set)."""
+  import contextlib
+
+  import tensorflow_datasets as tfds
+
+  from ltjax.data.host import HostDataset
+
   name = data_config.name
+  tfds_name, train_split, test_split, file_key = LARGE[name]
+  data_dir = data_config.data_dir or None
+  mock = data_config.mock_examples
+  context = (tfds.testing.mock_data(num_examples=mock, policy=tfds.testing.MockPolicy.USE_CODE)
+             if mock else contextlib.nullcontext())
+  skip = {'image': tfds.decode.SkipDecoding()}
+  with context:
+    try:
+      train = _tfds_source(tfds_name, train_split, data_dir, data_config.download)
+      test = _tfds_source(tfds_name, test_split, data_dir, data_config.download)
+    except DatasetNotPreparedError as e:
+      if name in MANUAL:
+        raise DatasetNotPreparedError(f'{e}\n{MANUAL[name]}') from e
+      raise
+    scan_train = train if mock else tfds.data_source(tfds_name, split=train_split, data_dir=data_dir,
+                                                     download=False, decoders=skip)
+    scan_test = test if mock else tfds.data_source(tfds_name, split=test_split, data_dir=data_dir,
+                                                   download=False, decoders=skip)
+  cache = (os.path.join(data_config.cache_dir, f'{name}_labels{"_mock" if mock else ""}.npz')
+           if data_config.cache_dir else '')
+  if cache and os.path.exists(cache):
+    with np.load(cache) as z:
+      tr_labels, te_labels, names = z['train_labels'], z['test_labels'], list(z['train_files'])
+  else:
+    keys = ('label', file_key) if name == 'places_lt' else ('label',)
+    tr = _scan(scan_train, keys, f'{name} train labels')
+    te = _scan(scan_test, ('label',), f'{name} test labels')
+    tr_labels, te_labels = np.asarray(tr['label'], np.int64), np.asarray(te['label'], np.int64)
+    names = tr.get(file_key, [])
+    if cache:
+      os.makedirs(data_config.cache_dir, exist_ok=True)
+      tmp = f'{cache}.tmp{os.getpid()}'
+      with open(tmp, 'wb') as f:
+        np.savez(f, train_labels=tr_labels, test_labels=te_labels, train_files=np.array(names))
+      os.replace(tmp, cache)
+  num_classes = train.dataset_info.features['label'].num_classes
+  if name == 'places_lt':
+    records = select_by_file_list(names, read_file_list(data_config.file_list, data_config.file_list_sha256))
+  else:
+    records = np.arange(len(tr_labels))
+  labels = tr_labels[records].astype(np.int32)
+  counts = np.bincount(labels, minlength=num_classes)
+  if not mock and counts.min() == 0:
+    raise DatasetNotPreparedError(
+        f'{name}: {int((counts == 0).sum())} of {num_classes} classes have no training image; the '
+        f'TFDS split or the file list is incomplete. Fix: prepare the dataset again.')
+  try:
+    class_names = list(train.dataset_info.features['label'].names)
+  except Exception:
+    class_names = [str(c) for c in range(num_classes)]
+  present = counts[counts > 0]
+  return HostDataset(
+      name=name, train_source=train, train_records=records, train_labels=labels, test_source=test,
+      test_records=np.arange(len(te_labels)), test_labels=te_labels.astype(np.int32),
+      num_classes=num_classes, imbalance_factor=float(present.max() / present.min()),
+      class_names=class_names, image_size=data_config.image_size, resize_size=data_config.resize_size,
+      threads=data_config.host_threads, workers=data_config.host_workers)
+
+
+def load(data_config):
+  """The dataset a config names (``config.data``): an ``ArrayDataset`` (small, on the
+  device) or a ``HostDataset`` (large, read by the host pipeline)."""
+  name = data_config.name
+  if name in LARGE:
+    return load_large(data_config)
   if name == 'digits':
     return load_digits_lt(data_config.imbalance_factor, data_config.test_per_class,
                           data_config.split_seed)
   if name in CIFAR:
     return load_cifar_lt(name, data_config.imbalance_factor, data_config.data_dir or None,
                          data_config.download, data_config.split_seed, data_config.cache_dir or None)
-  raise ConfigError(f'unknown data.name {name!r}; choose digits, cifar10 or cifar100.')
+  raise ConfigError(f'unknown data.name {name!r}; choose digits, cifar10, cifar100, {", ".join(LARGE)}.')

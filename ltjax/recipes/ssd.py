@@ -53,7 +53,7 @@ def selfsup_hooks(config, dataset, model):
   or MoCo's key view, momentum encoder and queue."""
   sc, aug = config.ssd, config.data.augment
   if sc.selfsup == 'rotation':
-    def prepare(key, images, x, labels, aux):
+    def prepare(key, batch, x, aux):
       inputs, rotations = selfsup.rotate_batch(x)
       return inputs, {'rotation_labels': rotations}, aux
     return StepHooks(prepare=prepare)
@@ -64,9 +64,12 @@ def selfsup_hooks(config, dataset, model):
     return {'params': copy(variables['params']), 'batch_stats': copy(variables.get('batch_stats', {})),
             'queue': selfsup.init_queue(key, sc.queue_size, sc.proj_dim)}
 
-  def prepare(key, images, x, labels, aux):
-    view = augment.moco_view(key, images, pad=aug.pad, flip=aug.flip, mean=aug.mean, std=aug.std,
-                             scale=dataset.pixel_scale)
+  def prepare(key, batch, x, aux):
+    if 'key_images' in batch:  # the host pipeline cropped the key view (random resized crop)
+      view = augment.moco_colour(key, batch['key_images'], aug.mean, aug.std, dataset.pixel_scale)
+    else:
+      view = augment.moco_view(key, batch['images'], pad=aug.pad, flip=aug.flip, mean=aug.mean,
+                               std=aug.std, scale=dataset.pixel_scale)
     out, updates = model.apply({'params': aux['params'], 'batch_stats': aux['batch_stats']}, view,
                                train=True, mutable=['batch_stats'])
     aux = {**aux, 'batch_stats': updates['batch_stats']}

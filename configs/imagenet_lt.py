@@ -1,0 +1,23 @@
+"""ImageNet-LT (Liu et al.; TFDS ``imagenet_lt``): 1,000 classes, 115,846 training images
+(1,280 ... 5 a class), tested on the 50,000 ILSVRC validation images.
+
+  python -m ltjax.main --config configs/imagenet_lt.py:method=dive --workdir W \
+      --config.data.data_dir ~/tensorflow_datasets
+
+ResNeXt-50 (32x4d) in bf16, the host pipeline (random resized crop 224, flip, colour
+jitter 0.4; centre crop 224 of 256 for testing). Methods: ce, bsce, dive, ssd (and
+crt, lws, tau_norm). CE, BSCE and DiVE's teacher and student: 90 epochs, batch 512,
+lr 0.2 cosine, weight decay 5e-4 (Kang et al.). SSD: the official recipe, 135 epochs,
+batch 256, lr 0.1 cosine, MoCo v2 with a 115,712-key queue; LWS 5 epochs. Arguments:
+method, seed, epochs (override the phase length), smoke (tiny images and batches on
+the real data), mock (the same on TFDS's mock data: no dataset needed).
+
+The TFDS data must be prepared by hand (the ILSVRC2012 tars need an image-net.org
+account): README "Large datasets".
+"""
+from ltjax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, config_lib.LARGE_ARGS)
+  return config_lib.large_config(args, 'imagenet_lt', 'resnext50_32x4d', epochs=90, ssd_epochs=135)

@@ -1,0 +1,221 @@
+"""The host pipeline of the large datasets (ltjax/data/host.py) on TFDS's mock data:
+crops, shapes and labels, two views, per-process shards, iterator state, Places-LT's
+file list, and a phase trained from it that resumes after a crash."""
+import hashlib
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from ltjax import config_lib
+from ltjax.data import host, sources
+from ltjax.data.samplers import Sampler
+from ltjax.errors import ConfigError, DatasetNotPreparedError
+
+
+def mock_config(name='imagenet_lt', examples=48, size=16):
+  args = config_lib.parse_args('mock', config_lib.LARGE_ARGS)
+  c = config_lib.large_config(args, name, 'resnet10', epochs=1, ssd_epochs=1)
+  c.data.mock_examples = examples
+  c.data.image_size = size
+  c.data.resize_size = size + 4
+  return c
+
+
+@pytest.fixture(scope='module')
+def imagenet():
+  return sources.load(mock_config().data)
+
+
+def sampler_for(ds, kind='instance', batch=8, epochs=2):
+  return Sampler(kind, len(ds.train_labels), batch, tuple(int(c) for c in ds.class_counts), epochs)
+
+
+def test_random_resized_crop_whole_image_and_flip():
+  image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+  rng = np.random.default_rng(0)
+  # scale 1 and ratio 1 on a square image: the box is the whole image.
+  out = host.random_resized_crop(rng, image, 4, scale=(1, 1), ratio=(1, 1), flip=False)
+  want = np.asarray(Image.fromarray(image).resize((4, 4), Image.BILINEAR))
+  np.testing.assert_array_equal(out, want)
+  flips = [host.random_resized_crop(np.random.default_rng(s), image, 8, scale=(1, 1), ratio=(1, 1))
+           for s in range(20)]
+  flipped = [np.array_equal(f, image[:, ::-1]) for f in flips]
+  assert all(np.array_equal(f, image) or fl for f, fl in zip(flips, flipped)) and 3 < sum(flipped) < 17
+
+
+def test_random_resized_crop_shapes_and_fallback():
+  rng = np.random.default_rng(1)
+  for shape in ((10, 25, 3), (300, 200, 3), (64, 64, 1), (5, 400, 3)):
+    out = host.random_resized_crop(rng, np.full(shape, 7, np.uint8), 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and (out == 7).all()
+
+
+def test_center_crop_hand_case():
+  # 8 x 16 (h x w), shorter side -> 4: 4 x 8, then the central 4 x 4 = columns 2..5.
+  image = np.repeat(np.repeat(np.arange(8, dtype=np.uint8)[None, :, None] * 30, 8, 0), 2, 1)
+  image = np.repeat(image, 3, 2)
+  out = host.center_crop(image, 4, 4)
+  resized = np.asarray(Image.fromarray(image).resize((8, 4), Image.BILINEAR))
+  np.testing.assert_array_equal(out, resized[:, 2:6])
+
+
+def test_mock_imagenet_lt_labels_and_counts(imagenet):
+  ds = imagenet
+  assert isinstance(ds, host.HostDataset) and ds.num_classes == 1000 and ds.title == 'ImageNet-LT'
+  assert len(ds.train_records) == 48 and len(ds.test_records) == 48
+  labels = np.array([int(ds.train_source[int(r)]['label']) for r in ds.train_records])
+  np.testing.assert_array_equal(ds.train_labels, labels)
+  np.testing.assert_array_equal(ds.class_counts, np.bincount(labels, minlength=1000))
+
+
+def test_train_batches_shapes_labels_and_two_views(imagenet):
+  ds = imagenet
+  s = sampler_for(ds)
+  it = host.train_iterator(ds, s, seed=0, total_steps=3, two_views=True)
+  batch = next(it)
+  assert batch['images'].shape == (8, 16, 16, 3) and batch['images'].dtype == np.uint8
+  assert batch['key_images'].shape == batch['images'].shape
+  assert not np.array_equal(batch['key_images'], batch['images'])  # another crop of each image
+  positions = s.host_indices(Sampler.arrays(ds.train_labels, ds.num_classes), 0, 0)
+  np.testing.assert_array_equal(batch['labels'], ds.train_labels[positions])
+  assert 'key_images' not in next(host.train_iterator(ds, s, seed=0, total_steps=3))
+
+
+def test_process_shards_cover_an_epoch_without_overlap(imagenet):
+  ds = imagenet
+  s = sampler_for(ds, batch=8)  # 48 images: 6 steps an epoch
+  arrays = Sampler.arrays(ds.train_labels, ds.num_classes)
+  seen = {p: [] for p in range(2)}
+  for step in range(s.steps_per_epoch):
+    for p, rows in enumerate((slice(0, 4), slice(4, 8))):
+      seen[p].extend(s.host_indices(arrays, 0, step)[rows])
+  assert not set(seen[0]) & set(seen[1])
+  assert sorted(seen[0] + seen[1]) == list(range(48))
+  # Two processes' batches are the one-process global batch, row for row.
+  whole = next(host.train_iterator(ds, s, 0, 2))
+  halves = [next(host.train_iterator(ds, s, 0, 2, rows)) for rows in (slice(0, 4), slice(4, 8))]
+  for key in ('images', 'labels'):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+
+
+def test_test_split_shards_cover_it_once(imagenet):
+  ds = imagenet
+  whole = np.concatenate([b['images'] for b in host.test_batches(ds, 20)])  # 48 -> 3 batches, padded
+  assert whole.shape[0] == 60 and not whole[48:].any()
+  parts = [list(host.test_batches(ds, 20, rows)) for rows in (slice(0, 10), slice(10, 20))]
+  joined = np.concatenate([np.concatenate([a['images'], b['images']]) for a, b in zip(*parts)])
+  np.testing.assert_array_equal(joined, whole)
+  first = host.center_crop(ds.test_source[0]['image'], ds.resize_size, ds.image_size)
+  np.testing.assert_array_equal(whole[0], first)
+
+
+def test_iterator_state_resumes_the_same_batches(imagenet):
+  s = sampler_for(imagenet, 'class')
+  it = host.train_iterator(imagenet, s, 0, 6)
+  next(it), next(it)
+  state = it.get_state()
+  rest = [next(it) for _ in range(3)]
+  resumed = host.train_iterator(imagenet, s, 0, 6)
+  resumed.set_state(json.loads(json.dumps(state)))  # as saved in the checkpoint
+  for a in rest:
+    b = next(resumed)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_host_class_sampler_is_balanced():
+  labels = np.repeat(np.arange(4), [40, 20, 6, 2]).astype(np.int32)
+  s = Sampler('class', len(labels), 64, (40, 20, 6, 2), 1)
+  arrays = Sampler.arrays(labels, 4)
+  drawn = np.concatenate([s.host_indices(arrays, 0, step) for step in range(200)])
+  freq = np.bincount(labels[drawn], minlength=4) / len(drawn)
+  np.testing.assert_allclose(freq, 0.25, atol=0.02)
+  assert len(np.unique(drawn[labels[drawn] == 3])) == 2  # both images of the rarest class
+
+
+def test_places_lt_file_list_selection(tmp_path):
+  files = ['data_256/a/airfield/00000001.jpg', 'data_256/a/airfield/00000002.jpg',
+           'data_256/b/bakery/00000007.jpg']
+  entries = ['/data_256/b/bakery/00000007.jpg 30', 'a/airfield/00000001.jpg 0', '']
+  np.testing.assert_array_equal(sources.select_by_file_list(files, entries), [2, 0])
+  with pytest.raises(DatasetNotPreparedError, match='1 of the 2 files'):
+    sources.select_by_file_list(files, ['/data_256/c/canyon/00000001.jpg 40', entries[0]])
+  listing = tmp_path / 'Places_LT_train.txt'
+  listing.write_text('\n'.join(entries))
+  digest = hashlib.sha256(listing.read_bytes()).hexdigest()
+  assert sources.read_file_list(str(listing), digest)[:2] == entries[:2]
+  with pytest.raises(DatasetNotPreparedError, match='sha256'):
+    sources.read_file_list(str(listing), '0' * 64)
+  with pytest.raises(ConfigError, match='Places_LT_train.txt'):
+    sources.read_file_list('')
+
+
+def test_places_lt_on_mock_data(tmp_path):
+  # The mock split's own file names as the list: the subset is exactly the listed records.
+  c = mock_config('places_lt', examples=30)
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
+    train = tfds.data_source('places365_small', split='train')
+  names = [train[i]['filename'] for i in range(30)]
+  names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+  listing = tmp_path / 'list.txt'
+  listing.write_text('\n'.join(f'{names[i]} 0' for i in (5, 1, 17)))
+  c.data.file_list = str(listing)
+  ds = sources.load(c.data)
+  np.testing.assert_array_equal(ds.train_records, [5, 1, 17])
+  assert ds.num_classes == 365 and len(ds.test_labels) == 30
+
+
+def test_imagenet_lt_not_prepared_names_the_manual_download(tmp_path):
+  c = mock_config()
+  c.data.mock_examples = 0
+  c.data.data_dir = str(tmp_path)
+  with pytest.raises(DatasetNotPreparedError, match='ILSVRC2012_img_train.tar'):
+    sources.load(c.data)
+
+
+class Crash(Exception):
+  pass
+
+
+def small_run_config():
+  c = mock_config(size=16)
+  c.model.name = 'cifar_resnet'  # tiny and quick; the pipeline is what is tested
+  c.model.depth = 8
+  c.model.width = 4
+  c.model.dtype = 'float32'
+  c.train.epochs = 2  # 48 images, batch 16: 6 steps
+  c.train.eval_batch_size = 16
+  return c
+
+
+@pytest.mark.slow
+def test_host_phase_resumes_after_a_crash_with_the_same_batches(tmp_path, monkeypatch):
+  from ltjax import checkpoint, pipeline
+
+  whole = pipeline.run(small_run_config(), str(tmp_path / 'whole'))['ce']
+  real_save = checkpoint.save
+
+  def save_then_crash(mgr, step, state, data_state=None):
+    real_save(mgr, step, state, data_state)
+    if step == 3:
+      mgr.wait_until_finished()
+      raise Crash  # the process dies right after its epoch-1 checkpoint
+
+  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  with pytest.raises(Crash):
+    pipeline.run(small_run_config(), str(tmp_path / 'crashed'))
+  monkeypatch.setattr(checkpoint, 'save', real_save)
+  saved = json.loads((tmp_path / 'crashed/ce/checkpoints/3/data/process_0-of-1.json').read_text())
+  assert saved['next_index'] == 3  # grain's state: the next step's batch
+  resumed = pipeline.run(small_run_config(), str(tmp_path / 'crashed'))['ce']
+  assert resumed['timing']['steps_run'] == 3
+  losses = lambda d: [json.loads(l)['train/loss'] for l in open(tmp_path / d / 'ce' / 'metrics.jsonl')]
+  a, b = losses('whole'), losses('crashed')
+  assert len(a) == 6 and b[-3:] == pytest.approx(a[-3:], rel=1e-6)
+  assert resumed['per_class'] == whole['per_class'] and resumed['num_test'] == 48

@@ -1,0 +1,45 @@
+"""The large-dataset configs end to end through ``python -m ltjax.main`` on TFDS's mock
+data (``:mock``): the host pipeline, the ImageNet backbones, DiVE's teacher and student,
+and SSD's MoCo phases with the host's two views."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(workdir, config, *extra):
+  return subprocess.run([sys.executable, '-m', 'ltjax.main', '--config', str(REPO / config),
+                         '--workdir', str(workdir), *extra], capture_output=True, text=True,
+                        timeout=900, cwd=REPO)
+
+
+def test_imagenet_lt_dive_on_mock_data(tmp_path):
+  p = run(tmp_path / 'w', 'configs/imagenet_lt.py:method=dive,mock')
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert 'ImageNet-LT' in p.stdout and '| teacher |' in p.stdout and '| student |' in p.stdout
+  r = json.load(open(tmp_path / 'w' / 'results.json'))
+  assert (r['method'], r['dataset'], r['num_train'], r['num_test']) == ('dive', 'imagenet_lt', 64, 64)
+  assert len(r['per_class']) == 1000 and set(r['phases']) == {'teacher', 'student'}
+  config = json.load(open(tmp_path / 'w' / 'config.json'))
+  assert config['model']['name'] == 'resnext50_32x4d' and config['model']['dtype'] == 'bfloat16'
+  for phase in ('teacher', 'student'):
+    # 64 images, batch 16: 4 steps, the grain iterator state saved with the last checkpoint.
+    state = json.load(open(tmp_path / 'w' / phase / 'checkpoints' / '4' / 'data' / 'process_0-of-1.json'))
+    assert state['next_index'] == 4
+    lines = [json.loads(l) for l in open(tmp_path / 'w' / phase / 'metrics.jsonl')]
+    assert lines[-1]['step'] == 4 and all(l['train/loss'] > 0 for l in lines)
+  assert 'train/distill' in lines[-1]
+
+
+def test_imagenet_lt_ssd_moco_on_mock_data(tmp_path):
+  p = run(tmp_path / 'w', 'configs/imagenet_lt.py:method=ssd,mock', '--config.model.name=resnet10')
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.load(open(tmp_path / 'w' / 'results.json'))
+  assert set(r['phases']) == {'selfsup', 'teacher', 'student (hard)', 'student (soft)', 'student_lws'}
+  lines = [json.loads(l) for l in open(tmp_path / 'w' / 'selfsup' / 'metrics.jsonl')]
+  assert all(l['train/selfsup'] > 0 for l in lines)  # InfoNCE on the host's two views
