@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# ltjax on every worker of a Cloud TPU VM (a pod slice or a single host), one command.
+#
+#   launch/tpu_pod.sh NAME ZONE ACCELERATOR_TYPE --config configs/imagenet_lt.py:method=dive \
+#       --workdir /mnt/shared/runs/imagenet_lt_dive --config.data.data_dir gs://BUCKET/tensorflow_datasets
+#
+# 1. Creates the TPU VM NAME (e.g. v5litepod-32) in ZONE unless it exists
+#    (RUNTIME, default v2-alpha-tpuv5-lite; PROJECT: gcloud's --project, default gcloud's own).
+# 2. On every worker: clones REPO_URL at REF (default: this checkout's origin and HEAD) into
+#    ~/ltjax, makes a Python 3.12 environment with uv (the TPU images ship an older Python),
+#    installs ltjax and jax[tpu].
+# 3. Runs `python -m ltjax.main --distributed ARGS` on all workers at once: jax.distributed
+#    finds the other workers from the TPU metadata; process 0 prints the progress and table.
+#
+# Needs: gcloud, logged in, with TPU quota; the workdir on a filesystem every worker sees (a
+# Filestore/NFS or gcsfuse mount: orbax writes one checkpoint from all workers); the TFDS
+# data prepared in data_dir (gs:// works: TFDS reads Cloud Storage). DELETE=1 deletes the
+# VM after the run.
+set -euo pipefail
+if [ $# -lt 3 ]; then
+  echo "usage: $0 NAME ZONE ACCELERATOR_TYPE [ltjax.main flags]" >&2
+  exit 2
+fi
+NAME="$1"; ZONE="$2"; TYPE="$3"; shift 3
+RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}"
+REPO_URL="${REPO_URL:-$(git -C "$(dirname "$0")/.." remote get-url origin)}"
+REF="${REF:-$(git -C "$(dirname "$0")/.." rev-parse HEAD)}"
+PROJECT_FLAG=()
+[ -n "${PROJECT:-}" ] && PROJECT_FLAG=(--project "$PROJECT")
+tpu() { gcloud compute tpus tpu-vm "$@" --zone "$ZONE" "${PROJECT_FLAG[@]}"; }
+
+if ! tpu describe "$NAME" >/dev/null 2>&1; then
+  tpu create "$NAME" --accelerator-type "$TYPE" --version "$RUNTIME"
+fi
+SETUP="set -e
+command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh
+export PATH=\$HOME/.local/bin:\$PATH
+[ -d ~/ltjax ] || git clone -q '$REPO_URL' ~/ltjax
+cd ~/ltjax && git fetch -q origin && git checkout -q '$REF'
+[ -d ~/ltjax-venv ] || uv venv -q --python 3.12 ~/ltjax-venv
+uv pip install -q --python ~/ltjax-venv/bin/python -e . 'jax[tpu]'"
+tpu ssh "$NAME" --worker=all --command "$SETUP"
+tpu ssh "$NAME" --worker=all --command "cd ~/ltjax && ~/ltjax-venv/bin/python -m ltjax.main --distributed $(printf '%q ' "$@")"
+if [ "${DELETE:-0}" = 1 ]; then
+  tpu delete "$NAME" --quiet
+fi
