@@ -111,3 +111,30 @@ def test_launcher_stops_every_process_when_one_fails(tmp_path):
                       '--config.train.lrr=1'], capture_output=True, text=True, timeout=120, cwd=REPO,
                      env=two_process_env())
   assert p.returncode == 2 and 'Did you mean "lr"' in p.stderr
+
+
+HOST_ARGS = ['--config', str(REPO / 'configs/imagenet_lt.py:method=ce,mock'), '--config.model.name=cifar_resnet',
+             '--config.model.depth=8', '--config.model.width=4', '--config.model.dtype=float32',
+             '--config.data.image_size=16', '--config.data.resize_size=20', '--config.train.epochs=2',
+             '--config.train.lr=0.02']
+
+
+def test_host_pipeline_two_processes_match_one(tmp_path):
+  """The host pipeline: each process reads its own rows of each batch (mock ImageNet-LT),
+  joined into global arrays; the same losses and evaluation as one process reading all."""
+  single = subprocess.run([sys.executable, '-m', 'ltjax.main', *HOST_ARGS, '--workdir', str(tmp_path / 's'),
+                           '--cpu_devices=4'], capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi = subprocess.run(['bash', str(REPO / 'launch' / 'local.sh'), '2', *HOST_ARGS, '--workdir', str(tmp_path / 'm')],
+                         capture_output=True, text=True, timeout=600, cwd=REPO, env=two_process_env())
+  assert multi.returncode == 0, multi.stderr[-3000:]
+  a, b = metrics(tmp_path / 's', 'ce'), metrics(tmp_path / 'm', 'ce')
+  assert len(a) == len(b) == 8
+  for x, y in zip(a, b):
+    assert y['train/loss'] == pytest.approx(x['train/loss'], rel=1e-5)
+  ra, rb = (json.load(open(tmp_path / d / 'ce' / 'results.json')) for d in ('s', 'm'))
+  assert rb['num_test'] == ra['num_test'] == 64 and rb['nll'] == pytest.approx(ra['nll'], rel=1e-5)
+  for d in ('s', 'm'):  # each process saved its own iterator state
+    count = 2 if d == 'm' else 1
+    files = sorted(p.name for p in (tmp_path / d / 'ce' / 'checkpoints' / '8' / 'data').glob('process_*'))
+    assert files == [f'process_{i}-of-{count}.json' for i in range(count)]
