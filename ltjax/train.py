@@ -384,6 +384,8 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     checkpoint.save(mgr, total_steps, state, data_state)
   mgr.wait_until_finished()
   mgr.close()
+  if not on_device and hasattr(batches, 'close'):
+    batches.close()  # grain's reader threads
   bar.close()
   logger.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}, stats

@@ -80,7 +80,8 @@ def selfsup_hooks(config, dataset, model):
     return {**aux, 'params': selfsup.ema_update(aux['params'], params, sc.moco_momentum),
             'queue': selfsup.enqueue(aux['queue'], extras['keys'], labels)}
 
-  return StepHooks(init=init, prepare=prepare, update=update)
+  # The host pipeline then crops the key view itself (random resized crop, scale 0.2-1).
+  return StepHooks(init=init, prepare=prepare, update=update, two_views=True)
 
 
 def selfsup_loss(config, outputs, labels):

@@ -151,3 +151,18 @@ def test_all_phases_end_to_end(tmp_path, selfsup):
   before = stamps()
   pipeline.run(config, workdir)
   assert stamps() == before
+
+
+def test_contrastive_key_view_comes_from_the_host_when_it_sends_one(digits):
+  phase = recipes.phases(_config(selfsup='contrastive', queue_size=96), digits)[0]
+  assert phase.hooks.two_views and not recipes.phases(_config(), digits)[0].hooks.two_views
+  images = digits.train_images[:8]
+  x = jnp.asarray(images, jnp.float32) / 16.0
+  variables = phase.model.init(jax.random.key(0), x, train=False)
+  aux = phase.hooks.init(variables)
+  batch = {'images': images, 'labels': digits.train_labels[:8]}
+  keys = lambda b: np.asarray(phase.hooks.prepare(jax.random.key(3), b, x, aux)[1]['keys'])
+  host_view = keys({**batch, 'key_images': images})
+  other_host_view = keys({**batch, 'key_images': np.roll(images, 1, axis=2)})
+  device_view = keys(batch)  # no key_images: the step crops its own key view
+  assert not np.allclose(host_view, other_host_view) and not np.allclose(host_view, device_view)
