@@ -53,12 +53,16 @@ def main():
   ap.add_argument('--source', default='jpeg', choices=('jpeg', 'cifar10'))
   ap.add_argument('--data-dir', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'tfds'))
   ap.add_argument('--threads', type=int, default=2)
+  ap.add_argument('--workers', type=int, default=0, help='grain worker processes (data.host_workers)')
   ap.add_argument('--batch', type=int, default=64)
   ap.add_argument('--steps', type=int, default=8)
   ap.add_argument('--image-size', type=int, default=224)
   ap.add_argument('--records', type=int, default=512, help='jpeg: how many distinct JPEGs')
   args = ap.parse_args()
 
+  from absl import flags
+
+  flags.FLAGS(['host_pipeline'])  # grain's worker processes read absl flags (ltjax.main parses them)
   from ltjax.data import host
   from ltjax.data.samplers import Sampler
 
@@ -74,7 +78,8 @@ def main():
     mean_bytes = None
   num_classes = int(labels.max()) + 1
   ds = host.HostDataset(args.source, source, np.arange(len(labels)), labels, source, np.arange(len(labels)),
-                        labels, num_classes, 1.0, [], image_size=args.image_size, threads=args.threads)
+                        labels, num_classes, 1.0, [], image_size=args.image_size, threads=args.threads,
+                        workers=args.workers)
   counts = tuple(int(c) for c in np.bincount(labels, minlength=num_classes))
   sampler = Sampler('instance', len(labels), args.batch, counts, 1)
   it = host.train_iterator(ds, sampler, 0, args.steps + 2)
@@ -84,6 +89,7 @@ def main():
     batch = next(it)
   seconds = time.perf_counter() - t
   print(json.dumps({'bench': 'host_pipeline', 'source': args.source, 'threads': args.threads,
+                    'workers': args.workers,
                     'batch': args.batch, 'image_size': args.image_size, 'cpus': os.cpu_count(),
                     'jpeg_bytes': mean_bytes, 'images_per_s': round(args.steps * args.batch / seconds, 1),
                     'shape': list(batch['images'].shape)}))

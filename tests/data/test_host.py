@@ -219,3 +219,24 @@ def test_host_phase_resumes_after_a_crash_with_the_same_batches(tmp_path, monkey
   a, b = losses('whole'), losses('crashed')
   assert len(a) == 6 and b[-3:] == pytest.approx(a[-3:], rel=1e-6)
   assert resumed['per_class'] == whole['per_class'] and resumed['num_test'] == 48
+
+
+def test_worker_processes_give_the_same_batches_and_resume(imagenet):
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; ltjax.main parses them
+  s = sampler_for(imagenet)
+  threads = list(host.train_iterator(imagenet, s, 0, 4))
+  ds = host.HostDataset(**{**imagenet.__dict__, 'workers': 2})
+  it = host.train_iterator(ds, s, 0, 4)
+  first = next(it)
+  state = it.get_state()
+  it.close()
+  resumed = host.train_iterator(ds, s, 0, 4)
+  resumed.set_state(state)
+  rest = list(resumed)
+  assert len(rest) == 3
+  for a, b in zip(threads, [first] + rest):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
