@@ -74,7 +74,7 @@ def local_rows(mesh, global_batch_size: int) -> slice:
 
 def global_batch(local: dict, mesh) -> dict:
   """Process-local batches (this process's rows, leading axis) -> global arrays sharded on
-  ``data``; the global batch is the processes' batches in process order."""
+  ``data``; each process's batch lands on the rows ``local_rows`` names."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
