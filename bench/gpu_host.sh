@@ -4,11 +4,7 @@
 # end on TFDS mock data at 224x224 (host pipeline -> bf16 ResNeXt-50 on the GPU).
 # Needs: .whl/ (ml-collections, tensorboardX), .gpu_site/ (tensorflow_datasets, grain,
 # array_record and their pure-Python needs, copied from a Python 3.12 x86-64 venv).
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/.gpu_site:$PWD PYTHONUNBUFFERED=1
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
+EXTRA_PYTHONPATH=$PWD/.gpu_site source bench/gpu_common.sh
 nproc | tee -a "$OUT/log.txt"
 for t in 8 16; do
   timeout 90 python3 bench/host_pipeline.py --source jpeg --threads $t --steps 40 --data-dir none 2>>"$OUT/log.txt" | tail -1 | tee -a "$OUT/bench.jsonl"

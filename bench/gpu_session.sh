@@ -3,11 +3,7 @@
 # bench/README.md): step throughput of ltjax (float32, bf16) and PyTorch on ResNet-32,
 # then full 200-epoch CIFAR-10-LT IF100 runs (CE, BSCE) from a carried .npz cache.
 # Needs: .whl/ (ml-collections, tensorboardX wheels), .device_cache/ (the LT cache).
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
+source bench/gpu_common.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())" 2>&1 | tee -a "$OUT/log.txt"
 

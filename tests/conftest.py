@@ -1,6 +1,7 @@
 """Test setup: 8 simulated CPU devices (before JAX starts), paths to real data."""
 import os
 import pathlib
+import time
 
 import jax
 
@@ -23,3 +24,14 @@ def cifar10_dir():
   if path is None:
     pytest.skip('real CIFAR-10 not found (set LTJAX_TFDS_DIR or put it in ../shared/tfds)')
   return path
+
+
+def wait_for_checkpoint(proc, directory, min_step: int, timeout: float = 400) -> None:
+  """Waits until ``directory`` holds a checkpoint of step >= ``min_step`` while ``proc``
+  runs (to kill it there); fails if the run ends first."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if directory.exists() and any(d.isdigit() and int(d) >= min_step for d in os.listdir(directory)):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be killed'

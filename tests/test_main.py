@@ -5,11 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO, real_tfds_dir
+from conftest import REPO, real_tfds_dir, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 EPOCHS = '--config.train.epochs=10'  # 70 steps: long enough to be killed mid-run
@@ -73,13 +72,8 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS, CKPT), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = killed / 'student' / 'checkpoints'  # killed in the second phase, the teacher done
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if ckpt.exists() and any(d.isdigit() and int(d) >= 14 for d in os.listdir(ckpt)):
-      break
-    time.sleep(0.02)
-  assert proc.poll() is None, 'the run ended before it could be killed'
+  # Killed in the second phase, the teacher done.
+  wait_for_checkpoint(proc, killed / 'student' / 'checkpoints', 14)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert (killed / 'teacher' / 'results.json').exists()

@@ -11,11 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 # 42 steps a phase, logged every step. At the digits config's lr 0.1 this tiny net is
@@ -81,13 +80,8 @@ def test_killed_two_process_run_resumes(runs, tmp_path):
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(two_process_cmd(killed), cwd=REPO, env=two_process_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-  ckpt = killed / 'student' / 'checkpoints'  # killed in the student phase, the teacher done
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None:
-    if ckpt.exists() and any(d.isdigit() and int(d) >= 14 for d in os.listdir(ckpt)):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'the run ended before it could be killed'
+  # Killed in the student phase, the teacher done.
+  wait_for_checkpoint(proc, killed / 'student' / 'checkpoints', 14)
   os.killpg(proc.pid, signal.SIGKILL)  # both processes and the launcher, at once
   proc.wait()
   assert not (killed / 'student' / 'results.json').exists()
