@@ -71,11 +71,12 @@ class HostDataset:
     return np.zeros((n, self.image_size, self.image_size, 3), np.uint8)
 
 
-def _read(source, records) -> list[dict]:
+def read_records(source, records) -> list[dict]:
+  """The examples at ``records`` of a TFDS random-access source, in one batched read."""
   keys = [int(r) for r in records]
   try:
     return source.__getitems__(keys)  # ArrayRecord batched reads
-  except (AttributeError, TypeError):  # tfds.testing.mock_data's source
+  except (AttributeError, TypeError):  # tfds.testing.mock_data's source breaks __getitems__
     return [source[k] for k in keys]
 
 
@@ -140,7 +141,7 @@ class _TrainBatch:
     ds, rows = self.ds, self.rows
     positions = self.sampler.host_indices(self.arrays, self.seed, int(step))[rows]
     records = ds.train_records[positions]
-    examples = _read(ds.train_source, records)
+    examples = read_records(ds.train_source, records)
     images, keys = [], []
     for row, ex in zip(range(rows.start, rows.stop), examples):
       # The crop of a row depends on its global position only: any process count
@@ -179,7 +180,7 @@ class _EvalBatch:
     start = index * self.global_batch
     positions = np.arange(start + self.rows.start, start + self.rows.stop)
     valid = positions < n
-    examples = _read(ds.test_source, ds.test_records[positions[valid]])
+    examples = read_records(ds.test_source, ds.test_records[positions[valid]])
     images = np.zeros((len(positions), ds.image_size, ds.image_size, 3), np.uint8)  # padding rows
     for i, ex in enumerate(examples):
       images[i] = center_crop(ex['image'], ds.resize_size, ds.image_size)

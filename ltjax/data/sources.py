@@ -1,8 +1,11 @@
-"""Datasets as in-memory arrays: TFDS CIFAR-10/100 and the embedded 8x8 digits.
+"""Datasets: TFDS CIFAR-10/100 and the embedded 8x8 digits as in-memory arrays, and
+ImageNet-LT, iNaturalist 2018 and Places-LT as host datasets.
 
-Each loader returns an ``ArrayDataset``: the long-tailed training subset and the
+The small loaders return an ``ArrayDataset``: the long-tailed training subset and the
 balanced test split as uint8 NHWC images with int32 labels, small enough to live
-on the device, where the jitted step samples and augments them.
+on the device, where the jitted step samples and augments them. ``load_large`` returns
+a ``host.HostDataset``: TFDS sources, the records of the LT training subset and the
+labels, read batch by batch by the host pipeline (``ltjax/data/host.py``).
 """
 from __future__ import annotations
 
@@ -107,16 +110,14 @@ def _read_all(source, desc: str):
   """Decodes a whole TFDS random-access split into (images, labels, ids)."""
   from tqdm.auto import tqdm
 
+  from ltjax.data.host import read_records
+
   n = len(source)
   images, labels, ids = None, np.empty(n, np.int64), []
   chunk = 2048
   bar = tqdm(total=n, desc=desc, unit='img', leave=False)
   for start in range(0, n, chunk):
-    keys = list(range(start, min(start + chunk, n)))
-    try:
-      batch = source.__getitems__(keys)  # batched reads: about 2x faster than one by one
-    except TypeError:  # tfds.testing.mock_data's random source breaks __getitems__
-      batch = [source[k] for k in keys]
+    batch = read_records(source, range(start, min(start + chunk, n)))  # batched: about 2x faster
     bar.update(len(batch))
     for j, ex in enumerate(batch):
       if images is None:
@@ -272,20 +273,16 @@ def _scan(source, keys: tuple[str, ...], desc: str) -> dict[str, list]:
   """Reads ``keys`` of every record (labels, file names) with a progress bar."""
   from tqdm.auto import tqdm
 
+  from ltjax.data.host import read_records
+
   n, out = len(source), {k: [] for k in keys}
   chunk = 4096
   for start in tqdm(range(0, n, chunk), desc=desc, unit='chunk', leave=False):
-    for ex in _host_read(source, range(start, min(start + chunk, n))):
+    for ex in read_records(source, range(start, min(start + chunk, n))):
       for k in keys:
         v = ex[k]
         out[k].append(v.decode() if isinstance(v, bytes) else (str(v) if k != 'label' else int(v)))
   return out
-
-
-def _host_read(source, records):
-  from ltjax.data.host import _read
-
-  return _read(source, records)
 
 
 def load_large(data_config):
