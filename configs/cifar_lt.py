@@ -2,34 +2,61 @@
 
   python -m ltjax.main --config configs/cifar_lt.py:dataset=cifar100,imb=100,method=bsce --workdir W
 
-Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), method, seed, epochs,
-smoke. Schedule: ResNet-32, 200 epochs, batch 128, SGD 0.1 momentum 0.9, weight decay
-2e-4, 5-epoch linear warm-up, lr x0.01 at epochs 120 and 160 (the BBN / DiVE recipe;
-the teacher and the student of DiVE alike). ``epochs=N`` shortens the whole schedule
-in proportion (warm-up, decay epochs and DRW's epoch scaled by N / 200), e.g. for a
-CPU: ``configs/cifar_lt.py:method=dive,epochs=6``.
+Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), method, schedule, seed,
+epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight decay
+2e-4, a 5-epoch warm-up and two x0.01 decays; ``schedule`` names whose training protocol
+(warm-up shape, decay epochs, Nesterov, last batch) to follow, as its code runs it:
+
+- ``ldam``: LDAM-DRW (Cao et al.), the CE and LDAM-DRW numbers of their table. Warm-up
+  ``lr (e + 1) / 5`` per epoch, lr x0.01 from epoch 160 and again from 180 (0.1 -> 1e-3
+  -> 1e-5), plain momentum, the last partial batch kept (ltjax wraps it around).
+- ``bbn``: BBN's ``WarmupMultiStepLR``, the DiVE paper's recipe and BagofTricks-LT's
+  DiVE configs (teacher and student). Warm-up from lr / 3 per epoch, milestones 120 and
+  160 counted from epoch 1 (the decay starts at 0-based epochs 119 and 159), Nesterov,
+  the last partial batch dropped.
+- ``bag``: BagofTricks-LT's CE and Balanced Softmax CIFAR configs: ``bbn`` with
+  milestones 160 and 180.
+
+Default: ``ldam`` for ce_drw and ldam_drw, ``bbn`` for every other method.
+``epochs=N`` shortens the whole schedule in proportion (warm-up, decay epochs and DRW's
+epoch scaled by N / 200), e.g. for a CPU: ``configs/cifar_lt.py:method=dive,epochs=6``.
 
 DiVE on CIFAR-10/100-LT at IF 10, 50, 100 (paper: tau 3, p 0.5, alpha 0.5):
-``configs/cifar_lt.py:dataset=cifar100,imb=50,method=dive``; a public
-reimplementation's tau 2: add ``--config.dive.temperature=2``.
+``configs/cifar_lt.py:dataset=cifar100,imb=50,method=dive``; BagofTricks-LT's tau 2:
+add ``--config.dive.temperature=2``.
 """
 from ltjax import config_lib
 
+# The training protocol of each reference code (METHODS.md 2); lr 0.1, batch 128, weight
+# decay 2e-4, 200 epochs, 5 warm-up epochs and x0.01 decays are common to all three.
+SCHEDULES = {
+    'ldam': dict(warmup='ldam', lr_boundaries=(160, 180), nesterov=False, drop_last=False),
+    'bbn': dict(warmup='bbn', lr_boundaries=(119, 159), nesterov=True, drop_last=True),
+    'bag': dict(warmup='bbn', lr_boundaries=(159, 179), nesterov=True, drop_last=True),
+}
+
 
 def get_config(arg=None):
-  args = config_lib.parse_args(arg, {'dataset': 'cifar10', 'imb': 100.0, 'method': 'ce',
+  args = config_lib.parse_args(arg, {'dataset': 'cifar10', 'imb': 100.0, 'method': 'ce', 'schedule': '',
                                      'seed': 0, 'epochs': 200, 'smoke': False})
   if args.dataset not in ('cifar10', 'cifar100'):
     raise config_lib.ConfigError(f'dataset={args.dataset!r}: configs/cifar_lt.py takes cifar10 or cifar100.')
+  schedule = args.schedule or ('ldam' if args.method in ('ce_drw', 'ldam_drw') else 'bbn')
+  if schedule not in SCHEDULES:
+    raise config_lib.ConfigError(f'schedule={schedule!r}: configs/cifar_lt.py has {", ".join(SCHEDULES)} '
+                                 f'(ldam: LDAM-DRW; bbn: BBN and the DiVE paper; bag: BagofTricks-LT).')
   c = config_lib.base_config()
   c.method = args.method
   c.seed = args.seed
   c.data.name = args.dataset
   c.data.imbalance_factor = args.imb
-  if args.method in ('ce_drw', 'ldam_drw'):  # LDAM-DRW's schedule: x0.1 at 160 and 180
-    c.train.lr_boundaries = (160, 180)
-    c.train.lr_decay = 0.1
-    c.loss.drw_epoch = 160
+  protocol = SCHEDULES[schedule]
+  c.train.warmup = protocol['warmup']
+  c.train.lr_boundaries = protocol['lr_boundaries']
+  c.train.nesterov = protocol['nesterov']
+  c.train.lr_decay = 0.01
+  c.data.drop_last = protocol['drop_last']
+  c.loss.drw_epoch = 160  # LDAM-DRW: class-balanced weights from epoch 160 (0-based)
   if args.epochs != 200:
     if args.epochs < 1:
       raise config_lib.ConfigError(f'epochs={args.epochs}: a schedule needs at least 1 epoch.')
@@ -38,9 +65,8 @@ def get_config(arg=None):
     c.train.warmup_epochs = round(c.train.warmup_epochs * scale, 3)
     c.train.lr_boundaries = tuple(round(b * scale, 3) for b in c.train.lr_boundaries)
     c.loss.drw_epoch = int(round(c.loss.drw_epoch * scale))
-  if args.dataset == 'cifar100':
-    c.data.augment.mean = (0.5071, 0.4865, 0.4409)
-    c.data.augment.std = (0.2673, 0.2564, 0.2762)
+  # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and
+  # BagofTricks-LT normalise both.
   if args.smoke:  # about a minute on a 2-core CPU: tiny ResNet, 2 short epochs
     c.model.depth = 8
     c.model.width = 4

@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.split_seed = 0  # np.random.seed of the LDAM-DRW subset (0 in the reference)
   c.data.test_per_class = 0  # embedded datasets: balanced held-out images per class
   c.data.sampler = 'instance'  # instance | class | sqrt | progressive
+  c.data.drop_last = False  # drop each epoch's partial last batch (else it wraps around)
   c.data.many_above = 100  # shot groups: many > 100, few < 20 (METHODS.md)
   c.data.few_below = 20
   c.data.augment = ml_collections.ConfigDict()
@@ -145,7 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 2e-4
   c.train.schedule = 'step'  # step | cosine | constant
   c.train.warmup_epochs = 5.0
-  c.train.lr_boundaries = (120, 160)  # epochs; x lr_decay at each (cumulative)
+  # linear (every step, lr / steps -> lr) | ldam | bbn (per epoch, as the reference code:
+  # ltjax/train.py make_schedule)
+  c.train.warmup = 'linear'
+  c.train.lr_boundaries = (120, 160)  # 0-based epochs from which lr is x lr_decay (cumulative)
   c.train.lr_decay = 0.01
   return c
 

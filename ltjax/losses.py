@@ -25,14 +25,15 @@ def per_example_cross_entropy(logits, labels):
 def cross_entropy(logits, labels, class_weights=None):
   """Cross-entropy ``CE = -log softmax(z)_y``, optionally weighted per class.
 
-  With ``class_weights`` w this is ``sum_i w_{y_i} CE_i / B`` (PyTorch's
-  ``F.cross_entropy(weight=w)`` divides by ``sum_i w_{y_i}`` instead; the
-  class-balanced recipes of Cui et al. and LDAM-DRW use the plain mean, as here).
+  With ``class_weights`` w this is the weighted mean ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``
+  over the batch, as PyTorch's ``F.cross_entropy(weight=w)`` that LDAM-DRW's reference
+  code calls for CE-DRW and LDAM-DRW; without, the plain batch mean.
   """
   ce = per_example_cross_entropy(logits, labels)
-  if class_weights is not None:
-    ce = ce * _f32(class_weights)[labels]
-  return jnp.mean(ce)
+  if class_weights is None:
+    return jnp.mean(ce)
+  w = _f32(class_weights)[labels]
+  return jnp.sum(w * ce) / jnp.sum(w)
 
 
 def balanced_softmax_cross_entropy(logits, labels, class_counts, tau=1.0):
@@ -51,13 +52,18 @@ def accuracy(logits, labels):
 
 
 def focal_loss(logits, labels, gamma=2.0, class_weights=None):
-  """Focal loss (Lin et al.): ``-(1 - p_y)^gamma log p_y``, optionally weighted per class
-  (CB-focal: with ``class_balanced_weights``). ``gamma = 0`` is cross-entropy."""
-  logp = jnp.take_along_axis(jax.nn.log_softmax(_f32(logits), -1), labels[:, None].astype(jnp.int32), -1)[:, 0]
-  loss = -((1.0 - jnp.exp(logp)) ** gamma) * logp
+  """Focal loss (Lin et al.): ``-(1 - p_y)^gamma log p_y``, the plain batch mean.
+  ``gamma = 0`` is cross-entropy.
+
+  With ``class_weights`` w (CB-focal: ``class_balanced_weights``) it is LDAM-DRW's
+  reference ``FocalLoss``, whose comparison table ltjax's CIFAR numbers sit beside: the
+  weighted per-example CE ``c_i = w_{y_i} CE_i`` goes through ``(1 - exp(-c_i))^gamma c_i``
+  (the weight is inside the modulating factor too), then the plain mean over the batch.
+  """
+  ce = per_example_cross_entropy(logits, labels)
   if class_weights is not None:
-    loss = loss * _f32(class_weights)[labels]
-  return jnp.mean(loss)
+    ce = _f32(class_weights)[labels] * ce
+  return jnp.mean((-jnp.expm1(-ce)) ** gamma * ce)
 
 
 def class_balanced_weights(class_counts, beta=0.9999):

@@ -112,11 +112,43 @@ class TrainState:
   aux: Any = dataclasses.field(default_factory=dict)  # StepHooks.init's state
 
 
+WARMUPS = ('linear', 'ldam', 'bbn')
+
+
+def _warmup_factor(shape: str, epoch, warmup_epochs: float):
+  """The lr multiplier of a per-epoch warm-up at (0-based) ``epoch``, as the reference
+  code computes it once at the start of each epoch:
+
+  - ``ldam`` (LDAM-DRW's ``adjust_learning_rate``): ``(epoch + 1) / W`` while
+    ``epoch + 1 <= W``: 0.2, 0.4, 0.6, 0.8, 1.0 for W = 5.
+  - ``bbn`` (BBN's and BagofTricks-LT's ``WarmupMultiStepLR``, warm-up factor 1/3, stepped
+    before each epoch with 1-based epochs, so epoch e trains with ``last_epoch = e + 1``):
+    ``1/3 (1 - a) + a`` with ``a = (e + 1) / W`` while ``e + 1 < W``: 0.467, 0.6, 0.733,
+    0.867, then 1.
+  """
+  e1 = epoch.astype(jnp.float32) + 1.0
+  if shape == 'ldam':
+    return jnp.where(e1 <= warmup_epochs, e1 / warmup_epochs, 1.0)
+  a = e1 / warmup_epochs
+  return jnp.where(e1 < warmup_epochs, (1.0 / 3.0) * (1.0 - a) + a, 1.0)
+
+
 def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up, then step decay (x ``lr_decay`` at each of ``lr_boundaries``
-  epochs, cumulatively) or cosine decay to zero at the last step."""
+  """The learning rate at each step: warm-up, then step decay (x ``lr_decay`` from each
+  of the (0-based, possibly fractional) epochs ``lr_boundaries``, cumulatively), cosine
+  decay to zero at the last step, or constant.
+
+  ``tc.warmup`` is the warm-up's shape over ``warmup_epochs``: ``linear`` rises every
+  step from ``lr / warm_steps`` to ``lr`` and the decay follows it; ``ldam`` and ``bbn``
+  are the per-epoch warm-ups of the LDAM-DRW and BBN / BagofTricks-LT code
+  (``_warmup_factor``), multiplying the decay schedule, as those codes do.
+  """
   total = tc.epochs * steps_per_epoch
-  warm = int(round(tc.warmup_epochs * steps_per_epoch))
+  warmup = tc.get('warmup', 'linear')
+  if warmup not in WARMUPS:
+    raise ConfigError(f'unknown train.warmup {warmup!r}; choose one of {WARMUPS}.')
+  per_epoch = warmup != 'linear'
+  warm = 0 if per_epoch else int(round(tc.warmup_epochs * steps_per_epoch))
   if tc.schedule == 'step':
     boundaries = {int(round(e * steps_per_epoch)) - warm: tc.lr_decay for e in tc.lr_boundaries
                   if 0 < int(round(e * steps_per_epoch)) - warm < total}
@@ -127,11 +159,16 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
     main = optax.constant_schedule(tc.lr)
   else:
     raise ConfigError(f'unknown train.schedule {tc.schedule!r}; choose step, cosine or constant.')
+  if per_epoch:
+    if tc.warmup_epochs <= 0:
+      return main
+    return lambda step: main(step) * _warmup_factor(warmup, jnp.asarray(step) // steps_per_epoch,
+                                                    float(tc.warmup_epochs))
   if warm <= 0:
     return main
   # Reaches lr at the end of warm-up, starting from lr / warm (never 0).
-  warmup = optax.linear_schedule(tc.lr / warm, tc.lr, warm - 1) if warm > 1 else optax.constant_schedule(tc.lr)
-  return optax.join_schedules([warmup, main], [warm])
+  warmup_fn = optax.linear_schedule(tc.lr / warm, tc.lr, warm - 1) if warm > 1 else optax.constant_schedule(tc.lr)
+  return optax.join_schedules([warmup_fn, main], [warm])
 
 
 def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientTransformation:
@@ -154,8 +191,13 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
   batch_sharding = parallel.batch_sharding(mesh)
 
   def step(state: TrainState, data: dict, rng: jax.Array, teacher_variables: Any):
-    key = jax.random.fold_in(rng, state.step)
-    k_sample, k_aug = jax.random.split(key)
+    # The sampler's key is the same at every step of the run: the sampler itself folds
+    # in the epoch (instance: one permutation per epoch, so every image is seen once an
+    # epoch) or the step (the class-aware samplers). Only augmentation and the hooks
+    # draw from a per-step key.
+    k_sample, k_steps = jax.random.split(rng)
+    key = jax.random.fold_in(k_steps, state.step)
+    k_aug = jax.random.fold_in(key, 1)
     if on_device:
       idx = jax.lax.with_sharding_constraint(sampler(data, k_sample, state.step), batch_sharding)
       batch = {'images': jax.lax.with_sharding_constraint(data['images'][idx], batch_sharding),
@@ -253,7 +295,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   aug = config.data.augment
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
                     batch_size=tc.batch_size, class_counts=tuple(int(c) for c in dataset.class_counts),
-                    total_epochs=tc.epochs)
+                    total_epochs=tc.epochs, drop_last=config.data.drop_last)
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)

@@ -1,5 +1,7 @@
 """The paper numbers that live in configs: the CIFAR-LT schedule, DiVE's defaults, and
 a shortened schedule keeping the shape of the full one."""
+import jax
+import numpy as np
 import pytest
 
 from configs import cifar_lt, digits_lt, imagenet_lt, inat18
@@ -14,7 +16,10 @@ def test_dive_cifar_configs_have_the_paper_schedule(dataset, imb):
   assert (c.model.name, c.model.depth) == ('cifar_resnet', 32)
   t = c.train
   assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay) == (200, 128, 0.1, 0.9, 2e-4)
-  assert (t.schedule, t.warmup_epochs, tuple(t.lr_boundaries), t.lr_decay) == ('step', 5.0, (120, 160), 0.01)
+  # The DiVE paper's BBN recipe: milestones 120 and 160 of BBN's 1-based epoch count.
+  assert (t.schedule, t.warmup, t.warmup_epochs, tuple(t.lr_boundaries), t.lr_decay) == (
+      'step', 'bbn', 5.0, (119, 159), 0.01)
+  assert t.nesterov and c.data.drop_last
   d = c.dive
   assert (d.temperature, d.power, d.alpha, d.use_bsce, d.target) == (3.0, 0.5, 0.5, True, 't_tau')
 
@@ -25,6 +30,60 @@ def test_shortened_schedule_scales_in_proportion():
   assert tuple(c.train.lr_boundaries) == (16.0, 18.0) and c.loss.drw_epoch == 16
   with pytest.raises(config_lib.ConfigError, match='at least 1 epoch'):
     cifar_lt.get_config('epochs=0')
+
+
+def _ldam_reference_lr(epoch, lr=0.1):
+  """kaidic/LDAM-DRW cifar_train.py adjust_learning_rate, called before each epoch."""
+  epoch = epoch + 1
+  if epoch <= 5:
+    return lr * epoch / 5
+  if epoch > 180:
+    return lr * 0.0001
+  if epoch > 160:
+    return lr * 0.01
+  return lr
+
+
+def _bbn_reference_lr(epoch, milestones, lr=0.1):
+  """BBN / BagofTricks-LT WarmupMultiStepLR(warmup_factor=1/3, warmup_epochs=5,
+  gamma=0.01), stepped before each epoch of ``range(1, 201)``: 0-based epoch e trains
+  with ``last_epoch = e + 1``."""
+  import bisect
+
+  last_epoch = epoch + 1
+  factor = 1.0
+  if last_epoch < 5:
+    alpha = last_epoch / 5
+    factor = 1 / 3 * (1 - alpha) + alpha
+  return lr * factor * 0.01 ** bisect.bisect_right(milestones, last_epoch)
+
+
+@pytest.mark.parametrize('schedule,method', [('ldam', 'ldam_drw'), ('bbn', 'dive'), ('bag', 'bsce'),
+                                             ('', 'ce'), ('', 'ce_drw')])
+def test_named_schedules_give_the_reference_codes_lr_every_epoch(schedule, method):
+  from ltjax import train
+
+  arg = f'method={method}' + (f',schedule={schedule}' if schedule else '')
+  c = cifar_lt.get_config(arg)
+  schedule = schedule or ('ldam' if method == 'ce_drw' else 'bbn')
+  reference = {'ldam': _ldam_reference_lr,
+               'bbn': lambda e: _bbn_reference_lr(e, [120, 160]),
+               'bag': lambda e: _bbn_reference_lr(e, [160, 180])}[schedule]
+  spe = 97
+  lr = train.make_schedule(c.train, spe)
+  steps = np.arange(200) * spe
+  got = np.asarray(jax.vmap(lr)(steps))
+  want = np.array([reference(e) for e in range(200)])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Constant within an epoch, as the reference sets it once per epoch.
+  np.testing.assert_allclose(np.asarray(jax.vmap(lr)(steps + spe - 1)), want, rtol=1e-5)
+  assert c.train.nesterov == (schedule != 'ldam') and c.data.drop_last == (schedule != 'ldam')
+  assert c.loss.drw_epoch == 160
+
+
+def test_unknown_schedule_is_refused():
+  with pytest.raises(config_lib.ConfigError, match='ldam: LDAM-DRW'):
+    cifar_lt.get_config('schedule=cosine')
 
 
 def test_digits_default_is_dive():

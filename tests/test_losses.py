@@ -14,9 +14,10 @@ def np_log_softmax(z):
 
 
 def np_ce(z, y, w=None):
+  """PyTorch's F.cross_entropy(z, y, weight=w): the weighted mean, sum w_y CE / sum w_y."""
   ce = -np_log_softmax(z.astype(np.float64))[np.arange(len(y)), y]
   if w is not None:
-    ce = ce * w[y]
+    return np.sum(w[y] * ce) / np.sum(w[y])
   return ce.mean()
 
 
@@ -119,6 +120,52 @@ def test_focal_matches_numpy_and_reduces_to_ce(batch):
   # Hand case: p_y = 1/2, gamma 2 -> (1/2)^2 log 2.
   np.testing.assert_allclose(losses.focal_loss(jnp.zeros((1, 2)), jnp.array([0])), 0.25 * np.log(2), rtol=1e-6)
   check_grads(lambda z: losses.focal_loss(z, y), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+def test_weighted_cross_entropy_divides_by_the_batch_weights():
+  """LDAM-DRW's F.cross_entropy(weight=w): hand case with weights 1 and 3 on two
+  examples of CE log 4 and log(4/3): (log 4 + 3 log(4/3)) / 4, not / 2."""
+  z = jnp.array([[0.0, np.log(3.0)], [0.0, np.log(3.0)]])
+  y = jnp.array([0, 1])
+  w = jnp.array([1.0, 3.0])
+  got = jax.jit(losses.cross_entropy)(z, y, w)
+  np.testing.assert_allclose(got, (np.log(4) + 3 * np.log(4 / 3)) / 4, rtol=1e-6)
+  # Scaling every weight changes nothing (it is a weighted mean).
+  np.testing.assert_allclose(losses.cross_entropy(z, y, 7 * w), got, rtol=1e-6)
+
+
+def test_weighted_cross_entropy_gradient(batch):
+  z, y, counts = batch
+  w = losses.class_balanced_weights(counts)
+  grad = jax.jit(jax.grad(losses.cross_entropy))(z, y, w)
+  p = np.exp(np_log_softmax(z.astype(np.float64)))
+  onehot = np.eye(7)[y]
+  expected = w[y][:, None] * (p - onehot) / np.sum(w[y])
+  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_ldam_drw_weighting_matches_the_reference(batch):
+  """LDAMLoss of LDAM-DRW: F.cross_entropy(s * (z - m_y onehot), y, weight=w)."""
+  z, y, counts = batch
+  w = losses.class_balanced_weights(counts)
+  m = counts.astype(np.float64) ** -0.25
+  m = m * 0.5 / m.max()
+  zm = 30.0 * (z - m[y][:, None] * np.eye(7)[y])
+  got = jax.jit(lambda z: losses.ldam_loss(z, y, counts, 0.5, 30.0, w))(z)
+  np.testing.assert_allclose(got, np_ce(zm, y, w), rtol=1e-5)
+
+
+def test_cb_focal_matches_ldam_drws_focal_loss(batch):
+  """LDAM-DRW's FocalLoss(weight=w, gamma): c = F.cross_entropy(reduction='none',
+  weight=w) = w_y CE; loss = mean((1 - exp(-c))^gamma c)."""
+  z, y, counts = batch
+  w = losses.class_balanced_weights(counts)
+  c = w[y] * -np_log_softmax(z.astype(np.float64))[np.arange(len(y)), y]
+  for gamma in (0.0, 1.0, 2.0):
+    expected = np.mean((1 - np.exp(-c)) ** gamma * c)
+    got = jax.jit(lambda z: losses.focal_loss(z, y, gamma, w))(z)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  check_grads(lambda z: losses.focal_loss(z, y, 1.0, w), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
 
 
 def test_class_balanced_weights():

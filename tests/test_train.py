@@ -99,3 +99,78 @@ def test_diverging_loss_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path)
     _train(tmp_path, 8, lr=1e30, warmup_epochs=0)
   mgr = checkpoint.manager(str(tmp_path / 'dev8' / 'checkpoints'))
   assert mgr.latest_step() is None  # the diverged state was never saved
+
+
+def _index_step(num_examples, batch, num_devices, kind='instance'):
+  """The real jitted step on a training set whose images carry their own index (pixel
+  (0, 0) holds ``i % 256``, (0, 1) ``i // 256``); it reports the indices it trained on."""
+  import ml_collections
+  from ltjax.data.samplers import Sampler
+  from ltjax.models import build_model
+
+  num_classes = 4
+  labels = np.arange(num_examples) % num_classes
+  images = np.zeros((num_examples, 8, 8, 3), np.uint8)
+  images[:, 0, 0, 0] = np.arange(num_examples) % 256
+  images[:, 0, 1, 0] = np.arange(num_examples) // 256
+  model_cfg = ml_collections.ConfigDict(dict(name='cifar_resnet', depth=8, width=2, dtype='float32',
+                                             conv_impl='xla'))
+  model = build_model(model_cfg, num_classes)
+
+  def prepare(key, batch, x, aux):
+    idx = batch['images'][:, 0, 0, 0].astype(jnp.int32) + 256 * batch['images'][:, 0, 1, 0].astype(jnp.int32)
+    return x, {'index': idx}, aux
+
+  def loss(outputs, y, epoch):
+    return jnp.mean(outputs['logits'] ** 2), {'index': outputs['index']}
+
+  c = tc(lr=0.01, epochs=3, warmup_epochs=0, lr_boundaries=())
+  phase = train.Phase(name='p', model=model, loss=loss, sampler=kind, train=c,
+                      hooks=train.StepHooks(prepare=prepare))
+  sampler = Sampler(kind, num_examples, batch, tuple(np.bincount(labels, minlength=num_classes)), 3)
+  schedule = train.make_schedule(c, sampler.steps_per_epoch)
+  mesh = parallel.make_mesh(num_devices)
+  params = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
+  tx = train.make_optimizer(c, schedule)
+  rep = parallel.replicated(mesh)
+  state = jax.device_put(train.TrainState(step=jnp.zeros((), jnp.int32), params=params['params'],
+                                          batch_stats=params['batch_stats'],
+                                          opt_state=tx.init(params['params'])), rep)
+  data = jax.device_put({'images': images, 'labels': labels.astype(np.int32),
+                         **Sampler.arrays(labels, num_classes)}, rep)
+  step = jax.jit(train.make_train_step(phase, tx, schedule, sampler, lambda k, x: x.astype(jnp.float32), mesh),
+                 in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep))
+  rng = jax.random.key(5)
+
+  def run(state, steps):
+    out = []
+    for _ in range(steps):
+      state, metrics = step(state, data, rng, {})
+      out.append(np.asarray(metrics['index']))
+    return state, out
+
+  return sampler, state, run
+
+
+@pytest.mark.parametrize('num_devices', [1, 8])
+def test_instance_sampling_through_the_step_is_one_pass_per_epoch(num_devices):
+  """Every training image once per epoch (only the last batch wraps), a new order each
+  epoch, the same indices on 1 and 8 devices, and after a resume mid-epoch."""
+  n, batch = 100, 16  # 7 steps an epoch, the last one wraps 12 images
+  sampler, state0, run = _index_step(n, batch, num_devices)
+  assert sampler.steps_per_epoch == 7
+  state, batches = run(state0, 3 * 7)
+  epochs = [np.concatenate(batches[e * 7:(e + 1) * 7]) for e in range(3)]
+  for flat in epochs:
+    counts = np.bincount(flat, minlength=n)
+    assert counts.min() == 1 and counts.max() == 2 and (counts == 2).sum() == 7 * 16 - n
+  assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+  # Resume at step 10 (mid-epoch 1): the same batches as the uninterrupted run.
+  _, resumed = run(state0.replace(step=jnp.int32(10)), 4)
+  for a, b in zip(batches[10:14], resumed):
+    np.testing.assert_array_equal(a, b)
+  if num_devices == 8:
+    _, _, run1 = _index_step(n, batch, 1)
+    _, one = run1(state0.replace(step=jnp.int32(0)), 7)
+    for a, b in zip(batches[:7], one):
+      np.testing.assert_array_equal(a, b)

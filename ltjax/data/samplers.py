@@ -1,11 +1,16 @@
 """Batch samplers that run inside the jitted step (Kang et al., decoupling).
 
 A sampler maps ``(key, step)`` to the indices of one global batch of the training
-set that lives on the device. Indices depend only on the seed and the step, so a
-resumed run and a run on another number of devices draw the same batches.
+set that lives on the device. ``key`` must be the same at every step of a run (the
+sampler folds in the epoch or the step itself): indices then depend only on the seed
+and the step, so a resumed run and a run on another number of devices draw the same
+batches, and the instance sampler is one pass over the data per epoch.
 
 - ``instance``: every image once per epoch, in a fresh permutation each epoch (the
-  PyTorch ``shuffle=True`` loader; the last batch of an epoch wraps around).
+  PyTorch ``shuffle=True`` loader). The last, partial batch of an epoch wraps around to
+  the epoch's first images (static shapes); with ``drop_last`` (BBN's and
+  BagofTricks-LT's loaders) it is dropped instead and each epoch sees ``N - N mod B``
+  images of a fresh permutation. With every sampler, an epoch is ``steps_per_epoch``.
 - ``class``: class-balanced, each class (with images) equally likely, then an image of it.
 - ``sqrt``: class c drawn with probability proportional to ``sqrt(n_c)``.
 - ``progressive``: ``(1 - t/T) * instance + t/T * class`` over epochs t of T.
@@ -50,9 +55,18 @@ class Sampler:
   batch_size: int
   class_counts: tuple[int, ...]
   total_epochs: int
+  drop_last: bool = False
+
+  def __post_init__(self):
+    if self.drop_last and self.num_examples < self.batch_size:
+      raise ConfigError(f'data.drop_last with {self.num_examples} training images and batch '
+                        f'{self.batch_size} leaves no batch: lower the batch size or set '
+                        f'--config.data.drop_last=False.')
 
   @property
   def steps_per_epoch(self) -> int:
+    if self.drop_last:
+      return self.num_examples // self.batch_size
     return math.ceil(self.num_examples / self.batch_size)
 
   @staticmethod

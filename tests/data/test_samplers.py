@@ -77,3 +77,21 @@ def test_progressive_moves_from_instance_to_class():
 def test_unknown_sampler():
   with pytest.raises(ValueError, match='unknown sampler'):
     draw('balanced', [0])
+
+
+def test_instance_drop_last_sees_distinct_images_and_no_partial_batch():
+  """BBN / BagofTricks-LT loaders (drop_last=True): 659 images, batch 50 -> 13 steps an
+  epoch, 650 distinct images of a fresh permutation each epoch, on the device and the host."""
+  labels = np.repeat(np.arange(len(COUNTS)), COUNTS)
+  s = Sampler('instance', len(labels), 50, COUNTS, 10, drop_last=True)
+  assert s.steps_per_epoch == 13
+  arrays = jax.tree.map(jnp.asarray, Sampler.arrays(labels, len(COUNTS)))
+  fn = jax.jit(lambda step: s(arrays, jax.random.key(7), step))
+  for epoch in range(2):
+    flat = np.concatenate([np.asarray(fn(jnp.int32(epoch * 13 + i))) for i in range(13)])
+    assert len(set(flat.tolist())) == 650
+    host = np.concatenate([s.host_indices(Sampler.arrays(labels, len(COUNTS)), 0, epoch * 13 + i)
+                           for i in range(13)])
+    assert len(set(host.tolist())) == 650
+  with pytest.raises(ValueError, match='leaves no batch'):
+    Sampler('instance', 40, 50, (40,), 1, drop_last=True)
