@@ -5,7 +5,7 @@
 Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), method, schedule, seed,
 epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight decay
 2e-4, a 5-epoch warm-up and two x0.01 decays; ``schedule`` names whose training protocol
-(warm-up shape, decay epochs, Nesterov, last batch) to follow, as its code runs it:
+(warm-up shape, decay epochs, Nesterov, last batch, classifier init) to follow, as its code runs it:
 
 - ``ldam``: LDAM-DRW (Cao et al.), the CE and LDAM-DRW numbers of their table. Warm-up
   ``lr (e + 1) / 5`` per epoch, lr x0.01 from epoch 160 and again from 180 (0.1 -> 1e-3
@@ -30,9 +30,9 @@ from ltjax import config_lib
 # The training protocol of each reference code (METHODS.md 2); lr 0.1, batch 128, weight
 # decay 2e-4, 200 epochs, 5 warm-up epochs and x0.01 decays are common to all three.
 SCHEDULES = {
-    'ldam': dict(warmup='ldam', lr_boundaries=(160, 180), nesterov=False, drop_last=False),
-    'bbn': dict(warmup='bbn', lr_boundaries=(119, 159), nesterov=True, drop_last=True),
-    'bag': dict(warmup='bbn', lr_boundaries=(159, 179), nesterov=True, drop_last=True),
+    'ldam': dict(warmup='ldam', lr_boundaries=(160, 180), nesterov=False, drop_last=False, head_init='ldam'),
+    'bbn': dict(warmup='bbn', lr_boundaries=(119, 159), nesterov=True, drop_last=True, head_init='torch'),
+    'bag': dict(warmup='bbn', lr_boundaries=(159, 179), nesterov=True, drop_last=True, head_init='torch'),
 }
 
 
@@ -56,6 +56,7 @@ def get_config(arg=None):
   c.train.nesterov = protocol['nesterov']
   c.train.lr_decay = 0.01
   c.data.drop_last = protocol['drop_last']
+  c.model.head_init = protocol['head_init']  # the classifier's init in that code
   c.loss.drw_epoch = 160  # LDAM-DRW: class-balanced weights from epoch 160 (0-based)
   if args.epochs != 200:
     if args.epochs < 1:

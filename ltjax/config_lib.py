@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.depth = 32
   c.model.width = 16
   c.model.dtype = 'float32'  # or bfloat16 (parameters stay float32)
+  c.model.head_init = 'kaiming'  # linear classifier: kaiming | ldam | torch (ltjax/models/heads.py)
   c.model.conv_impl = 'auto'  # xla | taps | auto (the fastest measured): ltjax/models/layers.py
 
   c.loss = ml_collections.ConfigDict()

@@ -69,6 +69,24 @@ def classification_results(logits: np.ndarray, labels: np.ndarray, class_counts,
   return res
 
 
+def best_test_epoch(metrics_path: str, last_top1: float, last_epoch: int) -> dict:
+  """The epoch of highest test top-1 among the periodic evaluations that the phase
+  logged (``test/epoch``, ``test/top1`` in ``metrics.jsonl``; a resumed run's repeated
+  epochs count once) and the last epoch. Chosen on the test set: only for comparison
+  with references that report their best test epoch; ltjax's number is the last epoch."""
+  by_epoch = {}
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      for line in f:
+        record = json.loads(line)
+        if 'test/epoch' in record and 'test/top1' in record:
+          by_epoch[int(record['test/epoch'])] = float(record['test/top1'])
+  by_epoch[int(last_epoch)] = float(last_top1)
+  best = max(sorted(by_epoch), key=lambda e: by_epoch[e])  # the earliest of equal ones
+  return {'epoch': best, 'top1': by_epoch[best], 'evaluated_epochs': len(by_epoch),
+          'selected_on': 'test set (for like-for-like comparisons only; the result is top1, the last epoch)'}
+
+
 def write_results(path: str, results: dict) -> None:
   """Writes JSON atomically (temporary file, then rename)."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)

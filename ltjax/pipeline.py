@@ -193,6 +193,9 @@ def run(config, workdir: str) -> dict:
                devices=int(mesh.devices.size), platform=jax.devices()[0].platform,
                timing={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timing.items()})
     if parallel.is_main():
+      if config.eval_every_epochs:
+        res['best_test_selected'] = evaluate.best_test_epoch(
+            os.path.join(phase_dir, 'metrics.jsonl'), res['top1'], phase.train.epochs)
       evaluate.write_results(path, res)
     parallel.barrier(f'{phase.name} finished')  # the next phase may read that results.json
     results[phase.name] = res

@@ -414,7 +414,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
         last_save = time.perf_counter()
       if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
-        logger.write(step + 1, {k: v for k, v in res.items() if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}, prefix='test/')
+        logger.write(step + 1, {'epoch': epoch, **{k: v for k, v in res.items()
+                                                   if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}},
+                     prefix='test/')
         if is_main:
           bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
   if pending is not None:

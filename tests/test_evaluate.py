@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 
@@ -115,3 +116,17 @@ def test_no_figure_without_per_class_results(tmp_path):
   assert plots.per_class_figure([('x', {'top1': 50.0})], str(tmp_path / 'a.png')) is None
   assert plots.reliability_figure([('x', {'top1': 50.0})], str(tmp_path / 'b.png')) is None
   assert not list(tmp_path.iterdir())
+
+
+def test_best_test_epoch_counts_a_resumed_epoch_once(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  lines = [{'step': 10, 'train/loss': 1.0}, {'step': 20, 'test/epoch': 2, 'test/top1': 50.0},
+           {'step': 40, 'test/epoch': 4, 'test/top1': 61.0},
+           # resumed from epoch 2's checkpoint: epoch 4 evaluated again
+           {'step': 40, 'test/epoch': 4, 'test/top1': 60.0}, {'step': 60, 'test/epoch': 6, 'test/top1': 55.0}]
+  path.write_text(''.join(json.dumps(l) + '\n' for l in lines))
+  best = evaluate.best_test_epoch(str(path), 58.0, 8)
+  assert (best['epoch'], best['top1'], best['evaluated_epochs']) == (4, 60.0, 4)
+  assert evaluate.best_test_epoch(str(path), 70.0, 8)['epoch'] == 8  # the last epoch can be the best
+  assert evaluate.best_test_epoch(str(tmp_path / 'none.jsonl'), 10.0, 3) == {
+      'epoch': 3, 'top1': 10.0, 'evaluated_epochs': 1, 'selected_on': best['selected_on']}

@@ -13,6 +13,7 @@ from conftest import REPO, real_tfds_dir, wait_for_checkpoint
 pytestmark = pytest.mark.slow
 EPOCHS = '--config.train.epochs=10'  # 70 steps: long enough to be killed mid-run
 CKPT = '--config.checkpoint_min_seconds=0'  # a checkpoint every epoch
+EVAL = '--config.eval_every_epochs=4'  # test-set evaluations at epochs 4 and 8 (and 10, the last)
 
 
 def main_cmd(workdir, config='configs/digits_lt.py:smoke', *extra):
@@ -28,7 +29,7 @@ def run(workdir, *extra, config='configs/digits_lt.py:smoke', timeout=600):
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run') / 'digits'
-  p = run(workdir, EPOCHS, CKPT)
+  p = run(workdir, EPOCHS, CKPT, EVAL)
   assert p.returncode == 0, p.stderr[-3000:]
   return workdir, p
 
@@ -56,12 +57,19 @@ def test_smoke_run_writes_results_and_prints_table(finished):
   lines = [json.loads(l) for l in open(workdir / 'student' / 'metrics.jsonl')]
   assert lines[-1]['step'] == 70 and 'train/loss' in lines[-1] and 'train/images_per_sec' in lines[-1]
   assert 'train/distill' in lines[-1] and 'train/teacher_accuracy' in lines[-1]
+  # ltjax's number is the last epoch; the best test epoch is recorded beside it, labelled.
+  tested = {l['test/epoch']: l['test/top1'] for l in lines if 'test/top1' in l}
+  assert sorted(tested) == [4, 8]
+  tested[10] = r['top1']
+  best = r['best_test_selected']
+  assert best['top1'] == max(tested.values()) and tested[best['epoch']] == best['top1']
+  assert best['evaluated_epochs'] == 3 and 'test set' in best['selected_on']
 
 
 def test_rerun_skips_finished_phases(finished):
   workdir, _ = finished
   before = [(workdir / ph / 'results.json').stat().st_mtime for ph in ('teacher', 'student')]
-  p = run(workdir, EPOCHS, CKPT)
+  p = run(workdir, EPOCHS, CKPT, EVAL)
   assert p.returncode == 0
   assert '[teacher] finished earlier' in p.stdout and '[student] finished earlier' in p.stdout
   assert [(workdir / ph / 'results.json').stat().st_mtime for ph in ('teacher', 'student')] == before
@@ -70,7 +78,7 @@ def test_rerun_skips_finished_phases(finished):
 def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   workdir, _ = finished
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS, CKPT), cwd=REPO,
+  proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS, CKPT, EVAL), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Killed in the second phase, the teacher done.
   wait_for_checkpoint(proc, killed / 'student' / 'checkpoints', 14)
@@ -78,7 +86,7 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   proc.wait()
   assert (killed / 'teacher' / 'results.json').exists()
   assert not (killed / 'student' / 'results.json').exists()
-  p = run(killed, EPOCHS, CKPT)
+  p = run(killed, EPOCHS, CKPT, EVAL)
   assert p.returncode == 0, p.stderr[-3000:]
   resumed = [l for l in p.stderr.splitlines() + p.stdout.splitlines() if 'resumed from checkpoint' in l]
   assert resumed, 'the second run did not resume'
@@ -88,6 +96,7 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   a = json.load(open(workdir / 'student' / 'results.json'))
   b = json.load(open(killed / 'student' / 'results.json'))
   assert a['per_class'] == b['per_class'] and a['top1'] == b['top1']
+  assert a['best_test_selected'] == b['best_test_selected']
   last = lambda d: json.loads(open(d / 'student' / 'metrics.jsonl').read().splitlines()[-1])['train/loss']
   assert last(workdir) == pytest.approx(last(killed), rel=1e-6)
 
@@ -95,7 +104,7 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
 def test_workdir_with_other_config_is_refused(finished):
   workdir, _ = finished
   saved = (workdir / 'config.json').read_text()
-  p = run(workdir, EPOCHS, CKPT, '--config.seed=1')
+  p = run(workdir, EPOCHS, CKPT, EVAL, '--config.seed=1')
   assert p.returncode == 1
   assert 'different config' in p.stderr and 'seed: 0 in the workdir, 1 now' in p.stderr
   assert 'new --workdir' in p.stderr

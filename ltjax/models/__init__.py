@@ -71,10 +71,12 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   if selfsup is not None and selfsup not in SELFSUP:
     raise ConfigError(f'self-supervised task {selfsup!r}; choose one of {SELFSUP}.')
   extra = {}
+  head_init = model_config.get('head_init', 'kaiming')
   if soft_head:
-    extra['soft_head'] = LinearHead(num_classes)
+    extra['soft_head'] = LinearHead(num_classes, init_scheme=head_init)
   if selfsup == 'rotation':
     extra['selfsup_head'] = LinearHead(4)
   elif selfsup == 'contrastive':
     extra['selfsup_head'] = ProjectionHead(proj_dim)
-  return Classifier(backbone=backbone, head=HEADS[head](num_classes), backbone_train=backbone_train, **extra)
+  head_module = LinearHead(num_classes, init_scheme=head_init) if head == 'linear' else HEADS[head](num_classes)
+  return Classifier(backbone=backbone, head=head_module, backbone_train=backbone_train, **extra)

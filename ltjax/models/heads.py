@@ -1,19 +1,36 @@
 """Classifier heads on top of pooled backbone features."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from ltjax.models import layers
 
 
+HEAD_INITS = ('kaiming', 'ldam', 'torch')
+
+
+def _symmetric_uniform(bound: float):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class LinearHead(nn.Module):
-  """A linear classifier ``z = W f + b`` (kaiming-normal W, zero b)."""
+  """A linear classifier ``z = W f + b``. ``init_scheme``: ``kaiming`` (kaiming-normal W, zero
+  b), ``ldam`` (LDAM-DRW's resnet32: kaiming-normal W, PyTorch's default b ~ U(+-1/sqrt(d))),
+  ``torch`` (PyTorch's ``nn.Linear`` default, BBN's and BagofTricks-LT's classifier:
+  W and b ~ U(+-1/sqrt(d))), d the feature width."""
   num_classes: int
+  init_scheme: str = 'kaiming'
 
   @nn.compact
   def __call__(self, features):
-    return nn.Dense(self.num_classes, kernel_init=layers.kaiming_normal)(features)
+    if self.init_scheme not in HEAD_INITS:
+      raise ValueError(f'unknown model.head_init {self.init_scheme!r}; choose one of {HEAD_INITS}.')
+    bound = 1.0 / float(features.shape[-1]) ** 0.5
+    kernel_init = _symmetric_uniform(bound) if self.init_scheme == 'torch' else layers.kaiming_normal
+    bias_init = nn.initializers.zeros if self.init_scheme == 'kaiming' else _symmetric_uniform(bound)
+    return nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init)(features)
 
 
 class NormedLinearHead(nn.Module):

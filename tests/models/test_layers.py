@@ -88,3 +88,25 @@ def test_conv_impl_choice():
   assert layers.resolve_conv_impl('taps') == 'taps' and layers.resolve_conv_impl('xla') == 'xla'
   with pytest.raises(ValueError, match='unknown conv'):
     layers.resolve_conv_impl('winograd')
+
+
+@pytest.mark.parametrize('init', ['kaiming', 'ldam', 'torch'])
+def test_linear_head_inits_as_the_reference_codes(init):
+  """kaiming: N(0, 2/d) W, zero b (ltjax); ldam: N(0, 2/d) W, U(+-1/sqrt(d)) b
+  (LDAM-DRW's resnet32); torch: U(+-1/sqrt(d)) W and b (nn.Linear, BBN / BagofTricks)."""
+  from ltjax.models.heads import LinearHead
+
+  d, c = 64, 1000
+  p = LinearHead(c, init_scheme=init).init(jax.random.key(0), jnp.zeros((1, d)))['params']['Dense_0']
+  w, b = np.asarray(p['kernel']), np.asarray(p['bias'])
+  bound = 1 / np.sqrt(d)
+  if init == 'torch':
+    assert np.abs(w).max() <= bound and abs(w.std() - bound / np.sqrt(3)) < 0.02 * bound
+  else:
+    assert abs(w.std() - np.sqrt(2 / d)) < 0.02 * np.sqrt(2 / d)
+  if init == 'kaiming':
+    assert not b.any()
+  else:
+    assert np.abs(b).max() <= bound and abs(b.std() - bound / np.sqrt(3)) < 0.1 * bound
+  with pytest.raises(ValueError, match='model.head_init'):
+    LinearHead(c, init_scheme='xavier').init(jax.random.key(0), jnp.zeros((1, d)))
