@@ -66,6 +66,8 @@ def get_config(arg=None):
     c.train.warmup_epochs = round(c.train.warmup_epochs * scale, 3)
     c.train.lr_boundaries = tuple(round(b * scale, 3) for b in c.train.lr_boundaries)
     c.loss.drw_epoch = int(round(c.loss.drw_epoch * scale))
+  # SSD's contrastive key view: no Gaussian blur on small images (MoCo-on-CIFAR code has none).
+  c.ssd.key_view.blur_p = 0.0
   # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and
   # BagofTricks-LT normalise both.
   if args.smoke:  # about a minute on a 2-core CPU: tiny ResNet, 2 short epochs

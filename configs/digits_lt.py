@@ -25,6 +25,8 @@ def get_config(arg=None):
   c.data.augment.std = (0.38,)
   c.data.many_above = 100
   c.data.few_below = 20
+  # SSD's contrastive key view: no Gaussian blur on small images (MoCo-on-CIFAR code has none).
+  c.ssd.key_view.blur_p = 0.0
   c.model.depth = 8
   c.model.width = 16
   c.train.epochs = 60

@@ -127,6 +127,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
   c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
   c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's
+  # The MoCo v2 key view (contrastive; ltjax/data/augment.py moco_colour), official values:
+  # RandomApply(ColorJitter(jitter x3, hue), jitter_p) in torchvision's random order,
+  # RandomGrayscale(grayscale_p), RandomApply(GaussianBlur(blur_kernel, blur_sigma), blur_p).
+  # CIFAR-sized images (the on-device moco_view) blur only if blur_p > 0: set 0 there.
+  c.ssd.key_view = ml_collections.ConfigDict()
+  c.ssd.key_view.jitter = 0.4  # brightness, contrast and saturation strength
+  c.ssd.key_view.hue = 0.1
+  c.ssd.key_view.jitter_p = 0.8
+  c.ssd.key_view.grayscale_p = 0.2
+  c.ssd.key_view.blur_p = 0.5
+  c.ssd.key_view.blur_sigma = (0.1, 2.0)  # uniform per image
+  c.ssd.key_view.blur_kernel = 23  # taps, reflect padding (torchvision GaussianBlur for 224 images)
+  c.ssd.key_view.random_order = True  # ColorJitter's per-image random order of its four ops
 
   # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
   c.stage2 = ml_collections.ConfigDict()

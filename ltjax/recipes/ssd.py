@@ -4,7 +4,9 @@
   ``L_self`` is rotation prediction (each image also at 90, 180, 270 degrees, a 4-way
   head on the shared features) or MoCo v2 contrast (a momentum encoder kept as a moving
   average inside the step, a FIFO queue of keys in the train state, InfoNCE at
-  ``moco_temperature``, same-label keys optionally removed from the negatives).
+  ``moco_temperature``, same-label keys optionally removed from the negatives). The key
+  view's augmentation is MoCo v2's (``ssd.key_view``: jitter with hue in random order,
+  grayscale, blur).
 - ``teacher`` (II): phase I's backbone frozen, class-balanced sampling, the classifier
   refit by LWS (default) or cRT (``config.stage2`` schedule): the soft-label generator.
 - ``student`` (III): a new network from scratch with a hard head (``CE``) and a soft head
@@ -44,8 +46,33 @@ def check_config(config):
                         f'({config.train.batch_size}); the queue must hold at least one batch of keys.')
     if not 0 <= sc.moco_momentum < 1:
       raise ConfigError(f'ssd.moco_momentum={sc.moco_momentum}: the moving average needs 0 <= m < 1 (MoCo: 0.999).')
+    check_key_view(sc.key_view)
   if not sc.distill_temperature > 0:
     raise ConfigError(f'ssd.distill_temperature={sc.distill_temperature} must be > 0 (paper: 2).')
+
+
+def check_key_view(kv):
+  """Refuses a ``config.ssd.key_view`` that torchvision's transforms would refuse."""
+  for name in ('jitter_p', 'grayscale_p', 'blur_p'):
+    if not 0 <= kv[name] <= 1:
+      raise ConfigError(f'ssd.key_view.{name}={kv[name]} is a probability: 0 <= p <= 1 (MoCo v2: 0.8, 0.2, 0.5).')
+  if not kv.jitter >= 0:
+    raise ConfigError(f'ssd.key_view.jitter={kv.jitter} must be >= 0 (MoCo v2: 0.4).')
+  if not 0 <= kv.hue <= 0.5:
+    raise ConfigError(f'ssd.key_view.hue={kv.hue}: torchvision takes 0 <= hue <= 0.5 (MoCo v2: 0.1).')
+  sigma = tuple(kv.blur_sigma) if isinstance(kv.blur_sigma, (tuple, list)) else (kv.blur_sigma,)
+  if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+    raise ConfigError(f'ssd.key_view.blur_sigma={tuple(kv.blur_sigma)} needs 0 < low <= high (MoCo v2: (0.1, 2.0)).')
+  if kv.blur_kernel < 1 or kv.blur_kernel % 2 == 0:
+    raise ConfigError(f'ssd.key_view.blur_kernel={kv.blur_kernel} must be odd and positive (224 images: 23).')
+
+
+def key_view_args(kv) -> dict:
+  """``config.ssd.key_view`` as the keyword arguments of ``augment.moco_colour``."""
+  return dict(jitter=float(kv.jitter), hue=float(kv.hue), jitter_p=float(kv.jitter_p),
+              grayscale_p=float(kv.grayscale_p), blur_p=float(kv.blur_p),
+              blur_sigma=tuple(float(v) for v in kv.blur_sigma), blur_kernel=int(kv.blur_kernel),
+              random_order=bool(kv.random_order))
 
 
 def selfsup_hooks(config, dataset, model):
@@ -64,12 +91,14 @@ def selfsup_hooks(config, dataset, model):
     return {'params': copy(variables['params']), 'batch_stats': copy(variables.get('batch_stats', {})),
             'queue': selfsup.init_queue(key, sc.queue_size, sc.proj_dim)}
 
+  colour = key_view_args(sc.key_view)  # jitter, grayscale, blur (blur_p 0: none)
+
   def prepare(key, batch, x, aux):
     if 'key_images' in batch:  # the host pipeline cropped the key view (random resized crop)
-      view = augment.moco_colour(key, batch['key_images'], aug.mean, aug.std, dataset.pixel_scale)
+      view = augment.moco_colour(key, batch['key_images'], aug.mean, aug.std, dataset.pixel_scale, **colour)
     else:
       view = augment.moco_view(key, batch['images'], pad=aug.pad, flip=aug.flip, mean=aug.mean,
-                               std=aug.std, scale=dataset.pixel_scale)
+                               std=aug.std, scale=dataset.pixel_scale, **colour)
     out, updates = model.apply({'params': aux['params'], 'batch_stats': aux['batch_stats']}, view,
                                train=True, mutable=['batch_stats'])
     aux = {**aux, 'batch_stats': updates['batch_stats']}
