@@ -8,6 +8,15 @@ shot group without classes). Runs that differ only in their seed are one row, sh
 mean ± sample standard deviation. Written to ``OUT/report.md`` with ``OUT/per_class.png``
 (per-class top-1 against class size) and ``OUT/reliability.png`` (a reliability
 diagram per row).
+
+The CIFAR-LT reproduction (``bench/reproduce.py``) has a table of its own:
+
+  python -m ltjax.report --reproduction results/cifar_lt [--out FILE] [--readme README.md]
+
+one row per reproduction row (seeds merged as mean ± std) in the script's order: last-epoch
+top-1, many / medium / few, the published number, the difference, its source, the
+device and the wall time. ``--out`` writes it to FILE; ``--readme`` puts it between the
+``<!-- reproduction:start -->`` and ``<!-- reproduction:end -->`` markers of that file.
 """
 from __future__ import annotations
 
@@ -105,11 +114,60 @@ def table(groups: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def _write_text(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def reproduction_main(results_dir: str, out: str | None, readme: str | None) -> None:
+  """The reproduction's table: printed, written to ``out``, and put between the markers
+  of ``readme``."""
+  from ltjax import reproduction
+
+  if not os.path.isdir(results_dir):
+    sys.exit(f'ltjax.report: error: {results_dir} is not a folder of reproduction results '
+             f'(bench/reproduce.py writes them)')
+  records = reproduction.load_records(results_dir)
+  if not records:
+    sys.exit(f'ltjax.report: error: {results_dir} holds no row JSON of bench/reproduce.py')
+  text = reproduction.table(records)
+  if readme:
+    try:
+      with open(readme) as f:
+        updated = reproduction.replace_between_markers(f.read(), text)
+    except (OSError, ValueError) as e:
+      sys.exit(f'ltjax.report: error: --readme {readme}: {e}')
+    _write_text(readme, updated)
+  if out:
+    _write_text(out, text + '\n')
+  print(text)
+  for label, path in (('report', out), ('updated', readme)):
+    if path:
+      print(f'\n{label}: {path}')
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument('workdirs', nargs='+')
-  ap.add_argument('--out', default='report', help='folder for report.md and the figures (default: ./report)')
+  ap.add_argument('workdirs', nargs='*')
+  ap.add_argument('--out', help='folder for report.md and the figures (default: ./report); with '
+                  '--reproduction, the Markdown file to write the table to')
+  ap.add_argument('--reproduction', metavar='RESULTS',
+                  help='the folder of bench/reproduce.py\'s row JSONs (e.g. results/cifar_lt)')
+  ap.add_argument('--readme', help='with --reproduction: replace the table between the '
+                  '<!-- reproduction:start --> and <!-- reproduction:end --> markers of this file')
   args = ap.parse_args(argv)
+  if args.reproduction:
+    if args.workdirs:
+      ap.error('give either workdirs or --reproduction, not both')
+    return reproduction_main(args.reproduction, args.out, args.readme)
+  if args.readme:
+    ap.error('--readme goes with --reproduction')
+  if not args.workdirs:
+    ap.error('give the workdirs of runs, or --reproduction RESULTS')
+  args.out = args.out or 'report'
   try:
     rows = [r for w in args.workdirs for r in rows_of(w)]
   except FileNotFoundError as e:

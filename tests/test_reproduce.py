@@ -1,0 +1,366 @@
+"""The CIFAR-LT reproduction: ``bench/reproduce.py`` (plan, runner, row JSONs) and
+``python -m ltjax.report --reproduction`` (the table, the README markers). Fast tests
+use fabricated workdirs and a fake training command; one slow test runs a smoke row
+of the real CIFAR-10-LT end to end."""
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO
+from ltjax import reproduction, report
+
+SCRIPT = REPO / 'bench' / 'reproduce.py'
+
+ORDER = [
+    'cifar10_if100_ce_s0', 'cifar10_if100_bsce_s0', 'cifar10_if100_dive_s0', 'cifar10_if1_ce_s0',
+    'cifar10_if100_ldam_drw_s0', 'cifar10_if100_crt_s0', 'cifar10_if100_ssd_s0',
+    'cifar10_if50_ce_s0', 'cifar10_if50_bsce_s0', 'cifar10_if50_dive_s0',
+    'cifar10_if50_ldam_drw_s0', 'cifar10_if50_crt_s0', 'cifar10_if50_ssd_s0',
+    'cifar10_if10_ce_s0', 'cifar10_if10_bsce_s0', 'cifar10_if10_dive_s0',
+    'cifar10_if10_ldam_drw_s0', 'cifar10_if10_crt_s0', 'cifar10_if10_ssd_s0',
+    'cifar10_if100_ce_s1', 'cifar10_if100_bsce_s1', 'cifar10_if100_dive_s1',
+    'cifar10_if100_ce_s2', 'cifar10_if100_bsce_s2', 'cifar10_if100_dive_s2',
+]
+
+
+def load_script():
+  spec = importlib.util.spec_from_file_location('reproduce_under_test', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def fake_workdir(workdir, method, phases, seed=0, imb=100.0, best=None, heads=False):
+  """A finished run's files: ``phases`` is [(name, top1)]; the final phase gets
+  ``best`` as its ``best_test_selected``; ``heads``: SSD's student has two heads."""
+  last = None
+  for i, (name, top1) in enumerate(phases):
+    r = {'method': method, 'phase': name, 'dataset': 'cifar10', 'imbalance_factor': imb, 'seed': seed,
+         'top1': top1, 'many': top1 + 10, 'medium': top1 - 10, 'few': None, 'top5': 99.0, 'ece': 3.0,
+         'epochs': 200, 'num_train': 12406, 'devices': 1, 'platform': 'gpu',
+         'timing': {'train_seconds': 100.0}}
+    if heads and name == 'student':
+      r.update(main_head='hard', heads={'soft': {'top1': top1 + 1, 'many': 1.0, 'medium': 2.0, 'few': None,
+                                                 'top5': 99.5, 'ece': 4.0}})
+    if best and i == len(phases) - 1:
+      r['best_test_selected'] = best
+    (workdir / name).mkdir(parents=True, exist_ok=True)
+    (workdir / name / 'results.json').write_text(json.dumps(r))
+    last = r
+  (workdir / 'results.json').write_text(json.dumps({**last, 'phase_names': [n for n, _ in phases]}))
+  (workdir / 'config.json').write_text(json.dumps({'method': method, 'seed': seed}))
+
+
+def record(tmp_path, row, phases, attempts=({'seconds': 150.0, 'commit': 'abc123', 'dirty': False},), **kw):
+  workdir = tmp_path / 'runs' / row.name
+  fake_workdir(workdir, row.method, phases, seed=row.seed, imb=row.imb, **kw)
+  device = {'platform': 'gpu', 'device_kind': 'NVIDIA H100 80GB HBM3'}
+  rec = reproduction.row_record(row, str(workdir), ['python', '-m', 'ltjax.main'], attempts=list(attempts),
+                                device=device, versions={'jax': '0.12', 'flax': '0.12'})
+  out = tmp_path / 'results' / f'{row.name}.json'
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(rec))
+  return rec
+
+
+def rows_by_name():
+  return {r.name: r for r in reproduction.default_rows()}
+
+
+# ---------------------------------------------------------------- the plan
+def test_dry_run_prints_the_plan_in_order_with_references(tmp_path):
+  results, runs = tmp_path / 'results', tmp_path / 'runs'
+  rows = rows_by_name()
+  record(tmp_path, rows['cifar10_if100_bsce_s0'], [('bsce', 77.0)])
+  partial = runs / 'cifar10_if100_dive_s0'
+  fake_workdir(partial, 'dive', [('teacher', 75.0)])
+  os.remove(partial / 'results.json')
+  (partial / 'student' / 'checkpoints' / '120').mkdir(parents=True)
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--results', str(results),
+                      '--workroot', str(runs)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+  assert p.returncode == 0, p.stderr
+  lines = p.stdout.splitlines()
+  plan = {}
+  for i, line in enumerate(lines):
+    m = re.match(r'\s*(\d+)\. (\S+)  \[schedule (\w+)\]  (.*)  \|  (paper .*)$', line)
+    if m:
+      plan[m.group(2)] = {'n': int(m.group(1)), 'schedule': m.group(3), 'status': m.group(4),
+                          'paper': m.group(5), 'command': lines[i + 1].strip()}
+  assert list(plan) == ORDER and [v['n'] for v in plan.values()] == list(range(1, 26))
+  expected_papers = {
+      'cifar10_if100_ce_s0': 'paper 70.36 (Cao et al. 2019)', 'cifar10_if10_ce_s0': 'paper 86.39 (Cao et al. 2019)',
+      'cifar10_if100_ldam_drw_s0': 'paper 77.03 (Cao et al. 2019)',
+      'cifar10_if10_ldam_drw_s0': 'paper 88.16 (Cao et al. 2019)',
+      'cifar10_if1_ce_s0': 'paper 92.49 (He et al. 2016)', 'cifar10_if100_ce_s2': 'paper 70.36 (Cao et al. 2019)',
+      'cifar10_if100_bsce_s0': 'paper 77.67 (Menon et al. 2021',
+      'cifar10_if100_dive_s0': 'paper 78.88 (BagofTricks-LT', 'cifar10_if50_dive_s0': 'paper 82.44 (BagofTricks-LT',
+      'cifar10_if100_crt_s0': 'paper -', 'cifar10_if100_ssd_s0': 'paper -', 'cifar10_if50_ce_s0': 'paper -',
+      'cifar10_if10_dive_s0': 'paper -', 'cifar10_if50_ldam_drw_s0': 'paper -',
+  }
+  for name, paper in expected_papers.items():
+    assert plan[name]['paper'].startswith(paper), (name, plan[name]['paper'])
+  schedules = {'ce': 'ldam', 'ldam_drw': 'ldam', 'bsce': 'bag', 'dive': 'bbn', 'crt': 'bbn', 'ssd': 'bbn'}
+  for name, v in plan.items():
+    method = re.match(r'cifar10_if\d+_(\w+)_s\d', name).group(1)
+    imb, seed = re.match(r'cifar10_if(\d+)_.*_s(\d)', name).groups()
+    assert v['schedule'] == schedules[method]
+    assert v['command'].startswith(f'{os.path.relpath(sys.executable, REPO)} -m ltjax.main --config '
+                                   f'configs/cifar_lt.py:dataset=cifar10,imb={imb},method={method},'
+                                   f'schedule={schedules[method]},seed={seed} --workdir {runs / name}')
+    assert v['command'].endswith('--config.dive.temperature=2') == (method == 'dive')
+  assert plan['cifar10_if100_bsce_s0']['status'] == 'done: 77.00 top-1 (2.5 min)'
+  assert plan['cifar10_if100_dive_s0']['status'].startswith('partial (student at step 120, teacher finished')
+  assert plan['cifar10_if100_ce_s0']['status'] == 'pending'
+
+  # --smoke appends smoke and uses its own folders; --rows selects by pattern.
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--smoke', '--rows', '*_dive_s0,cifar10_if1_ce_s0',
+                      '--data-dir', 'tfds', '--cache-dir', 'cache'], capture_output=True, text=True, cwd=tmp_path,
+                     timeout=120)
+  assert p.returncode == 0, p.stderr
+  commands = [l.strip() for l in p.stdout.splitlines() if ' -m ltjax.main ' in l]
+  assert [re.search(r'--workdir (\S+)', c).group(1) for c in commands] == [
+      f'runs/reproduce_smoke/{n}' for n in ('cifar10_if100_dive_s0', 'cifar10_if1_ce_s0', 'cifar10_if50_dive_s0',
+                                            'cifar10_if10_dive_s0')]
+  assert all(re.search(r'seed=0,smoke ', c) for c in commands)
+  assert all(c.endswith(f'--config.data.data_dir={tmp_path / "tfds"} --config.data.cache_dir={tmp_path / "cache"}')
+             for c in commands)
+  assert 'results in results/smoke/ROW.json' in p.stdout
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--rows', 'cifar10_if100_nope_s0'],
+                     capture_output=True, text=True, timeout=120)
+  assert p.returncode != 0 and 'matches no row' in p.stderr and 'cifar10_if100_ce_s0' in p.stderr
+
+
+def test_every_row_command_is_accepted_by_the_config():
+  """Each row's config arguments and overrides parse against configs/cifar_lt.py, as
+  ltjax.main's flags parse them (no training)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  for row in reproduction.default_rows():
+    for smoke in (False, True):
+      argv = ['prog', '--config', f'{REPO / reproduction.CONFIG}:{row.config_args(smoke)}', *row.overrides]
+      fv = flags.FlagValues()
+      config_flags.DEFINE_config_file('config', None, 'c', flag_values=fv, lock_config=True, sys_argv=argv)
+      fv(argv)
+      c = fv.config
+      assert (c.method, c.seed, c.data.name) == (row.method, row.seed, 'cifar10')
+      assert c.data.imbalance_factor == (max(row.imb, 100) if smoke else row.imb)
+      assert c.dive.temperature == (2.0 if row.method == 'dive' else 3.0)
+
+
+# ---------------------------------------------------------------- row JSONs and the table
+def test_row_json_and_the_reproduction_table(tmp_path):
+  rows = rows_by_name()
+  ssd = record(tmp_path, rows['cifar10_if100_ssd_s0'],
+               [('selfsup', 60.0), ('teacher', 65.0), ('student', 70.0), ('student_lws', 72.5)], heads=True)
+  # The recipe's final phase is the row's number; SSD's soft head is kept.
+  assert ssd['final_phase'] == 'student_lws' and ssd['result']['top1'] == 72.5
+  assert ssd['result']['phase'] == 'student_lws' and list(ssd['phases']) == ['selfsup', 'teacher', 'student',
+                                                                              'student_lws']
+  assert ssd['phases']['student']['main_head'] == 'hard'
+  assert ssd['phases']['student']['heads']['soft']['top1'] == 71.0
+  assert ssd['reference'] is None and ssd['best_test_selected'] is None
+  assert ssd['schedule'] == 'bbn' and ssd['device']['device_kind'] == 'NVIDIA H100 80GB HBM3'
+  assert ssd['device']['platform'] == 'gpu' and ssd['versions'] == {'jax': '0.12', 'flax': '0.12'}
+  assert ssd['commit'] == 'abc123' and ssd['dirty'] is False and ssd['config'] == {'method': 'ssd', 'seed': 0}
+  dive = record(tmp_path, rows['cifar10_if100_dive_s0'], [('teacher', 76.0), ('student', 79.5)],
+                best={'epoch': 187, 'top1': 80.25},
+                attempts=[{'seconds': 100.0, 'commit': 'abc123', 'dirty': True, 'cut': True},
+                          {'seconds': 50.5, 'commit': 'def456', 'dirty': False}])
+  assert dive['wall_seconds'] == 150.5 and dive['commit'] == 'def456' and len(dive['attempts']) == 2
+  assert dive['best_test_selected']['epoch'] == 187 and dive['best_test_selected']['phase'] == 'student'
+  assert 'test set' in dive['best_test_selected']['note']
+  assert dive['reference'] == {'top1': 78.88, 'source': reproduction.REFERENCES[('cifar10', 'dive', 100.0)][1]}
+  assert dive['overrides'] == ['--config.dive.temperature=2'] and dive['imb'] == 100.0
+  for seed, top1 in ((2, 74.0), (0, 70.0), (1, 72.0)):  # written out of order
+    record(tmp_path, rows[f'cifar10_if100_ce_s{seed}'], [('ce', top1)])
+  record(tmp_path, rows['cifar10_if1_ce_s0'], [('ce', 92.0)])
+  (tmp_path / 'results' / 'notes.json').write_text('[1, 2]')  # not a row: ignored
+
+  out = tmp_path / 'table.md'
+  report.main(['--reproduction', str(tmp_path / 'results'), '--out', str(out)])
+  lines = out.read_text().splitlines()
+  assert lines[0] == ('| row | schedule | seed | ltjax top-1 (last epoch) | many | medium | few | '
+                      'best epoch top-1 (test-selected) | paper | ltjax - paper | source | device | wall time |')
+  # The reproduction's order; three seeds as mean ± sample std; the difference to the paper.
+  assert lines[2] == ('| cifar10_if100_ce | ldam | 0,1,2 | 72.00 ± 2.00 | 82.00 ± 2.00 | 62.00 ± 2.00 | - | - | '
+                      '70.36 | +1.64 | Cao et al. 2019 | NVIDIA H100 80GB HBM3 | 2.5 min |')
+  assert lines[3].startswith('| cifar10_if100_dive | bbn, dive.temperature=2 | 0 | 79.50 | 89.50 | 69.50 | - | '
+                             '80.25 (epoch 187) | 78.88 | +0.62 | BagofTricks-LT')
+  assert lines[4].startswith('| cifar10_if1_ce | ldam | 0 | 92.00 |') and '| 92.49 | -0.49 | He et al. 2016 |' in lines[4]
+  assert lines[5].startswith('| cifar10_if100_ssd | bbn | 0 | 72.50 |') and '| - | - | - |' in lines[5]
+  assert len([l for l in lines if l.startswith('| cifar10')]) == 4
+  text = out.read_text()
+  assert 'All ltjax numbers are last-epoch top-1' in text and 'test-selected' in text
+  assert 'Not yet run: 19 of the 25 rows' in text and 'Smoke' not in text
+
+
+def test_readme_markers_are_replaced(tmp_path, capsys):
+  rows = rows_by_name()
+  record(tmp_path, rows['cifar10_if100_ce_s0'], [('ce', 70.0)])
+  readme = tmp_path / 'README.md'
+  before, after = '# ltjax\n\nIntro.\n\n## Reproduction\n', '\n\n## Next\nMore text.\n'
+  readme.write_text(f'{before}{reproduction.MARKER_START}\nold table\n{reproduction.MARKER_END}{after}')
+  report.main(['--reproduction', str(tmp_path / 'results'), '--readme', str(readme)])
+  text = readme.read_text()
+  table = reproduction.table(reproduction.load_records(str(tmp_path / 'results')))
+  assert text == f'{before}{reproduction.MARKER_START}\n{table}\n{reproduction.MARKER_END}{after}'
+  report.main(['--reproduction', str(tmp_path / 'results'), '--readme', str(readme)])
+  assert readme.read_text() == text  # idempotent
+  assert '| cifar10_if100_ce | ldam | 0 | 70.00 |' in capsys.readouterr().out
+  readme.write_text('no markers here\n')
+  with pytest.raises(SystemExit, match='marker'):
+    report.main(['--reproduction', str(tmp_path / 'results'), '--readme', str(readme)])
+  assert readme.read_text() == 'no markers here\n'
+  with pytest.raises(ValueError, match='before'):
+    reproduction.replace_between_markers(f'{reproduction.MARKER_END} {reproduction.MARKER_START}', 'x')
+  with pytest.raises(SystemExit, match='no row JSON'):
+    report.main(['--reproduction', str(tmp_path / 'runs')])
+
+
+# ---------------------------------------------------------------- the runner (fake training)
+FAKE_MAIN = r'''
+import json, os, sys, time
+args = sys.argv[1:]
+workdir = args[args.index('--workdir') + 1]
+kv = dict(a.split('=') for a in args[args.index('--config') + 1].split(':', 1)[1].split(',') if '=' in a)
+os.makedirs(workdir, exist_ok=True)
+with open(os.path.join(workdir, 'fake_times.txt'), 'a') as f:
+  f.write(f'start {time.time()} {os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}\n')
+if os.environ.get('FAKE_FAIL'):
+  print('fake training diverged'); sys.exit(3)
+time.sleep(float(os.environ.get('FAKE_SLEEP', '0')))
+phases = {'dive': ['teacher', 'student'], 'crt': ['ce', 'crt']}.get(kv['method'], [kv['method']])
+for i, p in enumerate(phases):
+  os.makedirs(os.path.join(workdir, p), exist_ok=True)
+  r = {'method': kv['method'], 'phase': p, 'top1': 50.0 + int(kv['seed']) + i, 'many': 60.0, 'medium': 40.0,
+       'few': None, 'top5': 90.0, 'ece': 5.0, 'epochs': 1, 'platform': 'gpu', 'devices': 1,
+       'dataset': 'cifar10', 'imbalance_factor': float(kv['imb']), 'num_train': 12406}
+  json.dump(r, open(os.path.join(workdir, p, 'results.json'), 'w'))
+json.dump({**r, 'phase_names': phases}, open(os.path.join(workdir, 'results.json'), 'w'))
+with open(os.path.join(workdir, 'fake_times.txt'), 'a') as f:
+  f.write(f'end {time.time()}\n')
+print('fake run done')
+'''
+
+
+@pytest.fixture
+def fake_script(tmp_path, monkeypatch):
+  fake = tmp_path / 'fake_main.py'
+  fake.write_text(FAKE_MAIN)
+  mod = load_script()
+  monkeypatch.setattr(mod, 'row_command', lambda row, opts: [
+      sys.executable, str(fake), '--config', f'c.py:{row.config_args(opts.smoke)}',
+      '--workdir', mod.workdir_of(row, opts)])
+  monkeypatch.setattr(mod, 'probe_device', lambda env: {
+      'versions': {'jax': '9.9', 'flax': '9.9'}, 'device': {'platform': 'gpu', 'device_kind': 'FakeGPU'}})
+  monkeypatch.setattr(mod, 'TERMINATE_GRACE', 5.0)
+  for var in ('FAKE_SLEEP', 'FAKE_FAIL', 'XLA_PYTHON_CLIENT_PREALLOCATE'):
+    monkeypatch.delenv(var, raising=False)
+  return mod
+
+
+def test_runner_parallel_timeout_resume_and_skip(tmp_path, fake_script, monkeypatch, capsys):
+  mod = fake_script
+  results, runs = tmp_path / 'results', tmp_path / 'runs'
+  common = ['--results', str(results), '--workroot', str(runs)]
+  # Two at a time, each in its own process with preallocation off.
+  monkeypatch.setenv('FAKE_SLEEP', '1.5')
+  assert mod.main(['--rows', 'cifar10_if100_ce_s*,cifar10_if100_crt_s0', '--parallel', '2', *common]) == 0
+  names = ['cifar10_if100_ce_s0', 'cifar10_if100_crt_s0', 'cifar10_if100_ce_s1', 'cifar10_if100_ce_s2']
+  assert sorted(os.listdir(results)) == sorted(f'{n}.json' for n in names)
+  spans = []
+  for n in names:
+    lines = (runs / n / 'fake_times.txt').read_text().split('\n')
+    start, env = lines[0].split()[1:]
+    spans.append((float(start), float(lines[1].split()[1])))
+    assert env == 'false'
+  assert spans[1][0] < spans[0][1], 'the first two rows ran side by side'
+  crt = json.loads((results / 'cifar10_if100_crt_s0.json').read_text())
+  assert crt['final_phase'] == 'crt' and crt['result']['top1'] == 51.0 and list(crt['phases']) == ['ce', 'crt']
+  assert crt['device'] == {'platform': 'gpu', 'device_kind': 'FakeGPU', 'devices_used': 1}
+  assert crt['versions'] == {'jax': '9.9', 'flax': '9.9'} and crt['order'] == 5 and crt['smoke'] is False
+  assert crt['wall_seconds'] >= 1.5 and crt['attempts'][0]['returncode'] == 0
+  assert crt['commit'] and crt['command'][-2:] == ['--workdir', str(runs / 'cifar10_if100_crt_s0')]
+
+  # --timeout: the running row is stopped and no further row starts; it resumes next time.
+  monkeypatch.setenv('FAKE_SLEEP', '60')
+  t = time.monotonic()
+  assert mod.main(['--rows', 'cifar10_if100_dive_s0,cifar10_if100_bsce_s0', '--timeout', '1', *common]) == 2
+  assert time.monotonic() - t < 30
+  out = capsys.readouterr().out
+  assert 'not started: cifar10_if100_dive_s0' in out and 'stopping it' in out
+  assert not (results / 'cifar10_if100_bsce_s0.json').exists() and not (runs / 'cifar10_if100_dive_s0').exists()
+  state = json.loads((runs / 'cifar10_if100_bsce_s0' / 'reproduce.json').read_text())
+  assert len(state['attempts']) == 1 and state['attempts'][0]['cut'] and state['attempts'][0]['seconds'] >= 0.5
+  monkeypatch.setenv('FAKE_SLEEP', '0')
+  assert mod.main(['--rows', 'cifar10_if100_bsce_s0', *common]) == 0
+  bsce = json.loads((results / 'cifar10_if100_bsce_s0.json').read_text())
+  assert len(bsce['attempts']) == 2 and bsce['wall_seconds'] >= 0.5 and bsce['reference']['top1'] == 77.67
+  assert 'fake run done' in capsys.readouterr().out  # one row at a time: its output is shown
+
+  # A finished row is skipped; a smoke run refuses to mix with real results.
+  mtime = (results / 'cifar10_if100_bsce_s0.json').stat().st_mtime
+  assert mod.main(['--rows', 'cifar10_if100_bsce_s0', *common]) == 0
+  assert 'done earlier' in capsys.readouterr().out
+  assert (results / 'cifar10_if100_bsce_s0.json').stat().st_mtime == mtime
+  assert len(json.loads((runs / 'cifar10_if100_bsce_s0' / 'reproduce.json').read_text())['attempts']) == 2
+  assert mod.main(['--smoke', '--rows', 'cifar10_if100_bsce_s0', *common]) == 1
+  assert 'holds a real result' in capsys.readouterr().err
+
+  # SIGTERM to the script (an outer timeout) stops its rows too: they run in sessions of their own.
+  monkeypatch.setenv('FAKE_SLEEP', '60')
+  timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.start()
+  try:
+    assert mod.main(['--rows', 'cifar10_if10_bsce_s0', *common]) == 130
+  finally:
+    timer.cancel()
+  state = json.loads((runs / 'cifar10_if10_bsce_s0' / 'reproduce.json').read_text())
+  assert state['attempts'][0]['cut'] and state['attempts'][0]['returncode'] == -signal.SIGTERM
+  assert 'interrupted' in capsys.readouterr().err
+
+  # A failing row: reported with the end of its log, the others still run.
+  monkeypatch.setenv('FAKE_FAIL', '1')
+  assert mod.main(['--rows', 'cifar10_if10_ce_s0', *common]) == 1
+  err = capsys.readouterr().err
+  assert 'FAILED (exit status 3)' in err and 'fake training diverged' in err
+  assert not (results / 'cifar10_if10_ce_s0.json').exists()
+
+
+# ---------------------------------------------------------------- end to end, real data
+@pytest.mark.slow
+def test_smoke_row_end_to_end_on_cifar10_lt(tmp_path, cifar10_dir):
+  results, runs = tmp_path / 'results', tmp_path / 'runs'
+  cmd = [sys.executable, str(SCRIPT), '--smoke', '--rows', 'cifar10_if100_ce_s0', '--data-dir', cifar10_dir,
+         '--results', str(results), '--workroot', str(runs)]
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  r = json.loads((results / 'cifar10_if100_ce_s0.json').read_text())
+  assert r['smoke'] is True and r['schedule'] == 'ldam' and r['final_phase'] == 'ce'
+  assert r['config_args'] == 'dataset=cifar10,imb=100,method=ce,schedule=ldam,seed=0,smoke'
+  assert r['run'] == {'dataset': 'cifar10', 'imbalance_factor': 100.0, 'num_train': 12406, 'method': 'ce'}
+  assert 10 <= r['result']['top1'] <= 100 and r['result']['few'] is None  # CIFAR-10-LT: no class under 20
+  assert r['device']['platform'] == 'cpu' and r['versions']['jax'] and r['versions']['flax']
+  assert len(r['commit']) == 40 and isinstance(r['dirty'], bool) and r['wall_seconds'] > 5
+  assert r['reference']['top1'] == 70.36 and r['config']['model']['depth'] == 8  # smoke's tiny ResNet
+  assert (runs / 'cifar10_if100_ce_s0' / 'ce' / 'results.json').exists()
+  assert '[cifar10_if100_ce_s0] finished: top-1' in p.stdout
+
+  # Rerun: the finished row is skipped (no training, the JSON untouched).
+  mtime = (results / 'cifar10_if100_ce_s0.json').stat().st_mtime
+  t = time.monotonic()
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0 and '[cifar10_if100_ce_s0] done earlier' in p.stdout
+  assert time.monotonic() - t < 30 and (results / 'cifar10_if100_ce_s0.json').stat().st_mtime == mtime
+  p = subprocess.run([sys.executable, '-m', 'ltjax.report', '--reproduction', str(results)],
+                     capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert p.returncode == 0 and '| cifar10_if100_ce (smoke) | ldam | 0 |' in p.stdout, p.stderr
