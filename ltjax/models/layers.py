@@ -17,6 +17,7 @@ on every accelerator.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +27,47 @@ from jax import lax
 # PyTorch's kaiming_normal_ (fan_in, ReLU gain), as in the LDAM-DRW ResNets.
 kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
-# PyTorch BatchNorm2d defaults: momentum 0.1 on the running stats, eps 1e-5. Under
-# jax.jit with a batch sharded over devices, the mean is over the global batch.
-batch_norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+class BatchNorm(nn.Module):
+  """PyTorch's ``BatchNorm2d`` over the last axis: batch statistics in training, running
+  statistics in evaluation. As PyTorch (and unlike flax's ``nn.BatchNorm``), the running
+  variance averages the *unbiased* batch variance, ``var * n / (n - 1)`` with ``n`` the
+  values per channel (batch x H x W); normalisation uses the biased one. Statistics are
+  computed in float32 whatever ``dtype``. Under jax.jit with the batch sharded over
+  devices, they are over the global batch. Variables as flax's (``scale``, ``bias``;
+  ``batch_stats``: ``mean``, ``var``), so the layer names and checkpoints are the same.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9  # flax's convention: PyTorch's momentum 0.1
+  epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        n = x.size // features
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+    dtype = self.dtype or x.dtype
+    mul = lax.rsqrt(var + self.epsilon) * scale
+    y = (x.astype(jnp.float32) - mean) * mul + bias
+    return y.astype(dtype)
+
+
+# PyTorch BatchNorm2d defaults: momentum 0.1 on the running stats, eps 1e-5.
+batch_norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5)
 
 CONV_IMPLS = ('auto', 'xla', 'taps')
 # Tap products win only on large feature maps: per ResNet-32 layer (batch 128, 1 CPU
