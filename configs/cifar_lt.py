@@ -17,9 +17,10 @@ epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight
 - ``bag``: BagofTricks-LT's CE and Balanced Softmax CIFAR configs: ``bbn`` with
   milestones 160 and 180.
 
-Default: ``ldam`` for ce_drw and ldam_drw, ``bbn`` for every other method.
-``epochs=N`` shortens the whole schedule in proportion (warm-up, decay epochs and DRW's
-epoch scaled by N / 200), e.g. for a CPU: ``configs/cifar_lt.py:method=dive,epochs=6``.
+Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them),
+``bbn`` for every other method. ``epochs=N`` shortens the whole schedule in proportion
+(warm-up, decay milestones in whole epochs, DRW's epoch, all scaled by N / 200; a warm-up
+shorter than 2 epochs rises every step), e.g. for a CPU: ``method=dive,epochs=6``.
 
 DiVE on CIFAR-10/100-LT at IF 10, 50, 100 (paper: tau 3, p 0.5, alpha 0.5):
 ``configs/cifar_lt.py:dataset=cifar100,imb=50,method=dive``; BagofTricks-LT's tau 2:
@@ -29,11 +30,18 @@ from ltjax import config_lib
 
 # The training protocol of each reference code (METHODS.md 2); lr 0.1, batch 128, weight
 # decay 2e-4, 200 epochs, 5 warm-up epochs and x0.01 decays are common to all three.
+# ``milestones`` are the code's own decay epochs; BBN's scheduler counts epochs from 1
+# (``first_epoch``), so its decay starts at 0-based epoch ``milestone - 1``.
 SCHEDULES = {
-    'ldam': dict(warmup='ldam', lr_boundaries=(160, 180), nesterov=False, drop_last=False, head_init='ldam'),
-    'bbn': dict(warmup='bbn', lr_boundaries=(119, 159), nesterov=True, drop_last=True, head_init='torch'),
-    'bag': dict(warmup='bbn', lr_boundaries=(159, 179), nesterov=True, drop_last=True, head_init='torch'),
+    'ldam': dict(warmup='ldam', milestones=(160, 180), first_epoch=0, nesterov=False, drop_last=False,
+                 head_init='ldam'),
+    'bbn': dict(warmup='bbn', milestones=(120, 160), first_epoch=1, nesterov=True, drop_last=True,
+                head_init='torch'),
+    'bag': dict(warmup='bbn', milestones=(160, 180), first_epoch=1, nesterov=True, drop_last=True,
+                head_init='torch'),
 }
+# LDAM-DRW's code trained and compared these; the other methods default to the DiVE paper's.
+LDAM_METHODS = ('ce_drw', 'ldam_drw', 'focal', 'cb_focal')
 
 
 def get_config(arg=None):
@@ -41,7 +49,7 @@ def get_config(arg=None):
                                      'seed': 0, 'epochs': 200, 'smoke': False})
   if args.dataset not in ('cifar10', 'cifar100'):
     raise config_lib.ConfigError(f'dataset={args.dataset!r}: configs/cifar_lt.py takes cifar10 or cifar100.')
-  schedule = args.schedule or ('ldam' if args.method in ('ce_drw', 'ldam_drw') else 'bbn')
+  schedule = args.schedule or ('ldam' if args.method in LDAM_METHODS else 'bbn')
   if schedule not in SCHEDULES:
     raise config_lib.ConfigError(f'schedule={schedule!r}: configs/cifar_lt.py has {", ".join(SCHEDULES)} '
                                  f'(ldam: LDAM-DRW; bbn: BBN and the DiVE paper; bag: BagofTricks-LT).')
@@ -51,21 +59,22 @@ def get_config(arg=None):
   c.data.name = args.dataset
   c.data.imbalance_factor = args.imb
   protocol = SCHEDULES[schedule]
+  if args.epochs < 1:
+    raise config_lib.ConfigError(f'epochs={args.epochs}: a schedule needs at least 1 epoch.')
+  # epochs=N scales the schedule by N / 200: decay milestones (whole epochs, as the
+  # reference codes count them), warm-up and DRW's epoch.
+  scale = args.epochs / 200
+  c.train.epochs = args.epochs
   c.train.warmup = protocol['warmup']
-  c.train.lr_boundaries = protocol['lr_boundaries']
+  c.train.warmup_epochs = round(c.train.warmup_epochs * scale, 3)
+  if c.train.warmup_epochs < 2:  # a per-epoch warm-up needs epochs to rise over
+    c.train.warmup = 'linear'
+  c.train.lr_boundaries = tuple(max(round(m * scale), 1) - protocol['first_epoch'] for m in protocol['milestones'])
   c.train.nesterov = protocol['nesterov']
   c.train.lr_decay = 0.01
   c.data.drop_last = protocol['drop_last']
   c.model.head_init = protocol['head_init']  # the classifier's init in that code
-  c.loss.drw_epoch = 160  # LDAM-DRW: class-balanced weights from epoch 160 (0-based)
-  if args.epochs != 200:
-    if args.epochs < 1:
-      raise config_lib.ConfigError(f'epochs={args.epochs}: a schedule needs at least 1 epoch.')
-    scale = args.epochs / 200
-    c.train.epochs = args.epochs
-    c.train.warmup_epochs = round(c.train.warmup_epochs * scale, 3)
-    c.train.lr_boundaries = tuple(round(b * scale, 3) for b in c.train.lr_boundaries)
-    c.loss.drw_epoch = int(round(c.loss.drw_epoch * scale))
+  c.loss.drw_epoch = int(round(160 * scale))  # LDAM-DRW: class-balanced weights from epoch 160 (0-based)
   # SSD's contrastive key view: no Gaussian blur on small images (MoCo-on-CIFAR code has none).
   c.ssd.key_view.blur_p = 0.0
   # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and
@@ -77,6 +86,7 @@ def get_config(arg=None):
     c.train.epochs = 1
     c.train.batch_size = 256
     c.train.warmup_epochs = 0.2
+    c.train.warmup = 'linear'
     c.train.lr_boundaries = ()
     c.loss.drw_epoch = 0
     c.stage2.epochs = 1

@@ -127,7 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
   c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
   c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's
-  # The MoCo v2 key view (contrastive; ltjax/data/augment.py moco_colour), official values:
+  # The MoCo v2 key view (contrastive; ltjax/data/augment.py moco_colour), official values
+  # in torchvision's float implementation (MoCo v2 blurred with PIL's box approximation):
   # RandomApply(ColorJitter(jitter x3, hue), jitter_p) in torchvision's random order,
   # RandomGrayscale(grayscale_p), RandomApply(GaussianBlur(blur_kernel, blur_sigma), blur_p).
   # CIFAR-sized images (the on-device moco_view) blur only if blur_p > 0: set 0 there.

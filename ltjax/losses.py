@@ -55,8 +55,8 @@ def focal_loss(logits, labels, gamma=2.0, class_weights=None):
   """Focal loss (Lin et al.): ``-(1 - p_y)^gamma log p_y``, the plain batch mean.
   ``gamma = 0`` is cross-entropy.
 
-  With ``class_weights`` w (CB-focal: ``class_balanced_weights``) it is LDAM-DRW's
-  reference ``FocalLoss``, whose comparison table ltjax's CIFAR numbers sit beside: the
+  With ``class_weights`` w (CB-focal: ``class_balanced_weights``) it is the ``FocalLoss``
+  of LDAM-DRW's code (its softmax CB-focal; Cui et al.'s own is sigmoid-based): the
   weighted per-example CE ``c_i = w_{y_i} CE_i`` goes through ``(1 - exp(-c_i))^gamma c_i``
   (the weight is inside the modulating factor too), then the plain mean over the batch.
   """

@@ -60,10 +60,13 @@ class Row:
             'seed': self.seed, 'overrides': list(self.overrides)}
 
 
-# Each row names its schedule, that of the code whose number it sits beside: CE and
-# LDAM-DRW Cao et al.'s (ldam); BSCE BagofTricks-LT's Balanced Softmax config (bag:
-# milestones 160, 180); DiVE BagofTricks-LT's DiVE configs, teacher and student (bbn:
-# milestones 120, 160, the DiVE paper's BBN recipe) at its temperature 2; cRT and SSD bbn.
+# Each row names its schedule: that of the code whose number it sits beside where that
+# code is a 200-epoch PyTorch ResNet-32 recipe: CE and LDAM-DRW Cao et al.'s (ldam);
+# DiVE BagofTricks-LT's DiVE configs, teacher and student (bbn: milestones 120, 160, the
+# DiVE paper's BBN recipe) at its temperature 2. BSCE runs BagofTricks-LT's Balanced
+# Softmax config (bag) beside Menon et al.'s number, trained with their own TensorFlow
+# recipe; balanced CE runs ldam beside He et al.'s 92.49 (their own 64k-iteration recipe);
+# cRT and SSD run bbn and have no published CIFAR-10-LT number here.
 _DIVE_TAU2 = ('--config.dive.temperature=2',)
 
 

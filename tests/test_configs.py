@@ -30,6 +30,13 @@ def test_shortened_schedule_scales_in_proportion():
   assert tuple(c.train.lr_boundaries) == (16.0, 18.0) and c.loss.drw_epoch == 16
   with pytest.raises(config_lib.ConfigError, match='at least 1 epoch'):
     cifar_lt.get_config('epochs=0')
+  # BBN's 1-based milestones 120 and 160 scale to 60 and 80: the decay from 0-based 59, 79,
+  # at epoch starts; the per-epoch warm-up keeps its shape over 2.5 epochs.
+  t = cifar_lt.get_config('method=dive,epochs=100').train
+  assert (t.warmup, t.warmup_epochs, tuple(t.lr_boundaries)) == ('bbn', 2.5, (59, 79))
+  # Under 2 warm-up epochs the warm-up rises every step (a per-epoch one would be no warm-up).
+  t = cifar_lt.get_config('method=dive,epochs=6').train
+  assert (t.warmup, t.warmup_epochs, tuple(t.lr_boundaries)) == ('linear', 0.15, (3, 4))
 
 
 def _ldam_reference_lr(epoch, lr=0.1):
@@ -59,13 +66,13 @@ def _bbn_reference_lr(epoch, milestones, lr=0.1):
 
 
 @pytest.mark.parametrize('schedule,method', [('ldam', 'ldam_drw'), ('bbn', 'dive'), ('bag', 'bsce'),
-                                             ('', 'ce'), ('', 'ce_drw')])
+                                             ('', 'ce'), ('', 'ce_drw'), ('', 'cb_focal')])
 def test_named_schedules_give_the_reference_codes_lr_every_epoch(schedule, method):
   from ltjax import train
 
   arg = f'method={method}' + (f',schedule={schedule}' if schedule else '')
   c = cifar_lt.get_config(arg)
-  schedule = schedule or ('ldam' if method == 'ce_drw' else 'bbn')
+  schedule = schedule or ('ldam' if method in cifar_lt.LDAM_METHODS else 'bbn')
   reference = {'ldam': _ldam_reference_lr,
                'bbn': lambda e: _bbn_reference_lr(e, [120, 160]),
                'bag': lambda e: _bbn_reference_lr(e, [160, 180])}[schedule]
