@@ -27,43 +27,28 @@ from jax import lax
 # PyTorch's kaiming_normal_ (fan_in, ReLU gain), as in the LDAM-DRW ResNets.
 kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
-class BatchNorm(nn.Module):
-  """PyTorch's ``BatchNorm2d`` over the last axis: batch statistics in training, running
-  statistics in evaluation. As PyTorch (and unlike flax's ``nn.BatchNorm``), the running
-  variance averages the *unbiased* batch variance, ``var * n / (n - 1)`` with ``n`` the
-  values per channel (batch x H x W); normalisation uses the biased one. Statistics are
-  computed in float32 whatever ``dtype``. Under jax.jit with the batch sharded over
-  devices, they are over the global batch. Variables as flax's (``scale``, ``bias``;
-  ``batch_stats``: ``mean``, ``var``), so the layer names and checkpoints are the same.
-  """
-  use_running_average: bool = False
-  momentum: float = 0.9  # flax's convention: PyTorch's momentum 0.1
-  epsilon: float = 1e-5
-  dtype: Any = None
+class BatchNorm(nn.BatchNorm):
+  """flax's ``nn.BatchNorm`` whose running variance averages the *unbiased* batch
+  variance, ``var * n / (n - 1)`` with ``n`` the values per channel (batch x H x W), as
+  PyTorch's ``BatchNorm2d`` does (flax averages the biased one). Normalisation, the
+  running mean and the variables (``scale``, ``bias``; ``batch_stats``: ``mean``,
+  ``var``) are flax's own, so layer names and checkpoints are unchanged. Under jax.jit
+  with the batch sharded over devices, statistics are over the global batch."""
 
   @nn.compact
-  def __call__(self, x):
-    features = x.shape[-1]
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
-    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      xf = x.astype(jnp.float32)
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
-      if not self.is_initializing():
-        n = x.size // features
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * mean
-        ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
-    dtype = self.dtype or x.dtype
-    mul = lax.rsqrt(var + self.epsilon) * scale
-    y = (x.astype(jnp.float32) - mean) * mul + bias
-    return y.astype(dtype)
+  def __call__(self, x, use_running_average=None, **kwargs):
+    training = not nn.merge_param('use_running_average', self.use_running_average, use_running_average)
+    update = training and not self.is_initializing() and self.has_variable('batch_stats', 'var')
+    before = self.get_variable('batch_stats', 'var') if update else None
+    y = super().__call__(x, use_running_average=use_running_average, **kwargs)
+    if update:
+      # flax stored m * before + (1 - m) * v (v: the biased batch variance); add the
+      # (1 - m) * v / (n - 1) that makes it PyTorch's unbiased average.
+      n = x.size // x.shape[-1]
+      after = self.get_variable('batch_stats', 'var')
+      biased = (after - self.momentum * before) / (1 - self.momentum)
+      self.put_variable('batch_stats', 'var', after + (1 - self.momentum) * biased / max(n - 1, 1))
+    return y
 
 
 # PyTorch BatchNorm2d defaults: momentum 0.1 on the running stats, eps 1e-5.
