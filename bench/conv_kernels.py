@@ -9,8 +9,13 @@ Prints one JSON line per framework: milliseconds per kernel and per training ste
 """
 import json
 import os
+import pathlib
 import statistics
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo's ltjax and configs
+
 
 # (count in ResNet-32, H=W of the input, C_in, C_out, stride)
 SHAPES = [(1, 32, 3, 16, 1), (10, 32, 16, 16, 1), (1, 32, 16, 32, 2), (9, 16, 32, 32, 1),

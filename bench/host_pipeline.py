@@ -14,9 +14,13 @@ import argparse
 import io
 import json
 import os
+import pathlib
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo's ltjax and configs
 
 
 class JpegSource:

@@ -3,7 +3,7 @@
 
   python bench/large_step.py --model resnext50_32x4d --dtype bfloat16 --batch 256
 
-Runs the trainer's real host-fed step (``make_train_step(..., on_device=False)``:
+Runs the trainer's real host-fed step (``make_train_step`` with a ``HostFeed``:
 colour jitter and normalisation on the device, forward, BSCE loss, backward, SGD) on
 a random uint8 global batch already on the device, so the number is the accelerator's
 ceiling, not the input pipeline's (bench/host_pipeline.py measures that). Prints one
@@ -11,8 +11,12 @@ JSON line: compile seconds, median/min/max images/s of several timed runs.
 """
 import argparse
 import json
+import pathlib
 import statistics
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo's ltjax and configs
 
 
 def main():
@@ -32,7 +36,7 @@ def main():
   jax.config.update('jax_num_cpu_devices', args.devices)
   import numpy as np
 
-  from ltjax import config_lib, losses, parallel, train
+  from ltjax import config_lib, feeds, losses, parallel, train
   from ltjax.data import augment
   from ltjax.data.samplers import Sampler
   from ltjax.models import build_model
@@ -63,7 +67,7 @@ def main():
   rng = np.random.default_rng(0)
   batch = jax.device_put({'images': rng.integers(0, 256, (args.batch, s, s, 3), np.uint8),
                           'labels': rng.integers(0, args.classes, args.batch).astype(np.int32)}, shard)
-  step = jax.jit(train.make_train_step(phase, tx, schedule, sampler, augment_fn, mesh, on_device=False),
+  step = jax.jit(train.make_train_step(phase, tx, schedule, feeds.HostFeed(sampler, augment_fn, mesh)),
                  in_shardings=(rep, shard, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
   key = jax.random.key(1)
   t = time.perf_counter()

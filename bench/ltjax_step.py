@@ -8,8 +8,12 @@ JSON line: compile seconds, median/min/max images/s of several timed runs.
 """
 import argparse
 import json
+import pathlib
 import statistics
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo's ltjax and configs
 
 
 def train_flops_per_image(depth: int, width: int, num_classes: int = 10) -> float:
@@ -46,7 +50,7 @@ def main():
   import numpy as np
 
   from configs import cifar_lt
-  from ltjax import parallel, recipes, train
+  from ltjax import evaluate, feeds, parallel, recipes, train
   from ltjax.data import augment
   from ltjax.data.samplers import Sampler
   from ltjax.data.sources import ArrayDataset
@@ -75,7 +79,7 @@ def main():
                                           variables['batch_stats'], tx.init(variables['params'])), rep)
   data = jax.device_put({'images': ds.train_images, 'labels': ds.train_labels,
                          **Sampler.arrays(ds.train_labels, 10)}, rep)
-  step = jax.jit(train.make_train_step(phase, tx, schedule, sampler, aug_fn, mesh),
+  step = jax.jit(train.make_train_step(phase, tx, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)),
                  in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
   key = jax.random.key(1)
   t = time.perf_counter()
@@ -101,13 +105,13 @@ def main():
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std)
   v = {'params': state.params, 'batch_stats': state.batch_stats}
   eval_batch = 512 if args.batch <= 512 else args.batch
-  forward = train.make_forward(phase.model, normalize)
+  forward = evaluate.make_forward(phase.model, normalize)
   if args.eval_images:
-    train.predict(forward, v, ds.test_images[:eval_batch], mesh, eval_batch)  # compile
+    evaluate.predict(forward, v, ds.test_images[:eval_batch], mesh, eval_batch)  # compile
   eval_rates = []
   for _ in range(3 if args.eval_images else 0):
     t = time.perf_counter()
-    train.predict(forward, v, ds.test_images, mesh, eval_batch)
+    evaluate.predict(forward, v, ds.test_images, mesh, eval_batch)
     eval_rates.append(len(ds.test_images) / (time.perf_counter() - t))
   print(json.dumps({'framework': 'ltjax', 'platform': jax.devices()[0].platform,
                     'devices': mesh.devices.size, 'batch': args.batch, 'depth': args.depth,

@@ -1,12 +1,50 @@
-"""Metrics of a long-tailed evaluation, ``results.json`` and the printed table."""
+"""Evaluation: the jitted forward pass over the test set (``make_forward``, ``predict``,
+``predict_batches``), the metrics of a long-tailed evaluation, ``results.json`` and the
+printed table."""
 from __future__ import annotations
 
 import json
 import os
 
+import jax
 import numpy as np
 
+from ltjax import parallel
 from ltjax.data import longtail
+
+
+def make_forward(model, normalize_fn, output: str = 'logits', mesh=None):
+  """The jitted evaluation forward ``(variables, uint8 images) -> outputs[output]``,
+  its outputs replicated (with ``mesh``) so that every process can read all of them.
+  Make it once per phase: each new function object would compile again."""
+
+  def forward(variables, x):
+    return model.apply(variables, normalize_fn(x), train=False)[output]
+
+  return jax.jit(forward, out_shardings=None if mesh is None else parallel.replicated(mesh))
+
+
+def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
+  """Outputs of ``forward`` for every image, batch sharded over the mesh; the host
+  reads the results once, at the end."""
+  parallel.check_batch_size(batch_size, mesh, 'train.eval_batch_size')
+  shard = parallel.batch_sharding(mesh)
+  outs, sizes = [], []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    sizes.append(len(chunk))
+    if len(chunk) < batch_size:  # static shapes: pad the last batch, drop the padding after
+      chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+    outs.append(forward(variables, jax.device_put(chunk, shard)))
+  return np.concatenate([np.asarray(o)[:n] for o, n in zip(jax.device_get(outs), sizes)])
+
+
+def predict_batches(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
+  """``predict`` for the host pipeline: ``batches`` yields this process's rows of each
+  global batch (``host.test_batches``), joined into global arrays; the first
+  ``num_examples`` outputs, in dataset order."""
+  outs = [forward(variables, parallel.global_batch(b, mesh)['images']) for b in batches]
+  return np.concatenate([np.asarray(o) for o in jax.device_get(outs)])[:num_examples]
 
 
 ECE_BINS = 15

@@ -156,14 +156,14 @@ def run(config, workdir: str) -> dict:
       _say(f'[{phase.name}] not selected by --config.phases, skipped')
       continue
 
-    forward = train.make_forward(phase.model, normalize, phase.eval_output, mesh)
+    forward = evaluate.make_forward(phase.model, normalize, phase.eval_output, mesh)
 
     def evaluate_fn(variables, forward=forward):
       if isinstance(dataset, host.HostDataset):
         batches = host.test_batches(dataset, eval_batch, parallel.local_rows(mesh, eval_batch))
-        logits = train.predict_batches(forward, variables, batches, mesh, len(dataset.test_labels))
+        logits = evaluate.predict_batches(forward, variables, batches, mesh, len(dataset.test_labels))
       else:
-        logits = train.predict(forward, variables, dataset.test_images, mesh, eval_batch)
+        logits = evaluate.predict(forward, variables, dataset.test_images, mesh, eval_batch)
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 
@@ -179,7 +179,7 @@ def run(config, workdir: str) -> dict:
     t = time.perf_counter()
     res = evaluate_fn(variables)
     for head, output in phase.extra_heads:
-      head_forward = train.make_forward(phase.model, normalize, output, mesh)
+      head_forward = evaluate.make_forward(phase.model, normalize, output, mesh)
       res.setdefault('heads', {})[head] = evaluate_fn(variables, forward=head_forward)
     if phase.main_head:
       res['main_head'] = phase.main_head

@@ -2,10 +2,12 @@
 it a ``Phase`` (model, loss function, sampler, optimizer settings).
 
 The step is pure, ``step(state, data, rng, teacher_variables) -> (state, metrics)``:
-it draws the batch indices from the sampler, gathers and augments the images on the
-device, applies the phase's ``StepHooks`` and frozen ``Teacher`` if it has them, and
-updates the parameters. It is jitted once per phase with the state donated, the
-batch sharded over the mesh's ``data`` axis and everything else replicated.
+it takes its batch from the phase's feed (``ltjax/feeds.py``: sampled and gathered on the
+device, or read by the host pipeline), augments it, applies the phase's ``StepHooks``
+and frozen ``Teacher`` if it has them, and updates the parameters. It is jitted once per
+phase with the state donated, ``data`` placed as the feed says and everything else
+replicated. ``train_phase`` sets the phase up (schedule, feed, ``init_state``, restore)
+and runs the loop (logging, NaN checks, periodic evaluation and checkpoints).
 """
 from __future__ import annotations
 
@@ -17,14 +19,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from ltjax import checkpoint, parallel
-from ltjax.data import augment, host
-from ltjax.data.host import HostDataset
+from ltjax import checkpoint, feeds, parallel
+from ltjax.data import augment
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, NonFiniteLossError
 from ltjax.logs import MetricLogger
@@ -184,11 +184,11 @@ def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientT
   return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
 
 
-def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, mesh, on_device: bool = True):
-  """The step. ``on_device``: ``data`` is the whole (small) training set, replicated, and
-  the step samples, gathers and augments its batch; else ``data`` is the global batch
-  from the host pipeline (uint8 ``images``, ``labels``), sharded on ``data``."""
-  batch_sharding = parallel.batch_sharding(mesh)
+def make_train_step(phase: Phase, tx, schedule, feed):
+  """The step. ``feed`` (``ltjax/feeds.py``) turns the step's ``data`` argument into its
+  batch (sampled and gathered on the device, or read by the host pipeline) and augments
+  it; its ``sampler`` says how many steps an epoch has."""
+  steps_per_epoch = feed.sampler.steps_per_epoch
 
   def step(state: TrainState, data: dict, rng: jax.Array, teacher_variables: Any):
     # The sampler's key is the same at every step of the run: the sampler itself folds
@@ -198,14 +198,9 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
     k_sample, k_steps = jax.random.split(rng)
     key = jax.random.fold_in(k_steps, state.step)
     k_aug = jax.random.fold_in(key, 1)
-    if on_device:
-      idx = jax.lax.with_sharding_constraint(sampler(data, k_sample, state.step), batch_sharding)
-      batch = {'images': jax.lax.with_sharding_constraint(data['images'][idx], batch_sharding),
-               'labels': data['labels'][idx]}
-    else:
-      batch = data
+    batch = feed.batch(data, k_sample, state.step)
     labels = batch['labels']
-    x = augment_fn(k_aug, batch['images'])
+    x = feed.augment(k_aug, batch['images'])
     inputs, extras, aux = x, {}, state.aux
     hooks = phase.hooks
     if hooks is not None and hooks.prepare is not None:
@@ -228,7 +223,7 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
       outputs = {**outputs, **extras}
       if teacher_outputs is not None:
         outputs['teacher'] = teacher_outputs
-      loss, metrics = phase.loss(outputs, labels, state.step // sampler.steps_per_epoch)
+      loss, metrics = phase.loss(outputs, labels, state.step // steps_per_epoch)
       return loss, (metrics, updates['batch_stats'])
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -244,38 +239,20 @@ def make_train_step(phase: Phase, tx, schedule, sampler: Sampler, augment_fn, me
   return step
 
 
-def make_forward(model, normalize_fn, output: str = 'logits', mesh=None):
-  """The jitted evaluation forward ``(variables, uint8 images) -> outputs[output]``,
-  its outputs replicated (with ``mesh``) so that every process can read all of them.
-  Make it once per phase: each new function object would compile again."""
-
-  def forward(variables, x):
-    return model.apply(variables, normalize_fn(x), train=False)[output]
-
-  return jax.jit(forward, out_shardings=None if mesh is None else parallel.replicated(mesh))
-
-
-def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
-  """Outputs of ``forward`` for every image, batch sharded over the mesh; the host
-  reads the results once, at the end."""
-  parallel.check_batch_size(batch_size, mesh, 'train.eval_batch_size')
-  shard = parallel.batch_sharding(mesh)
-  outs, sizes = [], []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    sizes.append(len(chunk))
-    if len(chunk) < batch_size:  # static shapes: pad the last batch, drop the padding after
-      chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-    outs.append(forward(variables, jax.device_put(chunk, shard)))
-  return np.concatenate([np.asarray(o)[:n] for o, n in zip(jax.device_get(outs), sizes)])
-
-
-def predict_batches(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
-  """``predict`` for the host pipeline: ``batches`` yields this process's rows of each
-  global batch (``host.test_batches``), joined into global arrays; the first
-  ``num_examples`` outputs, in dataset order."""
-  outs = [forward(variables, parallel.global_batch(b, mesh)['images']) for b in batches]
-  return np.concatenate([np.asarray(o) for o in jax.device_get(outs)])[:num_examples]
+def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variables=None):
+  """The phase's first ``TrainState`` (fresh variables from ``key``, or those an earlier
+  phase hands over, merged by the recipe's ``phase.init``) and its optimizer; replicated."""
+  aug = config.data.augment
+  sample = augment.normalize(dataset.example_images(2), aug.mean, aug.std, dataset.pixel_scale)
+  variables = phase.model.init(key, sample, train=False)
+  if init_variables is not None:  # an earlier phase's variables, merged by the recipe
+    variables = phase.init(variables, init_variables) if phase.init else init_variables
+  tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'])
+  aux = phase.hooks.init(variables) if phase.hooks is not None and phase.hooks.init else {}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                     batch_stats=variables.get('batch_stats', {}),
+                     opt_state=tx.init(variables['params']), aux=aux)
+  return jax.device_put(state, parallel.replicated(mesh)), tx
 
 
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
@@ -292,60 +269,24 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   if (phase.teacher is None) != (teacher_variables is None):
     raise ValueError(f'phase {phase.name!r}: teacher_variables must be given exactly when the phase has a teacher.')
   parallel.check_batch_size(tc.batch_size, mesh)
-  aug = config.data.augment
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
                     batch_size=tc.batch_size, class_counts=tuple(int(c) for c in dataset.class_counts),
                     total_epochs=tc.epochs, drop_last=config.data.drop_last)
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)
-
-  on_device = not isinstance(dataset, HostDataset)
-
-  def augment_fn(key, images):
-    if not on_device:  # the host cropped and flipped
-      return augment.host_batch_augment(key, images, jitter=aug.jitter, mean=aug.mean, std=aug.std,
-                                        scale=dataset.pixel_scale)
-    return augment.train_augment(key, images, pad=aug.pad, flip=aug.flip, mean=aug.mean,
-                                 std=aug.std, scale=dataset.pixel_scale)
-
+  feed = feeds.make_feed(dataset, sampler, config, mesh, total_steps,
+                         two_views=phase.hooks is not None and phase.hooks.two_views)
   rng = jax.random.key(config.seed)
   init_key, step_rng = jax.random.split(rng)
-  sample = augment.normalize(dataset.example_images(2), aug.mean, aug.std, dataset.pixel_scale)
-  variables = phase.model.init(init_key, sample, train=False)
-  if init_variables is not None:  # an earlier phase's variables, merged by the recipe
-    variables = phase.init(variables, init_variables) if phase.init else init_variables
-  tx = make_optimizer(tc, schedule, phase.trainable, variables['params'])
-  aux = phase.hooks.init(variables) if phase.hooks is not None and phase.hooks.init else {}
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                     batch_stats=variables.get('batch_stats', {}),
-                     opt_state=tx.init(variables['params']), aux=aux)
+  state, tx = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
   replicated = parallel.replicated(mesh)
-  state = jax.device_put(state, replicated)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)
-
   mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.keep_checkpoints)
-  if on_device:
-    data = jax.device_put({'images': dataset.train_images, 'labels': dataset.train_labels,
-                           **Sampler.arrays(dataset.train_labels, dataset.num_classes)}, replicated)
-    state = checkpoint.restore_latest(mgr, state)
-  else:
-    state, data_state = checkpoint.restore_latest(mgr, state, with_data=True)
-    two_views = phase.hooks is not None and phase.hooks.two_views
-    batches = host.train_iterator(dataset, sampler, config.seed, total_steps,
-                                  parallel.local_rows(mesh, tc.batch_size), two_views=two_views)
-    if data_state is not None:
-      batches.set_state(data_state)  # the batches after the checkpoint's step, as if never stopped
-
-    def read_batch():
-      local = next(batches)
-      # The state right after this batch: what a checkpoint taken after its step saves.
-      return parallel.global_batch(local, mesh), batches.get_state()
+  state = feed.restore(mgr, state)
   start = int(state.step)
-
-  step_fn = jax.jit(make_train_step(phase, tx, schedule, sampler, augment_fn, mesh, on_device),
-                    in_shardings=(replicated, replicated if on_device else parallel.batch_sharding(mesh),
-                                  replicated, replicated),
+  step_fn = jax.jit(make_train_step(phase, tx, schedule, feed),
+                    in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   logger = MetricLogger(phase_dir)
   is_main = jax.process_index() == 0
@@ -382,15 +323,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
 
   t_loop = time.perf_counter()
   first_step_seconds = None
-  data_state = None
-  if not on_device and start < total_steps:
-    upcoming = read_batch()
   for step in range(start, total_steps):
-    if not on_device:
-      data, data_state = upcoming
-    state, metrics = step_fn(state, data, step_rng, teacher_variables)
-    if not on_device and step + 1 < total_steps:
-      upcoming = read_batch()  # the host reads and copies the next batch while the device works
+    state, metrics = step_fn(state, feed.next(), step_rng, teacher_variables)
+    feed.prefetch()  # the host reads and copies the next batch while the device works
     if first_step_seconds is None:
       jax.block_until_ready(metrics)
       first_step_seconds = time.perf_counter() - t_loop
@@ -410,7 +345,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       if last or (due and parallel.agree(time.perf_counter() - last_save >= config.checkpoint_min_seconds)):
         # Never save a diverged state: NaN parameters would poison every resume.
         check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
-        checkpoint.save(mgr, step + 1, state, data_state)
+        checkpoint.save(mgr, step + 1, state, feed.data_state)
         last_save = time.perf_counter()
       if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
@@ -425,11 +360,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
            'first_step_seconds': first_step_seconds}
   if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
-    checkpoint.save(mgr, total_steps, state, data_state)
+    checkpoint.save(mgr, total_steps, state, feed.data_state)
   mgr.wait_until_finished()
   mgr.close()
-  if not on_device and hasattr(batches, 'close'):
-    batches.close()  # grain's reader threads
+  feed.close()
   bar.close()
   logger.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}, stats

@@ -5,7 +5,7 @@ PyTorch's ResNet-32 (LDAM-DRW's layout, ``bench/torch_step.py``) trained for 14 
 ``torch.optim.SGD(momentum=0.9, weight_decay=2e-4)`` on plain cross-entropy, batch 16,
 BatchNorm in training mode, lr 5e-4 with a 4-step linear warm-up and x0.1 at step 8.
 Here the same initial weights and batches (``bench/trace_common.py``, NumPy) go through
-``train.make_train_step`` (``on_device=False``, normalisation only), jitted over the
+``train.make_train_step`` (with a ``HostFeed``: the batch as given, normalisation only), jitted over the
 8-device mesh as ``train.train_phase`` jits it, with ``train.make_schedule`` and
 ``train.make_optimizer``.
 
@@ -55,7 +55,7 @@ import pytest
 from flax import traverse_util
 
 from bench import trace_common as tcm
-from ltjax import config_lib, losses, parallel, train
+from ltjax import config_lib, feeds, losses, parallel, train
 from ltjax.data import augment
 from ltjax.data.samplers import Sampler
 from ltjax.models import build_model
@@ -143,7 +143,7 @@ def ltjax_run(trace):
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
   state = jax.device_put(state, replicated)
-  step_fn = jax.jit(train.make_train_step(phase, tx, schedule, sampler, augment_fn, mesh, on_device=False),
+  step_fn = jax.jit(train.make_train_step(phase, tx, schedule, feeds.HostFeed(sampler, augment_fn, mesh)),
                     in_shardings=(replicated, sharded, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   rng, teacher = jax.random.key(0), jax.device_put({}, replicated)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import parallel, recipes, train
+from ltjax import feeds, parallel, recipes, train
 from ltjax.data import sources
 from configs import digits_lt
 
@@ -138,7 +138,7 @@ def _index_step(num_examples, batch, num_devices, kind='instance'):
                                           opt_state=tx.init(params['params'])), rep)
   data = jax.device_put({'images': images, 'labels': labels.astype(np.int32),
                          **Sampler.arrays(labels, num_classes)}, rep)
-  step = jax.jit(train.make_train_step(phase, tx, schedule, sampler, lambda k, x: x.astype(jnp.float32), mesh),
+  step = jax.jit(train.make_train_step(phase, tx, schedule, feeds.DeviceFeed(sampler, lambda k, x: x.astype(jnp.float32), mesh)),
                  in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep))
   rng = jax.random.key(5)
 

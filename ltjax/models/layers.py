@@ -17,7 +17,6 @@ on every accelerator.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
