@@ -35,7 +35,7 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from ltjax import reproduction  # noqa: E402  (no JAX: the plan and the JSON need none)
+from ltjax import reproduction  # noqa: E402  (JAX is imported, never started: rows run in processes of their own)
 from ltjax.evaluate import write_results as write_json  # noqa: E402  (atomic)
 from ltjax.reproduction import Row  # noqa: E402
 
