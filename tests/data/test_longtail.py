@@ -114,6 +114,7 @@ def test_dataset_not_prepared(tmp_path):
     sources.load_cifar_lt('cifar10', 100, data_dir=str(tmp_path))
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 def test_real_cifar10_lt(cifar10_dir):
   ds = sources.load_cifar_lt('cifar10', 100, data_dir=cifar10_dir)
   assert len(ds.train_labels) == 12406

@@ -58,6 +58,7 @@ def test_small_maps_use_xla():
   assert 'custom_vjp' in jaxpr
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 def test_flax_conv_with_taps_matches_xla_in_a_model(monkeypatch):
   import ml_collections
   monkeypatch.setattr(layers, 'TAPS_MIN_OUTPUT_POSITIONS', 0)

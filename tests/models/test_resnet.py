@@ -91,6 +91,7 @@ def test_resnext_groups_and_feature_size():
   assert variables['params']['head']['Dense_0']['kernel'].shape == (2048, 5)
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 def test_bfloat16_computes_in_bf16_keeps_float32_parameters():
   x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
   outs = {}

@@ -22,6 +22,7 @@ def run(tmp_path, method, **fields):
   return workdir, pipeline.run(config, workdir)
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 def test_crt_retrains_only_a_new_classifier(tmp_path):
   workdir, results = run(tmp_path, 'crt')
   assert list(results) == ['ce', 'crt']

@@ -84,6 +84,7 @@ def _config(**dive):
   return config
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits):
   workdir = str(tmp_path / 'dive')
   # The teacher alone, then the whole recipe: the teacher is not trained again.

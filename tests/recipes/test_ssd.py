@@ -75,6 +75,7 @@ def _contrastive_phase1(tmp_path, digits, num_devices, epochs=1):
   return _restore_state(str(directory / 'checkpoints')), variables
 
 
+@pytest.mark.slow  # over 7 s: not in the quick tier
 def test_momentum_encoder_and_queue_in_the_step(tmp_path, digits):
   """One epoch = 7 steps of 64 keys into a queue of 256: it wraps around; every key is
   a unit vector of the step's batch, labelled with its image's class."""
@@ -89,6 +90,7 @@ def test_momentum_encoder_and_queue_in_the_step(tmp_path, digits):
   assert max(diffs) > 0
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 def test_queue_and_momentum_encoder_agree_on_one_and_eight_devices(tmp_path, digits):
   s1, _ = _contrastive_phase1(tmp_path, digits, 1)
   s8, _ = _contrastive_phase1(tmp_path, digits, 8)
@@ -126,6 +128,7 @@ def test_one_step_updates_the_momentum_encoder_and_enqueues_the_batch(digits):
   assert not same(new.aux['batch_stats'], aux['batch_stats'])
 
 
+@pytest.mark.slow  # over 9 s: not in the quick tier
 @pytest.mark.parametrize('selfsup', ['rotation', 'contrastive'])
 def test_all_phases_end_to_end(tmp_path, selfsup):
   workdir = str(tmp_path / selfsup)
