@@ -144,7 +144,7 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   (``_warmup_factor``), multiplying the decay schedule, as those codes do.
   """
   total = tc.epochs * steps_per_epoch
-  warmup = tc.get('warmup', 'linear')
+  warmup = tc.warmup
   if warmup not in WARMUPS:
     raise ConfigError(f'unknown train.warmup {warmup!r}; choose one of {WARMUPS}.')
   per_epoch = warmup != 'linear'

@@ -104,7 +104,7 @@ def test_diverging_loss_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path)
 def _index_step(num_examples, batch, num_devices, kind='instance'):
   """The real jitted step on a training set whose images carry their own index (pixel
   (0, 0) holds ``i % 256``, (0, 1) ``i // 256``); it reports the indices it trained on."""
-  import ml_collections
+  from ltjax import config_lib
   from ltjax.data.samplers import Sampler
   from ltjax.models import build_model
 
@@ -113,8 +113,8 @@ def _index_step(num_examples, batch, num_devices, kind='instance'):
   images = np.zeros((num_examples, 8, 8, 3), np.uint8)
   images[:, 0, 0, 0] = np.arange(num_examples) % 256
   images[:, 0, 1, 0] = np.arange(num_examples) // 256
-  model_cfg = ml_collections.ConfigDict(dict(name='cifar_resnet', depth=8, width=2, dtype='float32',
-                                             conv_impl='xla'))
+  model_cfg = config_lib.base_config().model
+  model_cfg.update(name='cifar_resnet', depth=8, width=2, dtype='float32', conv_impl='xla')
   model = build_model(model_cfg, num_classes)
 
   def prepare(key, batch, x, aux):

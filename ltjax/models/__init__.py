@@ -38,7 +38,11 @@ class Classifier(nn.Module):
 
 
 BACKBONES = ('cifar_resnet', *IMAGENET_RESNETS)
-HEADS = {'linear': LinearHead, 'normed': NormedLinearHead, 'lws': LWSHead}
+# name -> (num_classes, init_scheme) -> head. The cosine classifier has LDAM-DRW's own
+# init (NormedLinear's), whatever the linear classifier's scheme.
+HEADS = {'linear': lambda n, init: LinearHead(n, init_scheme=init),
+         'normed': lambda n, init: NormedLinearHead(n),
+         'lws': lambda n, init: LWSHead(n, init_scheme=init)}
 
 
 SELFSUP = ('rotation', 'contrastive')
@@ -71,12 +75,12 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   if selfsup is not None and selfsup not in SELFSUP:
     raise ConfigError(f'self-supervised task {selfsup!r}; choose one of {SELFSUP}.')
   extra = {}
-  head_init = model_config.get('head_init', 'kaiming')
+  head_init = model_config.head_init
   if soft_head:
     extra['soft_head'] = LinearHead(num_classes, init_scheme=head_init)
   if selfsup == 'rotation':
     extra['selfsup_head'] = LinearHead(4)
   elif selfsup == 'contrastive':
     extra['selfsup_head'] = ProjectionHead(proj_dim)
-  head_module = LinearHead(num_classes, init_scheme=head_init) if head == 'linear' else HEADS[head](num_classes)
-  return Classifier(backbone=backbone, head=head_module, backbone_train=backbone_train, **extra)
+  return Classifier(backbone=backbone, head=HEADS[head](num_classes, head_init), backbone_train=backbone_train,
+                    **extra)

@@ -51,11 +51,12 @@ class LWSHead(nn.Module):
   """Learnable weight scaling (Kang et al.): ``z_c = s_c (w_c . f + b_c)``, the linear
   classifier frozen by the recipe and only the scales ``s`` (initialised to 1) trained."""
   num_classes: int
+  init_scheme: str = 'kaiming'  # of the linear classifier (LinearHead)
 
   @nn.compact
   def __call__(self, features):
     scales = self.param('scales', nn.initializers.ones, (self.num_classes,))
-    return scales * LinearHead(self.num_classes, name='linear')(features)
+    return scales * LinearHead(self.num_classes, self.init_scheme, name='linear')(features)
 
 
 class ProjectionHead(nn.Module):

@@ -60,16 +60,17 @@ def test_small_maps_use_xla():
 
 @pytest.mark.slow  # over 9 s: not in the quick tier
 def test_flax_conv_with_taps_matches_xla_in_a_model(monkeypatch):
-  import ml_collections
   monkeypatch.setattr(layers, 'TAPS_MIN_OUTPUT_POSITIONS', 0)
+  from ltjax import config_lib
   from ltjax.models import build_model
 
   x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
   labels = jnp.array([0, 1, 2, 1])
   grads = {}
   for impl in ('xla', 'taps'):
-    model = build_model(ml_collections.ConfigDict(
-        {'name': 'cifar_resnet', 'depth': 8, 'width': 4, 'dtype': 'float32', 'conv_impl': impl}), 3)
+    model_config = config_lib.base_config().model
+    model_config.update(name='cifar_resnet', depth=8, width=4, dtype='float32', conv_impl=impl)
+    model = build_model(model_config, 3)
     variables = model.init(jax.random.key(0), x, train=False)
 
     def loss(params):

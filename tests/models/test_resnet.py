@@ -1,15 +1,22 @@
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from ltjax import config_lib
 from ltjax.errors import ConfigError
 from ltjax.models import build_model
 
 
+def model_config(**fields):
+  """``config.model`` of the base config (every field a model reads), updated."""
+  c = config_lib.base_config().model
+  c.update(fields)
+  return c
+
+
 def cfg(depth=32, width=16):
-  return ml_collections.ConfigDict({'name': 'cifar_resnet', 'depth': depth, 'width': width, 'dtype': 'float32', 'conv_impl': 'xla'})
+  return model_config(name='cifar_resnet', depth=depth, width=width, dtype='float32', conv_impl='xla')
 
 
 def count(tree):
@@ -66,7 +73,7 @@ def test_bfloat16_computes_in_bf16_keeps_float32_params():
 
 
 def imagenet_cfg(name, dtype='float32'):
-  return ml_collections.ConfigDict({'name': name, 'depth': 0, 'width': 0, 'dtype': dtype, 'conv_impl': 'xla'})
+  return model_config(name=name, depth=0, width=0, dtype=dtype, conv_impl='xla')
 
 
 @pytest.mark.parametrize('name,expected', [
