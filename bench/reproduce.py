@@ -162,11 +162,7 @@ def load_state(workdir: str) -> dict:
 
 
 def save_state(workdir: str, state: dict) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, STATE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(state, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, STATE))
+  write_json(os.path.join(workdir, STATE), state)
 
 
 def git_commit() -> tuple[str | None, bool | None]:

@@ -125,13 +125,19 @@ def best_test_epoch(metrics_path: str, last_top1: float, last_epoch: int) -> dic
           'selected_on': 'test set (for like-for-like comparisons only; the result is top1, the last epoch)'}
 
 
-def write_results(path: str, results: dict) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` atomically (temporary file, then rename): a killed write never
+  leaves a half file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(results, f, indent=1)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_results(path: str, results: dict) -> None:
+  """Writes JSON atomically (``write_text``)."""
+  write_text(path, json.dumps(results, indent=1))
 
 
 def read_results(path: str) -> dict:

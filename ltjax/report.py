@@ -114,14 +114,6 @@ def table(groups: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def _write_text(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def reproduction_main(results_dir: str, out: str | None, readme: str | None) -> None:
   """The reproduction's table: printed, written to ``out``, and put between the markers
   of ``readme``."""
@@ -140,9 +132,9 @@ def reproduction_main(results_dir: str, out: str | None, readme: str | None) -> 
         updated = reproduction.replace_between_markers(f.read(), text)
     except (OSError, ValueError) as e:
       sys.exit(f'ltjax.report: error: --readme {readme}: {e}')
-    _write_text(readme, updated)
+    evaluate.write_text(readme, updated)
   if out:
-    _write_text(out, text + '\n')
+    evaluate.write_text(out, text + '\n')
   print(text)
   for label, path in (('report', out), ('updated', readme)):
     if path:
