@@ -74,7 +74,7 @@ def get_config(arg=None):
   c.train.lr_decay = 0.01
   c.data.drop_last = protocol['drop_last']
   c.model.head_init = protocol['head_init']  # the classifier's init in that code
-  c.loss.drw_epoch = int(round(160 * scale))  # LDAM-DRW: class-balanced weights from epoch 160 (0-based)
+  c.loss.drw_epoch = int(round(c.loss.drw_epoch * scale))  # LDAM-DRW: from epoch 160 (0-based) of 200
   # SSD's contrastive key view: no Gaussian blur on small images (MoCo-on-CIFAR code has none).
   c.ssd.key_view.blur_p = 0.0
   # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and
