@@ -81,7 +81,7 @@ def main():
     labels = np.zeros(len(source), np.int32)  # labels do not change the work measured
     mean_bytes = None
   num_classes = int(labels.max()) + 1
-  ds = host.HostDataset(args.source, source, np.arange(len(labels)), labels, source, np.arange(len(labels)),
+  ds = host.HostDataset(args.source, args.source, source, np.arange(len(labels)), labels, source, np.arange(len(labels)),
                         labels, num_classes, 1.0, [], image_size=args.image_size, threads=args.threads,
                         workers=args.workers)
   counts = tuple(int(c) for c in np.bincount(labels, minlength=num_classes))

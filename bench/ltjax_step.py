@@ -53,7 +53,7 @@ def main():
   from ltjax import evaluate, feeds, parallel, recipes, train
   from ltjax.data import augment
   from ltjax.data.samplers import Sampler
-  from ltjax.data.sources import ArrayDataset
+  from ltjax.data.arrays import ArrayDataset
 
   config = cifar_lt.get_config()
   config.model.depth, config.model.width = args.depth, args.width

@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from ltjax import parallel
+from ltjax import files, parallel
 from ltjax.data import longtail
 
 
@@ -125,19 +125,9 @@ def best_test_epoch(metrics_path: str, last_top1: float, last_epoch: int) -> dic
           'selected_on': 'test set (for like-for-like comparisons only; the result is top1, the last epoch)'}
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes ``text`` atomically (temporary file, then rename): a killed write never
-  leaves a half file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_results(path: str, results: dict) -> None:
-  """Writes JSON atomically (``write_text``)."""
-  write_text(path, json.dumps(results, indent=1))
+  """Writes JSON atomically (``files.write_atomic``)."""
+  files.write_atomic(path, json.dumps(results, indent=1))
 
 
 def read_results(path: str) -> dict:

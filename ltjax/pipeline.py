@@ -14,7 +14,7 @@ import jax
 
 from ltjax import checkpoint, evaluate, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
-from ltjax.data import augment, host, sources
+from ltjax.data import augment, host, registry
 
 # Fields that may change between the runs of one workdir: where data is read from,
 # how often to log, evaluate and checkpoint, and how many devices share the batch.
@@ -121,7 +121,7 @@ def run(config, workdir: str) -> dict:
   known = check_workdir(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   t = time.perf_counter()
-  dataset = sources.load(config.data)
+  dataset = registry.load(config.data)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
   selected = [p.strip() for p in config.phases.split(',') if p.strip()]

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from ltjax import evaluate
+from ltjax import evaluate, files
 
 METRICS = ('top1', 'many', 'medium', 'few', 'top5', 'ece')
 
@@ -132,9 +132,9 @@ def reproduction_main(results_dir: str, out: str | None, readme: str | None) -> 
         updated = reproduction.replace_between_markers(f.read(), text)
     except (OSError, ValueError) as e:
       sys.exit(f'ltjax.report: error: --readme {readme}: {e}')
-    evaluate.write_text(readme, updated)
+    files.write_atomic(readme, updated)
   if out:
-    evaluate.write_text(out, text + '\n')
+    files.write_atomic(out, text + '\n')
   print(text)
   for label, path in (('report', out), ('updated', readme)):
     if path:

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from ltjax import feeds, parallel, recipes, train
-from ltjax.data import sources
+from ltjax.data import registry
 from configs import digits_lt
 
 
@@ -62,7 +62,7 @@ def _train(tmp_path, num_devices, **train_overrides):
   config.num_devices = num_devices
   config.train.epochs = 1
   config.log_every_steps = 1
-  dataset = sources.load(config.data)
+  dataset = registry.load(config.data)
   mesh = parallel.make_mesh(num_devices)
   phase = recipes.phases(config, dataset)[0]
   d = tmp_path / f'dev{num_devices}'

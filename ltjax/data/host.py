@@ -32,7 +32,6 @@ from ltjax.data.samplers import Sampler
 CROP_SCALE = (0.08, 1.0)
 MOCO_KEY_SCALE = (0.2, 1.0)  # MoCo v2's key view
 CROP_RATIO = (3 / 4, 4 / 3)
-TITLES = {'imagenet_lt': 'ImageNet-LT', 'inat18': 'iNaturalist 2018', 'places_lt': 'Places-LT'}
 
 
 @dataclasses.dataclass
@@ -43,6 +42,7 @@ class HostDataset:
   all of ``imagenet_lt``'s train split, or the Places-LT file list's records of
   ``places365_small``); ``train_labels`` / ``test_labels`` are their labels."""
   name: str
+  title: str
   train_source: Any
   train_records: np.ndarray
   train_labels: np.ndarray
@@ -57,10 +57,6 @@ class HostDataset:
   pixel_scale: float = 255.0
   threads: int = 16  # grain reader threads (PIL decodes and resizes outside the GIL)
   workers: int = 0  # grain worker processes on top (0: threads only)
-
-  @property
-  def title(self) -> str:
-    return TITLES.get(self.name, self.name)
 
   @property
   def class_counts(self) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ltjax import config_lib
-from ltjax.data import host, sources
+from ltjax.data import file_lists, host, registry
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, DatasetNotPreparedError
 
@@ -27,7 +27,7 @@ def mock_config(name='imagenet_lt', examples=48, size=16):
 
 @pytest.fixture(scope='module')
 def imagenet():
-  return sources.load(mock_config().data)
+  return registry.load(mock_config().data)
 
 
 def sampler_for(ds, kind='instance', batch=8, epochs=2):
@@ -141,17 +141,17 @@ def test_places_lt_file_list_selection(tmp_path):
   files = ['data_256/a/airfield/00000001.jpg', 'data_256/a/airfield/00000002.jpg',
            'data_256/b/bakery/00000007.jpg']
   entries = ['/data_256/b/bakery/00000007.jpg 30', 'a/airfield/00000001.jpg 0', '']
-  np.testing.assert_array_equal(sources.select_by_file_list(files, entries), [2, 0])
+  np.testing.assert_array_equal(file_lists.select_by_file_list(files, entries), [2, 0])
   with pytest.raises(DatasetNotPreparedError, match='1 of the 2 files'):
-    sources.select_by_file_list(files, ['/data_256/c/canyon/00000001.jpg 40', entries[0]])
+    file_lists.select_by_file_list(files, ['/data_256/c/canyon/00000001.jpg 40', entries[0]])
   listing = tmp_path / 'Places_LT_train.txt'
   listing.write_text('\n'.join(entries))
   digest = hashlib.sha256(listing.read_bytes()).hexdigest()
-  assert sources.read_file_list(str(listing), digest)[:2] == entries[:2]
+  assert file_lists.read_file_list(str(listing), digest)[:2] == entries[:2]
   with pytest.raises(DatasetNotPreparedError, match='sha256'):
-    sources.read_file_list(str(listing), '0' * 64)
+    file_lists.read_file_list(str(listing), '0' * 64)
   with pytest.raises(ConfigError, match='Places_LT_train.txt'):
-    sources.read_file_list('')
+    file_lists.read_file_list('')
 
 
 def test_places_lt_on_mock_data(tmp_path):
@@ -166,7 +166,7 @@ def test_places_lt_on_mock_data(tmp_path):
   listing = tmp_path / 'list.txt'
   listing.write_text('\n'.join(f'{names[i]} 0' for i in (5, 1, 17)))
   c.data.file_list = str(listing)
-  ds = sources.load(c.data)
+  ds = registry.load(c.data)
   np.testing.assert_array_equal(ds.train_records, [5, 1, 17])
   assert ds.num_classes == 365 and len(ds.test_labels) == 30
 
@@ -176,7 +176,7 @@ def test_imagenet_lt_not_prepared_names_the_manual_download(tmp_path):
   c.data.mock_examples = 0
   c.data.data_dir = str(tmp_path)
   with pytest.raises(DatasetNotPreparedError, match='ILSVRC2012_img_train.tar'):
-    sources.load(c.data)
+    registry.load(c.data)
 
 
 class Crash(Exception):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ltjax.data import longtail, sources
+from ltjax.data import cifar, digits, longtail, registry
+from ltjax.errors import DatasetNotPreparedError
 
 SIZES = {  # METHODS.md section 1
     ('cifar10', 10): 20431, ('cifar10', 50): 13996, ('cifar10', 100): 12406,
@@ -14,7 +15,8 @@ SIZES = {  # METHODS.md section 1
 
 @pytest.mark.parametrize('name,imb', sorted(SIZES))
 def test_subset_sizes(name, imb):
-  classes, n_max = sources.CIFAR[name]
+  spec = registry.get(name)
+  classes, n_max = spec.num_classes, spec.images_per_class
   counts = longtail.longtail_counts(n_max, classes, imb)
   assert sum(counts) == SIZES[name, imb]
   assert counts[0] == n_max and counts[-1] == int(n_max / imb)
@@ -92,7 +94,7 @@ def mock_cifar100(num_per_class=500, test_per_class=2):
 def test_cifar100_lt_through_tfds(imb):
   source_fn, original_labels = mock_cifar100()
   with tfds.testing.mock_data(as_data_source_fn=source_fn):
-    ds = sources.load_cifar_lt('cifar100', imb)
+    ds = cifar.load_cifar_lt(registry.get('cifar100'), imb)
   assert len(ds.train_labels) == SIZES['cifar100', imb]
   assert list(ds.class_counts) == longtail.longtail_counts(500, 100, imb)
   kept = ds.train_images[:, 0, 0, 0].astype(int) * 256 + ds.train_images[:, 0, 0, 1]
@@ -106,17 +108,17 @@ def test_cifar100_random_mock_shapes():
   """TFDS's own random mock: ids are not train_NNNNN, which must fail loudly, not silently."""
   with tfds.testing.mock_data(num_examples=8):
     with pytest.raises(ValueError, match='original training order'):
-      sources.load_cifar_lt('cifar100', 100)
+      cifar.load_cifar_lt(registry.get('cifar100'), 100)
 
 
 def test_dataset_not_prepared(tmp_path):
-  with pytest.raises(sources.DatasetNotPreparedError, match='data_dir'):
-    sources.load_cifar_lt('cifar10', 100, data_dir=str(tmp_path))
+  with pytest.raises(DatasetNotPreparedError, match='data_dir'):
+    cifar.load_cifar_lt(registry.get('cifar10'), 100, data_dir=str(tmp_path))
 
 
 @pytest.mark.slow  # over 9 s: not in the quick tier
 def test_real_cifar10_lt(cifar10_dir):
-  ds = sources.load_cifar_lt('cifar10', 100, data_dir=cifar10_dir)
+  ds = cifar.load_cifar_lt(registry.get('cifar10'), 100, data_dir=cifar10_dir)
   assert len(ds.train_labels) == 12406
   assert ds.class_counts[0] == 5000 and ds.class_counts[9] == 50
   assert list(ds.class_counts) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -139,7 +141,7 @@ def test_real_cifar10_lt(cifar10_dir):
 def test_digits_split():
   from sklearn.datasets import load_digits
 
-  ds = sources.load_digits_lt(20)
+  ds = digits.load_digits_lt(20)
   assert list(ds.class_counts) == longtail.longtail_counts(124, 10, 20) == [124, 88, 63, 45, 32, 23, 16, 12, 8, 6]
   assert list(np.bincount(ds.test_labels)) == [50] * 10
   assert ds.train_images.shape[1:] == (8, 8, 1) and ds.train_images.max() <= 16
@@ -155,10 +157,10 @@ def test_digits_split():
 def test_cache_round_trip_needs_no_tfds(tmp_path):
   source_fn, _ = mock_cifar100()
   with tfds.testing.mock_data(as_data_source_fn=source_fn):
-    first = sources.load_cifar_lt('cifar100', 50, cache_dir=str(tmp_path))
+    first = cifar.load_cifar_lt(registry.get('cifar100'), 50, cache_dir=str(tmp_path))
   assert (tmp_path / 'cifar100_lt_if50_seed0.npz').exists()
   # Outside the mock there is no TFDS data at all: only the cache can answer.
-  again = sources.load_cifar_lt('cifar100', 50, data_dir=str(tmp_path / 'nothing'), cache_dir=str(tmp_path))
+  again = cifar.load_cifar_lt(registry.get('cifar100'), 50, data_dir=str(tmp_path / 'nothing'), cache_dir=str(tmp_path))
   for field in ('train_images', 'train_labels', 'test_images', 'test_labels', 'train_index'):
     np.testing.assert_array_equal(getattr(first, field), getattr(again, field))
   assert again.num_classes == 100 and again.class_names == first.class_names

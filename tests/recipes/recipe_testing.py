@@ -8,13 +8,13 @@ import pytest
 
 from configs import digits_lt
 from ltjax import feeds, parallel, train
-from ltjax.data import augment, sources
+from ltjax.data import augment, registry
 from ltjax.data.samplers import Sampler
 
 
 @pytest.fixture(scope='module')
 def digits():
-  return sources.load(digits_lt.get_config('smoke').data)
+  return registry.load(digits_lt.get_config('smoke').data)
 
 
 def same(a, b):

@@ -7,13 +7,13 @@ import pytest
 
 from configs import digits_lt
 from ltjax import losses, parallel, recipes, train
-from ltjax.data import sources
+from ltjax.data import registry
 from ltjax.recipes import supervised
 
 
 @pytest.fixture(scope='module')
 def digits():
-  return sources.load(digits_lt.get_config('smoke').data)
+  return registry.load(digits_lt.get_config('smoke').data)
 
 
 def test_drw_weights_switch_at_their_epoch(digits):

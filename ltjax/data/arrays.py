@@ -1,0 +1,37 @@
+"""The on-device dataset: a long-tailed training subset and a balanced test split as
+uint8 NHWC arrays, small enough to live on the device, where the jitted step samples and
+augments them (``ltjax/feeds.py`` ``DeviceFeed``). CIFAR-LT and the embedded digits load
+into it; the large datasets are ``host.HostDataset`` instead."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+  name: str
+  train_images: np.ndarray  # uint8 [N, H, W, C]
+  train_labels: np.ndarray  # int32 [N]
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  imbalance_factor: float
+  class_names: list[str]
+  title: str = ''  # for tables and logs ('' = the name)
+  pixel_scale: float = 255.0  # what the uint8 pixels are divided by before normalising
+  # Position of each image in the source's original order (for checks and provenance).
+  train_index: np.ndarray | None = None
+  test_index: np.ndarray | None = None
+
+  def __post_init__(self):
+    self.title = self.title or self.name
+
+  @property
+  def class_counts(self) -> np.ndarray:
+    return np.bincount(self.train_labels, minlength=self.num_classes)
+
+  def example_images(self, n: int = 2) -> np.ndarray:
+    """A few training images, for initialising a model."""
+    return self.train_images[:n]

@@ -1,0 +1,62 @@
+"""Subsets given as a published list of files (Places-LT: OLTR's ``Places_LT_train.txt``
+over TFDS ``places365_small``): reading the list (path or URL, checked by its sha256)
+and finding its files among a split's records."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ltjax.errors import ConfigError, DatasetNotPreparedError
+
+
+def normalize_file_name(name: str) -> str:
+  """A Places image path as both the OLTR list and TFDS write it: no leading slash or
+  ``data_256/`` folder (``/data_256/a/airfield/00000129.jpg`` -> ``a/airfield/00000129.jpg``)."""
+  name = name.strip().lstrip('/')
+  return name[len('data_256/'):] if name.startswith('data_256/') else name
+
+
+def select_by_file_list(file_names, entries) -> np.ndarray:
+  """Record indices of the listed files, in list order: ``entries`` are lines ``path label``
+  (Places-LT's ``Places_LT_train.txt``). A listed file that the split lacks is an error."""
+  position = {normalize_file_name(f): i for i, f in enumerate(file_names)}
+  records, missing = [], []
+  for line in entries:
+    if not line.strip():
+      continue
+    parts = line.rsplit(None, 1)  # 'path label'; a path may hold spaces
+    path = normalize_file_name(parts[0] if len(parts) == 2 and parts[1].isdigit() else line)
+    if path in position:
+      records.append(position[path])
+    else:
+      missing.append(path)
+  if missing:
+    raise DatasetNotPreparedError(
+        f'{len(missing)} of the {len(records) + len(missing)} files of the list are not in the TFDS '
+        f'split (first: {missing[0]!r}). Fix: check that --config.data.file_list is the list of this '
+        f'dataset (Places-LT: Places_LT_train.txt of OLTR) and that the split is fully prepared.')
+  return np.asarray(records, np.int64)
+
+
+def read_file_list(location: str, sha256: str = '') -> list[str]:
+  """The lines of a file list from a path or URL (fetched, never stored in the project),
+  checked against ``sha256`` when given."""
+  import hashlib
+  import urllib.request
+
+  if not location:
+    raise ConfigError('places_lt needs --config.data.file_list: the path or URL of OLTR\'s '
+                      'Places_LT_train.txt (https://github.com/zhmiao/OpenLongTailRecognition-OLTR, '
+                      '"Places_LT_v2" lists), and --config.data.file_list_sha256 to pin it.')
+  if '://' in location:
+    with urllib.request.urlopen(location, timeout=60) as f:
+      data = f.read()
+  else:
+    with open(os.path.expanduser(location), 'rb') as f:
+      data = f.read()
+  digest = hashlib.sha256(data).hexdigest()
+  if sha256 and digest != sha256:
+    raise DatasetNotPreparedError(f'the file list {location} has sha256 {digest}, not the expected '
+                                  f'{sha256}: a different or damaged list. Fix: fetch the published list again.')
+  return data.decode().splitlines()

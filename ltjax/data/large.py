@@ -1,0 +1,66 @@
+"""The large datasets (ImageNet-LT, iNaturalist 2018, Places-LT) as a ``host.HostDataset``
+read by the host pipeline. Only labels (and Places' file names) are read here, without
+decoding an image (cached as ``.npz`` in ``data.cache_dir`` when set)."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from ltjax.data import file_lists, tfds_io
+from ltjax.errors import DatasetNotPreparedError
+
+
+def load_large(spec, data_config):
+  """``spec``: a ``registry.DatasetSpec`` with ``kind == 'host'``; ``data_config``:
+  ``config.data`` (data_dir, download, cache_dir, mock_examples, the image sizes and
+  reader counts, and for a file-list subset the list and its checksum)."""
+  import tensorflow_datasets as tfds
+
+  from ltjax.data.host import HostDataset
+
+  name = spec.name
+  data_dir = data_config.data_dir or None
+  mock = data_config.mock_examples
+  context = (tfds.testing.mock_data(num_examples=mock, policy=tfds.testing.MockPolicy.USE_CODE)
+             if mock else contextlib.nullcontext())
+  skip = None if mock else {'image': tfds.decode.SkipDecoding()}
+  with context:
+    open_split = lambda split, decoders=None: tfds_io.open_source(
+        spec.tfds_name, split, data_dir, data_config.download, spec.manual, decoders)
+    train, test = open_split(spec.train_split), open_split(spec.test_split)
+    scan_train = open_split(spec.train_split, skip) if skip else train
+    scan_test = open_split(spec.test_split, skip) if skip else test
+  cache = (os.path.join(data_config.cache_dir, f'{name}_labels{"_mock" if mock else ""}.npz')
+           if data_config.cache_dir else '')
+  if cache and os.path.exists(cache):
+    with np.load(cache) as z:
+      tr_labels, te_labels, names = z['train_labels'], z['test_labels'], list(z['train_files'])
+  else:
+    keys = ('label', spec.file_key) if spec.file_list else ('label',)
+    tr = tfds_io.scan(scan_train, keys, f'{name} train labels')
+    te = tfds_io.scan(scan_test, ('label',), f'{name} test labels')
+    tr_labels, te_labels = np.asarray(tr['label'], np.int64), np.asarray(te['label'], np.int64)
+    names = tr.get(spec.file_key, [])
+    if cache:
+      tfds_io.save_npz(cache, train_labels=tr_labels, test_labels=te_labels, train_files=np.array(names))
+  num_classes = train.dataset_info.features['label'].num_classes
+  if spec.file_list:
+    records = file_lists.select_by_file_list(
+        names, file_lists.read_file_list(data_config.file_list, data_config.file_list_sha256))
+  else:
+    records = np.arange(len(tr_labels))
+  labels = tr_labels[records].astype(np.int32)
+  counts = np.bincount(labels, minlength=num_classes)
+  if not mock and counts.min() == 0:
+    raise DatasetNotPreparedError(
+        f'{name}: {int((counts == 0).sum())} of {num_classes} classes have no training image; the '
+        f'TFDS split or the file list is incomplete. Fix: prepare the dataset again.')
+  present = counts[counts > 0]
+  return HostDataset(
+      name=name, title=spec.title, train_source=train, train_records=records, train_labels=labels,
+      test_source=test, test_records=np.arange(len(te_labels)), test_labels=te_labels.astype(np.int32),
+      num_classes=num_classes, imbalance_factor=float(present.max() / present.min()),
+      class_names=tfds_io.class_names(train, num_classes), image_size=data_config.image_size,
+      resize_size=data_config.resize_size, threads=data_config.host_threads, workers=data_config.host_workers)

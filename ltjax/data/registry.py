@@ -1,0 +1,87 @@
+"""Every dataset ltjax knows, one ``DatasetSpec`` each: where it comes from (TFDS name and
+splits), its title, its fixed facts (classes, images in the largest class), what a user
+must do by hand to prepare it, and the loader that builds it. ``load(config.data)`` is
+the one entry point; adding a dataset is one entry here (and a loader if no existing one
+fits).
+
+- ``kind='arrays'``: an ``arrays.ArrayDataset`` that lives on the device (digits, CIFAR-LT).
+- ``kind='host'``: a ``host.HostDataset`` read batch by batch by the host pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from ltjax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  name: str  # config.data.name
+  title: str  # in tables, logs and figures
+  kind: str  # arrays | host
+  loader: Callable  # loader(spec, data_config) -> ArrayDataset | HostDataset
+  tfds_name: str = ''
+  train_split: str = 'train'
+  test_split: str = 'test'  # the balanced split that results are reported on
+  num_classes: int = 0  # fixed datasets; 0: read from the source
+  images_per_class: int = 0  # CIFAR: n_max of the long-tailed profile
+  file_key: str = ''  # the feature that names a record's file
+  file_list: bool = False  # the training subset is a published file list (data.file_list)
+  manual: str = ''  # how to prepare it when TFDS cannot download it alone
+
+
+def _digits(spec, dc):
+  from ltjax.data import digits
+
+  return digits.load_digits_lt(dc.imbalance_factor, dc.test_per_class, dc.split_seed, title=spec.title)
+
+
+def _cifar(spec, dc):
+  from ltjax.data import cifar
+
+  return cifar.load_cifar_lt(spec, dc.imbalance_factor, dc.data_dir or None, dc.download, dc.split_seed,
+                             dc.cache_dir or None)
+
+
+def _large(spec, dc):
+  from ltjax.data import large
+
+  return large.load_large(spec, dc)
+
+
+_IMAGENET_MANUAL = (
+    'ImageNet-LT is built from the ILSVRC2012 tars, which need an image-net.org account: put '
+    'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in DATA_DIR/downloads/manual/, then (with '
+    'TensorFlow installed) run `tfds build imagenet_lt --file_format=array_record --data_dir DATA_DIR`.')
+
+DATASETS = {s.name: s for s in (
+    # scikit-learn's 8x8 digits, shipped with the package: the offline default.
+    DatasetSpec('digits', 'digits-LT', 'arrays', _digits, num_classes=10),
+    DatasetSpec('cifar10', 'CIFAR-10-LT', 'arrays', _cifar, tfds_name='cifar10', num_classes=10,
+                images_per_class=5000),
+    DatasetSpec('cifar100', 'CIFAR-100-LT', 'arrays', _cifar, tfds_name='cifar100', num_classes=100,
+                images_per_class=500),
+    # test = the 50,000 ILSVRC validation images
+    DatasetSpec('imagenet_lt', 'ImageNet-LT', 'host', _large, tfds_name='imagenet_lt',
+                file_key='file_name', manual=_IMAGENET_MANUAL),
+    # test = the official validation split (24,426)
+    DatasetSpec('inat18', 'iNaturalist 2018', 'host', _large, tfds_name='i_naturalist2018',
+                test_split='validation', file_key='id'),
+    # Places-LT: OLTR's file list over places365_small's training split; test = its validation
+    DatasetSpec('places_lt', 'Places-LT', 'host', _large, tfds_name='places365_small',
+                test_split='validation', file_key='filename', file_list=True),
+)}
+
+
+def get(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ConfigError(f'unknown data.name {name!r}; choose one of {", ".join(DATASETS)}.')
+  return DATASETS[name]
+
+
+def load(data_config):
+  """The dataset ``config.data`` names: an ``ArrayDataset`` (small, on the device) or a
+  ``HostDataset`` (large, read by the host pipeline)."""
+  spec = get(data_config.name)
+  return spec.loader(spec, data_config)
