@@ -12,7 +12,7 @@ done
 log "ImageNet-LT DiVE on mock data, 224x224, batch 64"
 timeout 200 python3 -m ltjax.main --config configs/imagenet_lt.py:method=dive,mock --workdir /tmp/il \
   --config.data.image_size=224 --config.data.resize_size=256 --config.train.batch_size=64 \
-  --config.data.mock_examples=256 --config.data.host_threads=16 2>&1 | tr '\r' '\n' | grep -v 'step/s' | tail -12 | tee -a "$OUT/log.txt"
+  --config.data.mock_examples=256 --config.run.host_threads=16 2>&1 | tr '\r' '\n' | grep -v 'step/s' | tail -12 | tee -a "$OUT/log.txt"
 cp /tmp/il/teacher/metrics.jsonl "$OUT/teacher_metrics.jsonl" 2>/dev/null
 cp /tmp/il/results.json "$OUT/results.json" 2>/dev/null
 log done

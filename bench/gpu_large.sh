@@ -10,7 +10,7 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 log "DiVE, 200 epochs a phase, CIFAR-10-LT IF100"
 start=$(date +%s)
 timeout ${DIVE_TIMEOUT:-330} python3 -m ltjax.main --config configs/cifar_lt.py:dataset=cifar10,imb=100,method=dive \
-  --workdir /tmp/dive --config.data.cache_dir=.device_cache --config.log_every_steps=500 \
+  --workdir /tmp/dive --config.run.cache_dir=.device_cache --config.run.log_every_steps=500 \
   2>&1 | tr '\r' '\n' | grep -v 'step/s' | tail -14 | tee -a "$OUT/log.txt"
 log "dive wall $(( $(date +%s) - start )) s"
 for phase in teacher student; do

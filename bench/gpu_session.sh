@@ -26,7 +26,7 @@ for method in ce bsce; do
   log "200-epoch CIFAR-10-LT IF100 $method"
   start=$(date +%s)
   timeout ${RUN_TIMEOUT:-170} python3 -m ltjax.main --config configs/cifar_lt.py:dataset=cifar10,imb=100,method=$method \
-    --workdir /tmp/run_$method --config.data.cache_dir=.device_cache --config.log_every_steps=200 \
+    --workdir /tmp/run_$method --config.run.cache_dir=.device_cache --config.run.log_every_steps=200 \
     2>&1 | tr '\r' '\n' | grep -v 'step/s' | tail -15 | tee -a "$OUT/log.txt"
   log "$method wall $(( $(date +%s) - start )) s"
   cp /tmp/run_$method/$method/results.json "$OUT/${method}200_results.json" 2>/dev/null

@@ -57,7 +57,7 @@ def main():
   ap.add_argument('--source', default='jpeg', choices=('jpeg', 'cifar10'))
   ap.add_argument('--data-dir', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'tfds'))
   ap.add_argument('--threads', type=int, default=2)
-  ap.add_argument('--workers', type=int, default=0, help='grain worker processes (data.host_workers)')
+  ap.add_argument('--workers', type=int, default=0, help='grain worker processes (run.host_workers)')
   ap.add_argument('--batch', type=int, default=64)
   ap.add_argument('--steps', type=int, default=8)
   ap.add_argument('--image-size', type=int, default=224)

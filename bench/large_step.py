@@ -36,13 +36,15 @@ def main():
   jax.config.update('jax_num_cpu_devices', args.devices)
   import numpy as np
 
+  from configs import large
+
   from ltjax import config_lib, feeds, losses, parallel, train
   from ltjax.data import augment
   from ltjax.data.samplers import Sampler
   from ltjax.models import build_model
 
-  c = config_lib.large_config(config_lib.parse_args('method=bsce', config_lib.LARGE_ARGS),
-                              'imagenet_lt', args.model, epochs=90, ssd_epochs=135)
+  c = large.large_config(config_lib.parse_args('method=bsce', large.LARGE_ARGS),
+                       'imagenet_lt', args.model, epochs=90, ssd_epochs=135)
   c.model.dtype = args.dtype
   c.train.batch_size = args.batch
   mesh = parallel.make_mesh()

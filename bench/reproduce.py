@@ -83,9 +83,9 @@ def row_command(row: Row, opts) -> list[str]:
          '--config', f'{reproduction.CONFIG}:{row.config_args(opts.smoke)}',
          '--workdir', _shown(workdir_of(row, opts)), *row.overrides]
   if opts.data_dir:
-    cmd.append(f'--config.data.data_dir={_shown(opts.data_dir)}')
+    cmd.append(f'--config.run.data_dir={_shown(opts.data_dir)}')
   if opts.cache_dir:
-    cmd.append(f'--config.data.cache_dir={_shown(opts.cache_dir)}')
+    cmd.append(f'--config.run.cache_dir={_shown(opts.cache_dir)}')
   return cmd + list(opts.extra)
 
 
@@ -398,15 +398,15 @@ def main(argv=None) -> int:
                        '(default results/smoke), workdirs to --workroot (default runs/reproduce_smoke)')
   ap.add_argument('--results', help='folder of the row JSONs (default results/cifar_lt)')
   ap.add_argument('--workroot', help='folder of the row workdirs (default runs/reproduce)')
-  ap.add_argument('--data-dir', help='TFDS data_dir (--config.data.data_dir)')
-  ap.add_argument('--cache-dir', help='decoded-subset cache (--config.data.cache_dir)')
+  ap.add_argument('--data-dir', help='TFDS data_dir (--config.run.data_dir)')
+  ap.add_argument('--cache-dir', help='decoded-subset cache (--config.run.cache_dir)')
   ap.add_argument('--parallel', type=int, default=1,
                   help='rows run side by side (separate processes, XLA_PYTHON_CLIENT_PREALLOCATE=false)')
   ap.add_argument('--timeout', type=float, default=0,
                   help='seconds: no row starts after this, and running rows are stopped then '
                        '(they resume from their checkpoints next time)')
   ap.add_argument('--extra', action='append', default=[], metavar='FLAG',
-                  help='an extra flag for every row\'s command, e.g. --extra=--config.log_every_steps=200')
+                  help='an extra flag for every row\'s command, e.g. --extra=--config.run.log_every_steps=200')
   opts = ap.parse_args(argv)
   if opts.parallel < 1:
     ap.error('--parallel must be >= 1')

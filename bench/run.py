@@ -50,7 +50,7 @@ def epoch_time(data_dir, devices):
   """Wall time of one CIFAR-10-LT IF100 epoch (ResNet-32, batch 128) through ltjax.main."""
   with tempfile.TemporaryDirectory() as tmp:
     cmd = [sys.executable, '-m', 'ltjax.main', '--config', 'configs/cifar_lt.py:dataset=cifar10,imb=100',
-           '--workdir', os.path.join(tmp, 'w'), f'--config.data.data_dir={data_dir}',
+           '--workdir', os.path.join(tmp, 'w'), f'--config.run.data_dir={data_dir}',
            '--config.train.epochs=1', '--config.train.warmup_epochs=0', f'--cpu_devices={devices}']
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

@@ -26,6 +26,7 @@ DiVE on CIFAR-10/100-LT at IF 10, 50, 100 (paper: tau 3, p 0.5, alpha 0.5):
 ``configs/cifar_lt.py:dataset=cifar100,imb=50,method=dive``; BagofTricks-LT's tau 2:
 add ``--config.dive.temperature=2``.
 """
+from configs import common
 from ltjax import config_lib
 
 # The training protocol of each reference code (METHODS.md 2); lr 0.1, batch 128, weight
@@ -53,7 +54,7 @@ def get_config(arg=None):
   if schedule not in SCHEDULES:
     raise config_lib.ConfigError(f'schedule={schedule!r}: configs/cifar_lt.py has {", ".join(SCHEDULES)} '
                                  f'(ldam: LDAM-DRW; bbn: BBN and the DiVE paper; bag: BagofTricks-LT).')
-  c = config_lib.base_config()
+  c = common.base_config()
   c.method = args.method
   c.seed = args.seed
   c.data.name = args.dataset
@@ -90,5 +91,5 @@ def get_config(arg=None):
     c.train.lr_boundaries = ()
     c.loss.drw_epoch = 0
     c.stage2.epochs = 1
-    c.log_every_steps = 5
+    c.run.log_every_steps = 5
   return c

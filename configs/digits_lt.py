@@ -7,12 +7,13 @@
 Arguments: imb, method (default dive: a BSCE teacher, then the DiVE student), seed, smoke.
 DiVE keeps the paper's tau 3, p 0.5, alpha 0.5; the same 60-epoch schedule for both phases.
 """
+from configs import common
 from ltjax import config_lib
 
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, {'imb': 20.0, 'method': 'dive', 'seed': 0, 'smoke': False})
-  c = config_lib.base_config()
+  c = common.base_config()
   c.method = args.method
   c.seed = args.seed
   c.data.name = 'digits'
@@ -31,7 +32,7 @@ def get_config(arg=None):
   c.model.width = 16
   c.train.epochs = 60
   c.train.batch_size = 64
-  c.train.eval_batch_size = 256
+  c.run.eval_batch_size = 256
   c.train.lr = 0.1
   c.train.weight_decay = 5e-4
   c.train.warmup_epochs = 2.0
@@ -39,7 +40,7 @@ def get_config(arg=None):
   c.train.lr_decay = 0.1
   c.loss.drw_epoch = 48  # DRW in the last fifth, as 160 of 200 on CIFAR
   c.stage2.weight_decay = 5e-4
-  c.log_every_steps = 10
+  c.run.log_every_steps = 10
   if args.smoke:
     c.model.width = 8
     c.train.epochs = 4

@@ -2,7 +2,7 @@
 (1,280 ... 5 a class), tested on the 50,000 ILSVRC validation images.
 
   python -m ltjax.main --config configs/imagenet_lt.py:method=dive --workdir W \
-      --config.data.data_dir ~/tensorflow_datasets
+      --config.run.data_dir ~/tensorflow_datasets
 
 ResNeXt-50 (32x4d) in bf16, the host pipeline (random resized crop 224, flip, colour
 jitter 0.4; centre crop 224 of 256 for testing). Methods: ce, bsce, dive, ssd (and
@@ -15,9 +15,10 @@ the real data), mock (the same on TFDS's mock data: no dataset needed).
 The TFDS data must be prepared by hand (the ILSVRC2012 tars need an image-net.org
 account): README "Large datasets".
 """
+from configs import large
 from ltjax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_args(arg, config_lib.LARGE_ARGS)
-  return config_lib.large_config(args, 'imagenet_lt', 'resnext50_32x4d', epochs=90, ssd_epochs=135)
+  args = config_lib.parse_args(arg, large.LARGE_ARGS)
+  return large.large_config(args, 'imagenet_lt', 'resnext50_32x4d', epochs=90, ssd_epochs=135)

@@ -2,16 +2,17 @@
 (1,000 ... 2 a class), tested on the official validation split (24,426).
 
   python -m ltjax.main --config configs/inat18.py:method=dive --workdir W \
-      --config.data.data_dir ~/tensorflow_datasets
+      --config.run.data_dir ~/tensorflow_datasets
 
 ResNet-50 in bf16, the host pipeline as ImageNet-LT. CE, BSCE and DiVE: 90 epochs
 (DiVE's 69.13; ``epochs=200`` for its 71.71), batch 512, lr 0.2 cosine, weight decay
 5e-4. SSD: its "1x" schedule, 90 epochs (``epochs=180`` for 2x), MoCo v2, batch 256,
 lr 0.1. Arguments as configs/imagenet_lt.py.
 """
+from configs import large
 from ltjax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_args(arg, config_lib.LARGE_ARGS)
-  return config_lib.large_config(args, 'inat18', 'resnet50', epochs=90, ssd_epochs=90)
+  args = config_lib.parse_args(arg, large.LARGE_ARGS)
+  return large.large_config(args, 'inat18', 'resnet50', epochs=90, ssd_epochs=90)

@@ -2,7 +2,7 @@
 # ltjax on every worker of a Cloud TPU VM (a pod slice or a single host), one command.
 #
 #   launch/tpu_pod.sh NAME ZONE ACCELERATOR_TYPE --config configs/imagenet_lt.py:method=dive \
-#       --workdir /mnt/shared/runs/imagenet_lt_dive --config.data.data_dir gs://BUCKET/tensorflow_datasets
+#       --workdir /mnt/shared/runs/imagenet_lt_dive --config.run.data_dir gs://BUCKET/tensorflow_datasets
 #
 # 1. Creates the TPU VM NAME (e.g. v5litepod-32) in ZONE unless it exists
 #    (RUNTIME, default v2-alpha-tpuv5-lite; PROJECT: gcloud's --project, default gcloud's own).

@@ -27,7 +27,7 @@ def make_forward(model, normalize_fn, output: str = 'logits', mesh=None):
 def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
   """Outputs of ``forward`` for every image, batch sharded over the mesh; the host
   reads the results once, at the end."""
-  parallel.check_batch_size(batch_size, mesh, 'train.eval_batch_size')
+  parallel.check_batch_size(batch_size, mesh, 'run.eval_batch_size')
   shard = parallel.batch_sharding(mesh)
   outs, sizes = [], []
   for start in range(0, len(images), batch_size):

@@ -2,8 +2,9 @@
 
   python -m ltjax.main --config configs/digits_lt.py --workdir runs/digits
   python -m ltjax.main --config configs/cifar_lt.py:dataset=cifar100,imb=100,method=bsce \
-      --workdir runs/c100 --config.data.data_dir ~/tensorflow_datasets
+      --workdir runs/c100 --config.run.data_dir ~/tensorflow_datasets
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -33,7 +34,21 @@ def _fail(message: str, code: int):
   sys.exit(code)
 
 
+def _config_package_on_path(argv):
+  """Config files import their shared parts as ``from configs import common``: the folder
+  that holds the config's ``configs/`` goes first on ``sys.path``, so that a config file
+  runs from any working directory."""
+  for i, arg in enumerate(argv):
+    value = arg[len('--config='):] if arg.startswith('--config=') else (
+        argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
+    if value:
+      folder = os.path.dirname(os.path.abspath(value.split(':', 1)[0]))
+      if os.path.basename(folder) == 'configs':
+        sys.path.insert(0, os.path.dirname(folder))
+
+
 def _parse_flags(argv):
+  _config_package_on_path(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

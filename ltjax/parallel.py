@@ -92,7 +92,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
                      f'are visible; on CPU, start with --cpu_devices={n}.')
   if n != len(devices) and jax.process_count() > 1:
     raise ConfigError(f'num_devices={n}: a multi-process run uses every device of every process '
-                     f'({len(devices)}); leave --config.num_devices at 0.')
+                     f'({len(devices)}); leave --config.run.num_devices at 0.')
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices[:n])
 
 
@@ -108,4 +108,4 @@ def check_batch_size(batch_size: int, mesh, what: str = 'train.batch_size') -> N
   n = mesh.devices.size
   if batch_size % n:
     raise ConfigError(f'{what}={batch_size} is not divisible by the {n} devices of the mesh; '
-                     f'choose a multiple of {n} or set --config.num_devices.')
+                     f'choose a multiple of {n} or set --config.run.num_devices.')

@@ -11,38 +11,25 @@ import os
 import time
 
 import jax
+from flax import traverse_util
 
-from ltjax import checkpoint, evaluate, parallel, recipes, train
+from ltjax import checkpoint, config_lib, evaluate, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
 from ltjax.data import augment, host, registry
-
-# Fields that may change between the runs of one workdir: where data is read from,
-# how often to log, evaluate and checkpoint, and how many devices share the batch.
-RESUMABLE_FIELDS = ('phases', 'data.data_dir', 'data.cache_dir', 'data.download', 'data.host_threads', 'data.host_workers', 'num_devices', 'log_every_steps',
-                    'eval_every_epochs', 'checkpoint_every_epochs', 'checkpoint_min_seconds', 'keep_checkpoints',
-                    'train.eval_batch_size')
-
-
-def _flatten(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def check_workdir(config, workdir: str) -> bool:
   """Refuses a workdir that holds a run of a different config, naming the fields
-  that differ. Returns whether the workdir already holds this config."""
+  that differ; the ``run`` group (how this run executes, never what it computes) may
+  differ. Returns whether the workdir already holds this config."""
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    a, b = _flatten(saved), _flatten(current)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_FIELDS)
+    a, b = (traverse_util.flatten_dict({k: v for k, v in d.items() if k != config_lib.RUN_GROUP}, sep='.')
+            for d in (saved, current))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
       lines = '\n'.join(f'  {k}: {a.get(k, "<absent>")!r} in the workdir, {b.get(k, "<absent>")!r} now'
                         for k in diff)
@@ -63,7 +50,7 @@ def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_fi
     raise MissingCheckpointError(
         f'phase {needed_by!r} needs the final checkpoint of phase {name!r}, but {source} holds '
         f'no finished run of it. Fix: run the whole recipe in this workdir (the same command '
-        f'runs {name!r} first, also with --config.phases={name},{needed_by}){elsewhere}.')
+        f'runs {name!r} first, also with --config.run.phases={name},{needed_by}){elsewhere}.')
   return os.path.join(source, 'checkpoints')
 
 
@@ -119,19 +106,19 @@ def run(config, workdir: str) -> dict:
   """Runs every phase of ``config.method`` in ``workdir``; returns results per phase.
   Every process of a multi-process run calls it; process 0 writes the files."""
   known = check_workdir(config, workdir)
-  mesh = parallel.make_mesh(config.num_devices)
+  mesh = parallel.make_mesh(config.run.num_devices)
   t = time.perf_counter()
-  dataset = registry.load(config.data)
+  dataset = registry.load(config)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
-  selected = [p.strip() for p in config.phases.split(',') if p.strip()]
+  selected = [p.strip() for p in config.run.phases.split(',') if p.strip()]
   unknown = sorted(set(selected) - {p.name for p in phases})
   if unknown:
-    raise ConfigError(f'--config.phases names {unknown}, not phases of {config.method!r}: '
+    raise ConfigError(f'--config.run.phases names {unknown}, not phases of {config.method!r}: '
                       f'{[p.name for p in phases]}.')
   for phase in phases:
     parallel.check_batch_size(phase.train.batch_size, mesh)
-  parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
+  parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
   # Only a config that got this far (valid data, method, batch sizes) is recorded.
   os.makedirs(workdir, exist_ok=True)
   if not known and parallel.is_main():
@@ -143,7 +130,7 @@ def run(config, workdir: str) -> dict:
         f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
   aug = config.data.augment
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std, dataset.pixel_scale)
-  eval_batch = config.train.eval_batch_size
+  eval_batch = config.run.eval_batch_size
   results = {}
   for phase in phases:
     phase_dir = os.path.join(workdir, phase.name)
@@ -153,7 +140,7 @@ def run(config, workdir: str) -> dict:
       results[phase.name] = evaluate.read_results(path)
       continue
     if selected and phase.name not in selected:
-      _say(f'[{phase.name}] not selected by --config.phases, skipped')
+      _say(f'[{phase.name}] not selected by --config.run.phases, skipped')
       continue
 
     forward = evaluate.make_forward(phase.model, normalize, phase.eval_output, mesh)
@@ -193,7 +180,7 @@ def run(config, workdir: str) -> dict:
                devices=int(mesh.devices.size), platform=jax.devices()[0].platform,
                timing={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timing.items()})
     if parallel.is_main():
-      if config.eval_every_epochs:
+      if config.run.eval_every_epochs:
         res['best_test_selected'] = evaluate.best_test_epoch(
             os.path.join(phase_dir, 'metrics.jsonl'), res['top1'], phase.train.epochs)
       evaluate.write_results(path, res)

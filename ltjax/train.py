@@ -282,7 +282,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   state, tx = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
   replicated = parallel.replicated(mesh)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)
-  mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.keep_checkpoints)
+  mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.run.keep_checkpoints)
   state = feed.restore(mgr, state)
   start = int(state.step)
   step_fn = jax.jit(make_train_step(phase, tx, schedule, feed),
@@ -294,7 +294,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
              dynamic_ncols=True, mininterval=1.0)
   if start and is_main:
     bar.write(f'[{phase.name}] resumed from checkpoint at step {start} of {total_steps}')
-  log_every = max(1, min(config.log_every_steps, steps_per_epoch))
+  log_every = max(1, min(config.run.log_every_steps, steps_per_epoch))
   pending, t_last, n_last = None, time.perf_counter(), start
   last_save = time.perf_counter()
 
@@ -341,13 +341,13 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       last = step + 1 == total_steps
       # Every checkpoint_every_epochs epochs, but not more often than every
       # checkpoint_min_seconds: on a fast accelerator an epoch takes well under a second.
-      due = epoch % config.checkpoint_every_epochs == 0
-      if last or (due and parallel.agree(time.perf_counter() - last_save >= config.checkpoint_min_seconds)):
+      due = epoch % config.run.checkpoint_every_epochs == 0
+      if last or (due and parallel.agree(time.perf_counter() - last_save >= config.run.checkpoint_min_seconds)):
         # Never save a diverged state: NaN parameters would poison every resume.
         check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
         checkpoint.save(mgr, step + 1, state, feed.data_state)
         last_save = time.perf_counter()
-      if evaluate_fn is not None and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
+      if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
         logger.write(step + 1, {'epoch': epoch, **{k: v for k, v in res.items()
                                                    if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}},

@@ -123,3 +123,24 @@ def test_large_config_variants_and_errors():
   assert imagenet_lt.get_config('smoke').data.mock_examples == 0
   with pytest.raises(config_lib.ConfigError, match='ldam_drw'):
     imagenet_lt.get_config('method=ldam_drw')
+
+
+def test_workdir_check_lets_only_the_run_group_change(tmp_path):
+  """How a run executes (config.run: data location, devices, cadence, phases) may change
+  when a workdir is resumed; anything that changes what it computes is refused."""
+  import json
+
+  from ltjax import evaluate, pipeline
+  from ltjax.errors import WorkdirConflictError
+
+  evaluate.write_results(str(tmp_path / 'config.json'), json.loads(digits_lt.get_config('smoke').to_json()))
+  c = digits_lt.get_config('smoke')
+  c.run.update(data_dir='/elsewhere', cache_dir='/cache', num_devices=2, phases='ce', eval_batch_size=64,
+               host_threads=2, log_every_steps=1, eval_every_epochs=1, checkpoint_min_seconds=0.0)
+  assert pipeline.check_workdir(c, str(tmp_path))
+  c.train.lr = 0.05
+  c.data.augment.pad = 2
+  with pytest.raises(WorkdirConflictError) as e:
+    pipeline.check_workdir(c, str(tmp_path))
+  assert 'train.lr: 0.1 in the workdir, 0.05 now' in str(e.value)
+  assert 'data.augment.pad: 1 in the workdir, 2 now' in str(e.value) and 'run.' not in str(e.value)

@@ -58,7 +58,7 @@ def test_slurm_runs_one_distributed_process_per_node(tmp_path):
   assert p.returncode == 0, p.stderr
   call = (tmp_path / 'calls.txt').read_text().strip()
   assert call == ('--kill-on-bad-exit=1 python -m ltjax.main --distributed --config configs/inat18.py:method=bsce '
-                  '--workdir /shared/w --config.data.data_dir /shared/tfds --config.seed=1')
+                  '--workdir /shared/w --config.run.data_dir /shared/tfds --config.seed=1')
   script = (REPO / 'launch/slurm.sbatch').read_text()
   assert '#SBATCH --ntasks-per-node=1' in script
 

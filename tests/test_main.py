@@ -12,8 +12,8 @@ from conftest import REPO, real_tfds_dir, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 EPOCHS = '--config.train.epochs=10'  # 70 steps: long enough to be killed mid-run
-CKPT = '--config.checkpoint_min_seconds=0'  # a checkpoint every epoch
-EVAL = '--config.eval_every_epochs=4'  # test-set evaluations at epochs 4 and 8 (and 10, the last)
+CKPT = '--config.run.checkpoint_min_seconds=0'  # a checkpoint every epoch
+EVAL = '--config.run.eval_every_epochs=4'  # test-set evaluations at epochs 4 and 8 (and 10, the last)
 
 
 def main_cmd(workdir, config='configs/digits_lt.py:smoke', *extra):
@@ -129,7 +129,7 @@ def test_imbalance_factor_below_one(tmp_path):
 
 
 def test_dataset_not_prepared(tmp_path):
-  p = run(tmp_path / 'w', f'--config.data.data_dir={tmp_path}', config='configs/cifar_lt.py:smoke')
+  p = run(tmp_path / 'w', f'--config.run.data_dir={tmp_path}', config='configs/cifar_lt.py:smoke')
   assert p.returncode == 1 and 'is not prepared' in p.stderr and 'download=True' in p.stderr
   assert not (tmp_path / 'w').exists()
 
@@ -138,7 +138,7 @@ def test_real_cifar10_lt_smoke(tmp_path):
   data_dir = real_tfds_dir()
   if data_dir is None:
     pytest.skip('real CIFAR-10 not found (set LTJAX_TFDS_DIR or put it in ../shared/tfds)')
-  p = run(tmp_path / 'c10', f'--config.data.data_dir={data_dir}', config='configs/cifar_lt.py:smoke,method=dive')
+  p = run(tmp_path / 'c10', f'--config.run.data_dir={data_dir}', config='configs/cifar_lt.py:smoke,method=dive')
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.load(open(tmp_path / 'c10' / 'results.json'))
   assert set(r['phases']) == {'teacher', 'student'}

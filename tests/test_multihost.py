@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 # 42 steps a phase, logged every step. At the digits config's lr 0.1 this tiny net is
 # chaotic: the last-bit differences of a cross-process sum (gloo) against an in-process
 # one grow to 1e-2 within 20 steps; at lr 0.02 the runs agree to 1e-7 to the end.
-ARGS = ['--config', str(REPO / 'configs/digits_lt.py:smoke'), '--config.checkpoint_min_seconds=0',
-        '--config.train.epochs=6', '--config.log_every_steps=1', '--config.train.lr=0.02']
+ARGS = ['--config', str(REPO / 'configs/digits_lt.py:smoke'), '--config.run.checkpoint_min_seconds=0',
+        '--config.train.epochs=6', '--config.run.log_every_steps=1', '--config.train.lr=0.02']
 STEPS = 42
 
 

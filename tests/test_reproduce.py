@@ -130,7 +130,7 @@ def test_dry_run_prints_the_plan_in_order_with_references(tmp_path):
       f'runs/reproduce_smoke/{n}' for n in ('cifar10_if100_dive_s0', 'cifar10_if1_ce_s0', 'cifar10_if50_dive_s0',
                                             'cifar10_if10_dive_s0')]
   assert all(re.search(r'seed=0,smoke ', c) for c in commands)
-  assert all(c.endswith(f'--config.data.data_dir={tmp_path / "tfds"} --config.data.cache_dir={tmp_path / "cache"}')
+  assert all(c.endswith(f'--config.run.data_dir={tmp_path / "tfds"} --config.run.cache_dir={tmp_path / "cache"}')
              for c in commands)
   assert 'results in results/smoke/ROW.json' in p.stdout
   p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--rows', 'cifar10_if100_nope_s0'],

@@ -55,7 +55,8 @@ import pytest
 from flax import traverse_util
 
 from bench import trace_common as tcm
-from ltjax import config_lib, feeds, losses, parallel, train
+from configs import common
+from ltjax import feeds, losses, parallel, train
 from ltjax.data import augment
 from ltjax.data.samplers import Sampler
 from ltjax.models import build_model
@@ -81,7 +82,7 @@ VAR_RTOL = 2e-4
 
 
 def _config():
-  config = config_lib.base_config()
+  config = common.base_config()
   config.train.update(lr=RUN['lr'], momentum=RUN['momentum'], nesterov=RUN['nesterov'],
                       weight_decay=RUN['weight_decay'], schedule=RUN['schedule'],
                       warmup_epochs=RUN['warmup_epochs'], lr_boundaries=tuple(RUN['lr_boundaries']),

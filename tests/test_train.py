@@ -10,7 +10,7 @@ import pytest
 
 from ltjax import feeds, parallel, recipes, train
 from ltjax.data import registry
-from configs import digits_lt
+from configs import common, digits_lt
 
 
 def tc(**kw):
@@ -58,11 +58,11 @@ def test_sgd_matches_pytorch_formula():
 def _train(tmp_path, num_devices, **train_overrides):
   config = digits_lt.get_config('smoke')
   config.train.update(train_overrides)
-  config.checkpoint_min_seconds = 0
-  config.num_devices = num_devices
+  config.run.checkpoint_min_seconds = 0
+  config.run.num_devices = num_devices
   config.train.epochs = 1
-  config.log_every_steps = 1
-  dataset = registry.load(config.data)
+  config.run.log_every_steps = 1
+  dataset = registry.load(config)
   mesh = parallel.make_mesh(num_devices)
   phase = recipes.phases(config, dataset)[0]
   d = tmp_path / f'dev{num_devices}'
@@ -104,7 +104,6 @@ def test_diverging_loss_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path)
 def _index_step(num_examples, batch, num_devices, kind='instance'):
   """The real jitted step on a training set whose images carry their own index (pixel
   (0, 0) holds ``i % 256``, (0, 1) ``i // 256``); it reports the indices it trained on."""
-  from ltjax import config_lib
   from ltjax.data.samplers import Sampler
   from ltjax.models import build_model
 
@@ -113,7 +112,7 @@ def _index_step(num_examples, batch, num_devices, kind='instance'):
   images = np.zeros((num_examples, 8, 8, 3), np.uint8)
   images[:, 0, 0, 0] = np.arange(num_examples) % 256
   images[:, 0, 1, 0] = np.arange(num_examples) // 256
-  model_cfg = config_lib.base_config().model
+  model_cfg = common.base_config().model
   model_cfg.update(name='cifar_resnet', depth=8, width=2, dtype='float32', conv_impl='xla')
   model = build_model(model_cfg, num_classes)
 

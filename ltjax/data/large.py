@@ -1,6 +1,6 @@
 """The large datasets (ImageNet-LT, iNaturalist 2018, Places-LT) as a ``host.HostDataset``
 read by the host pipeline. Only labels (and Places' file names) are read here, without
-decoding an image (cached as ``.npz`` in ``data.cache_dir`` when set)."""
+decoding an image (cached as ``.npz`` in ``run.cache_dir`` when set)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,28 +12,28 @@ from ltjax.data import file_lists, tfds_io
 from ltjax.errors import DatasetNotPreparedError
 
 
-def load_large(spec, data_config):
-  """``spec``: a ``registry.DatasetSpec`` with ``kind == 'host'``; ``data_config``:
-  ``config.data`` (data_dir, download, cache_dir, mock_examples, the image sizes and
-  reader counts, and for a file-list subset the list and its checksum)."""
+def load_large(spec, config):
+  """``spec``: a ``registry.DatasetSpec`` with ``kind == 'host'``; ``config``: the run's
+  config (``data``: mock_examples, the image sizes, for a file-list subset the list and
+  its checksum; ``run``: data_dir, download, cache_dir, the reader counts)."""
   import tensorflow_datasets as tfds
 
   from ltjax.data.host import HostDataset
 
-  name = spec.name
-  data_dir = data_config.data_dir or None
+  name, data_config, rc = spec.name, config.data, config.run
+  data_dir = rc.data_dir or None
   mock = data_config.mock_examples
   context = (tfds.testing.mock_data(num_examples=mock, policy=tfds.testing.MockPolicy.USE_CODE)
              if mock else contextlib.nullcontext())
   skip = None if mock else {'image': tfds.decode.SkipDecoding()}
   with context:
     open_split = lambda split, decoders=None: tfds_io.open_source(
-        spec.tfds_name, split, data_dir, data_config.download, spec.manual, decoders)
+        spec.tfds_name, split, data_dir, rc.download, spec.manual, decoders)
     train, test = open_split(spec.train_split), open_split(spec.test_split)
     scan_train = open_split(spec.train_split, skip) if skip else train
     scan_test = open_split(spec.test_split, skip) if skip else test
-  cache = (os.path.join(data_config.cache_dir, f'{name}_labels{"_mock" if mock else ""}.npz')
-           if data_config.cache_dir else '')
+  cache = (os.path.join(rc.cache_dir, f'{name}_labels{"_mock" if mock else ""}.npz')
+           if rc.cache_dir else '')
   if cache and os.path.exists(cache):
     with np.load(cache) as z:
       tr_labels, te_labels, names = z['train_labels'], z['test_labels'], list(z['train_files'])
@@ -63,4 +63,4 @@ def load_large(spec, data_config):
       test_source=test, test_records=np.arange(len(te_labels)), test_labels=te_labels.astype(np.int32),
       num_classes=num_classes, imbalance_factor=float(present.max() / present.min()),
       class_names=tfds_io.class_names(train, num_classes), image_size=data_config.image_size,
-      resize_size=data_config.resize_size, threads=data_config.host_threads, workers=data_config.host_workers)
+      resize_size=data_config.resize_size, threads=rc.host_threads, workers=rc.host_workers)

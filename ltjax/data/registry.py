@@ -20,7 +20,7 @@ class DatasetSpec:
   name: str  # config.data.name
   title: str  # in tables, logs and figures
   kind: str  # arrays | host
-  loader: Callable  # loader(spec, data_config) -> ArrayDataset | HostDataset
+  loader: Callable  # loader(spec, config) -> ArrayDataset | HostDataset
   tfds_name: str = ''
   train_split: str = 'train'
   test_split: str = 'test'  # the balanced split that results are reported on
@@ -31,23 +31,25 @@ class DatasetSpec:
   manual: str = ''  # how to prepare it when TFDS cannot download it alone
 
 
-def _digits(spec, dc):
+def _digits(spec, config):
   from ltjax.data import digits
 
+  dc = config.data
   return digits.load_digits_lt(dc.imbalance_factor, dc.test_per_class, dc.split_seed, title=spec.title)
 
 
-def _cifar(spec, dc):
+def _cifar(spec, config):
   from ltjax.data import cifar
 
-  return cifar.load_cifar_lt(spec, dc.imbalance_factor, dc.data_dir or None, dc.download, dc.split_seed,
-                             dc.cache_dir or None)
+  dc, rc = config.data, config.run
+  return cifar.load_cifar_lt(spec, dc.imbalance_factor, rc.data_dir or None, rc.download, dc.split_seed,
+                             rc.cache_dir or None)
 
 
-def _large(spec, dc):
+def _large(spec, config):
   from ltjax.data import large
 
-  return large.load_large(spec, dc)
+  return large.load_large(spec, config)
 
 
 _IMAGENET_MANUAL = (
@@ -80,8 +82,9 @@ def get(name: str) -> DatasetSpec:
   return DATASETS[name]
 
 
-def load(data_config):
-  """The dataset ``config.data`` names: an ``ArrayDataset`` (small, on the device) or a
-  ``HostDataset`` (large, read by the host pipeline)."""
-  spec = get(data_config.name)
-  return spec.loader(spec, data_config)
+def load(config):
+  """The dataset ``config.data.name`` names, as ``config.data`` and ``config.run`` (where
+  to read it) say: an ``ArrayDataset`` (small, on the device) or a ``HostDataset``
+  (large, read by the host pipeline)."""
+  spec = get(config.data.name)
+  return spec.loader(spec, config)

@@ -27,8 +27,8 @@ def open_source(name: str, split: str, data_dir, download: bool, manual: str = '
   raise DatasetNotPreparedError(
       f'TFDS dataset {name!r} ({split} split) is not prepared in {where}: ltjax reads '
       f'{where}/{name}/<version>/ in ArrayRecord format and downloads nothing unless asked.\n'
-      f'Fix: point --config.data.data_dir at the folder that holds {name}/, or prepare it on a '
-      f'machine with internet: `pip install tensorflow` and add --config.data.download=True '
+      f'Fix: point --config.run.data_dir at the folder that holds {name}/, or prepare it on a '
+      f'machine with internet: `pip install tensorflow` and add --config.run.download=True '
       f'(or run `tfds build {name} --file_format=array_record --data_dir DIR`).\n'
       f'(TFDS said: {said})' + (f'\n{manual}' if manual else '')) from first_error
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import config_lib
+from configs import common
+
 from ltjax.data import augment
 from ltjax.recipes import ssd
 
@@ -234,18 +235,18 @@ def test_key_view_probabilities_hold_over_a_large_batch():
 
 
 def test_key_view_config_is_the_official_recipe_and_reaches_moco_colour():
-  kv = config_lib.base_config().ssd.key_view
+  kv = common.base_config().ssd.key_view
   args = ssd.key_view_args(kv)
   assert args == dict(jitter=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
                       blur_kernel=23, random_order=True)
   defaults = {k: p.default for k, p in inspect.signature(augment.moco_colour).parameters.items() if k in args}
   assert defaults == args
   assert inspect.signature(augment.moco_view).parameters['blur_p'].default == 0.0  # small images: no blur unless asked
-  bad = config_lib.base_config().ssd.key_view
+  bad = common.base_config().ssd.key_view
   bad.blur_p = 1.5
   with pytest.raises(ssd.ConfigError, match='blur_p'):
     ssd.check_key_view(bad)
-  bad = config_lib.base_config().ssd.key_view
+  bad = common.base_config().ssd.key_view
   bad.hue = 0.6
   with pytest.raises(ssd.ConfigError, match='hue'):
     ssd.check_key_view(bad)

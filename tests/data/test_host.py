@@ -4,11 +4,11 @@ file list, and a phase trained from it that resumes after a crash."""
 import hashlib
 import json
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+
+from configs import large
 
 from ltjax import config_lib
 from ltjax.data import file_lists, host, registry
@@ -17,8 +17,8 @@ from ltjax.errors import ConfigError, DatasetNotPreparedError
 
 
 def mock_config(name='imagenet_lt', examples=48, size=16):
-  args = config_lib.parse_args('mock', config_lib.LARGE_ARGS)
-  c = config_lib.large_config(args, name, 'resnet10', epochs=1, ssd_epochs=1)
+  args = config_lib.parse_args('mock', large.LARGE_ARGS)
+  c = large.large_config(args, name, 'resnet10', epochs=1, ssd_epochs=1)
   c.data.mock_examples = examples
   c.data.image_size = size
   c.data.resize_size = size + 4
@@ -27,7 +27,7 @@ def mock_config(name='imagenet_lt', examples=48, size=16):
 
 @pytest.fixture(scope='module')
 def imagenet():
-  return registry.load(mock_config().data)
+  return registry.load(mock_config())
 
 
 def sampler_for(ds, kind='instance', batch=8, epochs=2):
@@ -166,7 +166,7 @@ def test_places_lt_on_mock_data(tmp_path):
   listing = tmp_path / 'list.txt'
   listing.write_text('\n'.join(f'{names[i]} 0' for i in (5, 1, 17)))
   c.data.file_list = str(listing)
-  ds = registry.load(c.data)
+  ds = registry.load(c)
   np.testing.assert_array_equal(ds.train_records, [5, 1, 17])
   assert ds.num_classes == 365 and len(ds.test_labels) == 30
 
@@ -174,9 +174,9 @@ def test_places_lt_on_mock_data(tmp_path):
 def test_imagenet_lt_not_prepared_names_the_manual_download(tmp_path):
   c = mock_config()
   c.data.mock_examples = 0
-  c.data.data_dir = str(tmp_path)
+  c.run.data_dir = str(tmp_path)
   with pytest.raises(DatasetNotPreparedError, match='ILSVRC2012_img_train.tar'):
-    registry.load(c.data)
+    registry.load(c)
 
 
 class Crash(Exception):
@@ -190,7 +190,7 @@ def small_run_config():
   c.model.width = 4
   c.model.dtype = 'float32'
   c.train.epochs = 2  # 48 images, batch 16: 6 steps
-  c.train.eval_batch_size = 16
+  c.run.eval_batch_size = 16
   return c
 
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from jax import lax
 
+from configs import common
+
 from ltjax.models import layers
 
 
@@ -61,14 +63,13 @@ def test_small_maps_use_xla():
 @pytest.mark.slow  # over 9 s: not in the quick tier
 def test_flax_conv_with_taps_matches_xla_in_a_model(monkeypatch):
   monkeypatch.setattr(layers, 'TAPS_MIN_OUTPUT_POSITIONS', 0)
-  from ltjax import config_lib
   from ltjax.models import build_model
 
   x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
   labels = jnp.array([0, 1, 2, 1])
   grads = {}
   for impl in ('xla', 'taps'):
-    model_config = config_lib.base_config().model
+    model_config = common.base_config().model
     model_config.update(name='cifar_resnet', depth=8, width=4, dtype='float32', conv_impl=impl)
     model = build_model(model_config, 3)
     variables = model.init(jax.random.key(0), x, train=False)

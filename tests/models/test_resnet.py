@@ -3,14 +3,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import config_lib
+from configs import common
+
 from ltjax.errors import ConfigError
 from ltjax.models import build_model
 
 
 def model_config(**fields):
   """``config.model`` of the base config (every field a model reads), updated."""
-  c = config_lib.base_config().model
+  c = common.base_config().model
   c.update(fields)
   return c
 

@@ -14,7 +14,7 @@ from ltjax.data.samplers import Sampler
 
 @pytest.fixture(scope='module')
 def digits():
-  return registry.load(digits_lt.get_config('smoke').data)
+  return registry.load(digits_lt.get_config('smoke'))
 
 
 def same(a, b):

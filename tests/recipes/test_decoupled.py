@@ -15,9 +15,9 @@ def final(workdir, phase):
   return checkpoint.restore_variables(os.path.join(workdir, phase, 'checkpoints'))
 
 
-def run(tmp_path, method, **fields):
+def run(tmp_path, method, phases=''):
   config = digits_lt.get_config(f'smoke,method={method}')
-  config.update(fields)
+  config.run.phases = phases
   workdir = str(tmp_path / method)
   return workdir, pipeline.run(config, workdir)
 

@@ -89,7 +89,7 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
   workdir = str(tmp_path / 'dive')
   # The teacher alone, then the whole recipe: the teacher is not trained again.
   config = _config()
-  config.phases = 'teacher'
+  config.run.phases = 'teacher'
   assert list(pipeline.run(config, workdir)) == ['teacher']
   teacher_results = os.path.join(workdir, 'teacher', 'results.json')
   before = os.stat(teacher_results).st_mtime_ns
@@ -104,19 +104,19 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
 
   # The student alone in a new workdir: no teacher there, and the error says what to do.
   alone = _config()
-  alone.phases = 'student'
+  alone.run.phases = 'student'
   with pytest.raises(MissingCheckpointError, match=r"phase 'teacher'.*dive\.teacher_dir"):
     pipeline.run(alone, str(tmp_path / 'alone'))
   assert not os.path.exists(tmp_path / 'alone' / 'student' / 'results.json')
   # ... and with the teacher of the first run, given as its phase folder or its workdir.
   for i, path in enumerate([os.path.join(workdir, 'teacher'), workdir]):
     config = _config(teacher_dir=path)
-    config.phases = 'student'
+    config.run.phases = 'student'
     results = pipeline.run(config, str(tmp_path / f'from_path{i}'))
     assert list(results) == ['student']
   # A path without a checkpoint.
   config = _config(teacher_dir=str(tmp_path / 'nothing'))
-  config.phases = 'student'
+  config.run.phases = 'student'
   with pytest.raises(MissingCheckpointError, match='holds no checkpoint'):
     pipeline.run(config, str(tmp_path / 'bad_path'))
 

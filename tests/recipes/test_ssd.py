@@ -68,7 +68,7 @@ def _restore_state(directory):
 def _contrastive_phase1(tmp_path, digits, num_devices, epochs=1):
   config = _config(selfsup='contrastive', queue_size=256, moco_momentum=0.9)
   config.train.epochs = epochs
-  config.checkpoint_min_seconds = 0
+  config.run.checkpoint_min_seconds = 0
   phase = recipes.phases(config, digits)[0]
   directory = tmp_path / f'dev{num_devices}'
   variables, _ = train.train_phase(phase, digits, config, str(directory), parallel.make_mesh(num_devices))

@@ -13,7 +13,7 @@ from ltjax.recipes import supervised
 
 @pytest.fixture(scope='module')
 def digits():
-  return registry.load(digits_lt.get_config('smoke').data)
+  return registry.load(digits_lt.get_config('smoke'))
 
 
 def test_drw_weights_switch_at_their_epoch(digits):

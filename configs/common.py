@@ -1,0 +1,138 @@
+"""The fields every run has, and the papers' values of the shared ones (DiVE's and SSD's
+defaults, the decoupled classifier stage): every dataset config starts from
+``base_config()`` and sets its own numbers over it.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every run has, with the papers' values where a recipe has one; the
+  dataset configs set their own numbers over them."""
+  c = ml_collections.ConfigDict()
+  c.method = 'ce'
+  c.seed = 0
+
+  # How this run executes (config_lib.RUN_GROUP): may change when a workdir is resumed,
+  # never changes a result.
+  c.run = ml_collections.ConfigDict()
+  c.run.phases = ''  # run only these phases of the recipe (comma list); '' = all
+  c.run.num_devices = 0  # 0: every visible device
+  c.run.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)
+  c.run.cache_dir = ''  # keep the decoded LT subset here as .npz; '' = decode from TFDS each run
+  c.run.download = False  # let TFDS download and prepare (needs internet and TensorFlow)
+  c.run.host_threads = 16  # host pipeline: grain reader threads per process
+  c.run.host_workers = 0  # host pipeline: grain worker processes per process (0: threads only)
+  c.run.eval_batch_size = 512
+  c.run.log_every_steps = 20
+  c.run.eval_every_epochs = 0  # 0: evaluate only at the end of each phase
+  c.run.checkpoint_every_epochs = 1
+  c.run.checkpoint_min_seconds = 60.0  # and at most once a minute (0: every due epoch)
+  c.run.keep_checkpoints = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ''
+  c.data.imbalance_factor = 100.0
+  c.data.split_seed = 0  # np.random.seed of the LDAM-DRW subset (0 in the reference)
+  c.data.test_per_class = 0  # embedded datasets: balanced held-out images per class
+  c.data.sampler = 'instance'  # instance | class | sqrt | progressive
+  c.data.drop_last = False  # drop each epoch's partial last batch (else it wraps around)
+  c.data.many_above = 100  # shot groups: many > 100, few < 20 (METHODS.md)
+  c.data.few_below = 20
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.pad = 4  # zero padding before the random crop; 0: no crop
+  c.data.augment.flip = True
+  c.data.augment.mean = (0.4914, 0.4822, 0.4465)
+  c.data.augment.std = (0.2023, 0.1994, 0.2010)
+  c.data.augment.jitter = 0.0  # host pipeline: ColorJitter(j, j, j) on the device (ImageNet-LT: 0.4)
+  # The host pipeline (ltjax/data/host.py) of the large datasets.
+  c.data.image_size = 224  # random resized crop (train) and centre crop (test)
+  c.data.resize_size = 256  # test: shorter side resized to this, then the centre crop
+  c.data.mock_examples = 0  # > 0: tfds.testing.mock_data with this many random records a split
+  c.data.file_list = ''  # Places-LT: path or URL of Places_LT_train.txt (OLTR's list)
+  c.data.file_list_sha256 = ''  # its checksum, checked when set
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'cifar_resnet'
+  c.model.depth = 32
+  c.model.width = 16
+  c.model.dtype = 'float32'  # or bfloat16 (parameters stay float32)
+  c.model.head_init = 'kaiming'  # linear classifier: kaiming | ldam | torch (ltjax/models/heads.py)
+  c.model.conv_impl = 'auto'  # xla | taps | auto (the fastest measured): ltjax/models/layers.py
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.bsce_tau = 1.0
+  c.loss.focal_gamma = 1.0  # focal and CB-focal (1, as LDAM-DRW's comparison)
+  c.loss.cb_beta = 0.9999  # class-balanced weights (CB-focal, DRW)
+  c.loss.ldam_max_margin = 0.5
+  c.loss.ldam_scale = 30.0
+  c.loss.drw_epoch = 160  # ce_drw / ldam_drw: class-balanced weights from this epoch on
+  c.loss.tau_norm_tau = 1.0
+  c.loss.tau_norm_sweep = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+  # DiVE's student (ltjax/recipes/dive.py); paper defaults. A public reimplementation's
+  # CIFAR configs use temperature 2.
+  c.dive = ml_collections.ConfigDict()
+  c.dive.temperature = 3.0  # tau
+  c.dive.power = 0.5  # p of the power normalisation; 1 = none
+  c.dive.alpha = 0.5  # weight of the distillation term
+  c.dive.use_bsce = True  # the student's hard term: BSCE (True) or CE
+  c.dive.target = 't_tau'  # t_tau (the paper) | t_tilde (the ablation's label mixture)
+  c.dive.teacher_dir = ''  # '' = the teacher phase of this workdir; else another run's
+
+  # SSD (ltjax/recipes/ssd.py); paper values, CIFAR choices where the paper has none.
+  c.ssd = ml_collections.ConfigDict()
+  c.ssd.selfsup = 'rotation'  # rotation | contrastive (MoCo v2)
+  c.ssd.alpha1 = 1.0  # phase I: alpha1 * CE + alpha2 * self-supervised loss
+  c.ssd.alpha2 = 1.0
+  c.ssd.proj_dim = 128  # contrastive: MLP projection output
+  c.ssd.moco_momentum = 0.999
+  c.ssd.queue_size = 4096  # ImageNet-LT official: 115,712 = 452 x 256
+  c.ssd.moco_temperature = 0.2
+  c.ssd.mask_same_label = True  # drop queue keys of the query's label (official code)
+  c.ssd.generator = 'lws'  # phase II: lws | crt, on the frozen phase-I backbone
+  c.ssd.distill_temperature = 2.0  # phase III: T of the soft head's T^2 KL
+  c.ssd.lambda1 = 1.0  # phase III: lambda1 * hard CE + lambda2 * soft KD
+  c.ssd.lambda2 = 1.0
+  c.ssd.student_selfsup = True  # phase III keeps the self-supervised loss
+  c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
+  c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
+  c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's
+  # The MoCo v2 key view (contrastive; ltjax/data/augment.py moco_colour), official values
+  # in torchvision's float implementation (MoCo v2 blurred with PIL's box approximation):
+  # RandomApply(ColorJitter(jitter x3, hue), jitter_p) in torchvision's random order,
+  # RandomGrayscale(grayscale_p), RandomApply(GaussianBlur(blur_kernel, blur_sigma), blur_p).
+  # CIFAR-sized images (the on-device moco_view) blur only if blur_p > 0: set 0 there.
+  c.ssd.key_view = ml_collections.ConfigDict()
+  c.ssd.key_view.jitter = 0.4  # brightness, contrast and saturation strength
+  c.ssd.key_view.hue = 0.1
+  c.ssd.key_view.jitter_p = 0.8
+  c.ssd.key_view.grayscale_p = 0.2
+  c.ssd.key_view.blur_p = 0.5
+  c.ssd.key_view.blur_sigma = (0.1, 2.0)  # uniform per image
+  c.ssd.key_view.blur_kernel = 23  # taps, reflect padding (torchvision GaussianBlur for 224 images)
+  c.ssd.key_view.random_order = True  # ColorJitter's per-image random order of its four ops
+
+  # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.sampler = 'class'
+  c.stage2.epochs = 10
+  c.stage2.lr = 0.1
+  c.stage2.schedule = 'cosine'
+  c.stage2.warmup_epochs = 0.0
+  c.stage2.weight_decay = 2e-4
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 200
+  c.train.batch_size = 128
+  c.train.lr = 0.1
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  c.train.weight_decay = 2e-4
+  c.train.schedule = 'step'  # step | cosine | constant
+  c.train.warmup_epochs = 5.0
+  # linear (every step, lr / steps -> lr) | ldam | bbn (per epoch, as the reference code:
+  # ltjax/train.py make_schedule)
+  c.train.warmup = 'linear'
+  c.train.lr_boundaries = (120, 160)  # 0-based epochs from which lr is x lr_decay (cumulative)
+  c.train.lr_decay = 0.01
+  return c

@@ -1,0 +1,76 @@
+"""What the large-dataset configs (imagenet_lt.py, inat18.py) share: the host pipeline's
+augmentation, the decoupling recipe's optimiser (Kang et al.), SSD's ImageNet-LT
+settings, and the ``smoke`` / ``mock`` variants."""
+from configs import common
+from ltjax.errors import ConfigError
+
+LARGE_METHODS = ('ce', 'bsce', 'dive', 'ssd', 'crt', 'lws', 'tau_norm')
+LARGE_ARGS = {'method': 'ce', 'seed': 0, 'epochs': 0, 'smoke': False, 'mock': False}
+
+
+def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
+  """What the large-dataset configs (imagenet_lt.py, inat18.py) share: the host
+  pipeline's augmentation, the decoupling recipe's optimiser, SSD's ImageNet-LT settings,
+  and the ``smoke`` / ``mock`` variants. ``args``: parsed ``LARGE_ARGS``."""
+  if args.method not in LARGE_METHODS:
+    raise ConfigError(f'method={args.method!r}; the large-dataset configs have {", ".join(LARGE_METHODS)}.')
+  c = common.base_config()
+  c.method = args.method
+  c.seed = args.seed
+  c.data.name = dataset
+  c.data.imbalance_factor = 0.0  # fixed by the dataset's own split; reported from its counts
+  # Random resized crop + flip on the host; ColorJitter(0.4, 0.4, 0.4) on the device.
+  c.data.augment.pad = 0
+  c.data.augment.jitter = 0.4
+  c.data.augment.mean = (0.485, 0.456, 0.406)
+  c.data.augment.std = (0.229, 0.224, 0.225)
+  c.model.name = model
+  c.model.dtype = 'bfloat16'  # bf16 arithmetic, float32 parameters and losses
+  # Kang et al. (decoupling), which the DiVE and BSCE large-scale numbers follow: batch
+  # 512, SGD 0.2 momentum 0.9, weight decay 5e-4, cosine to 0, no warm-up.
+  c.train.epochs = epochs
+  c.train.batch_size = 512
+  c.train.eval_batch_size = 512
+  c.train.lr = 0.2
+  c.train.weight_decay = 5e-4
+  c.train.schedule = 'cosine'
+  c.train.warmup_epochs = 0.0
+  c.train.lr_boundaries = ()
+  c.checkpoint_min_seconds = 600.0
+  c.log_every_steps = 50
+  # Classifier stage (cRT / LWS; SSD's phase II and IV): Kang et al. 10 epochs, class-balanced.
+  c.stage2.epochs = 10
+  c.stage2.lr = 0.2
+  c.stage2.weight_decay = 5e-4
+  if args.method == 'ssd':
+    # SSD's official ImageNet-LT recipe (METHODS.md): MoCo v2 phase I, batch 256,
+    # lr 0.1 cosine, weight decay 5e-4, 1.5x the 90 epochs; LWS for 5 epochs, batch
+    # 512, lr 0.2 cosine as the soft-label generator.
+    c.ssd.selfsup = 'contrastive'
+    c.ssd.queue_size = 115_712  # 452 x 256
+    c.ssd.proj_dim = 128
+    c.train.epochs = ssd_epochs
+    c.train.batch_size = 256
+    c.train.lr = 0.1
+    c.stage2.epochs = 5
+  if args.epochs:
+    c.train.epochs = args.epochs
+  if args.smoke or args.mock:
+    # Runs anywhere in a minute or two: tiny images and batches, one epoch a phase;
+    # the model stays the config's. mock: TFDS's mock_data instead of the prepared data.
+    c.data.image_size = 32
+    c.data.resize_size = 36
+    c.data.host_threads = 4
+    c.train.epochs = 1
+    # Linear scaling of the learning rates to the small batch (random labels diverge at 0.2).
+    c.train.lr *= 16 / c.train.batch_size
+    c.stage2.lr *= 16 / 512
+    c.train.batch_size = 16
+    c.train.eval_batch_size = 32
+    c.stage2.epochs = 1
+    c.ssd.queue_size = 64
+    c.log_every_steps = 1
+    c.checkpoint_min_seconds = 0.0
+  if args.mock:
+    c.data.mock_examples = 64
+  return c
