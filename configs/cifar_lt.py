@@ -18,9 +18,10 @@ epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight
   milestones 160 and 180.
 
 Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them),
-``bbn`` for every other method. ``epochs=N`` shortens the whole schedule in proportion
-(warm-up, decay milestones in whole epochs, DRW's epoch, all scaled by N / 200; a warm-up
-shorter than 2 epochs rises every step), e.g. for a CPU: ``method=dive,epochs=6``.
+``bbn`` for every other method. ``epochs=N`` (or ``--config.train.epochs=N``) shortens the
+whole schedule in proportion (warm-up, decay milestones in whole epochs, DRW's epoch, all
+scaled by N / 200; a warm-up shorter than 2 epochs rises every step), e.g. for a CPU:
+``method=dive,epochs=6``.
 
 DiVE on CIFAR-10/100-LT at IF 10, 50, 100 (paper: tau 3, p 0.5, alpha 0.5):
 ``configs/cifar_lt.py:dataset=cifar100,imb=50,method=dive``; BagofTricks-LT's tau 2:
@@ -62,20 +63,18 @@ def get_config(arg=None):
   protocol = SCHEDULES[schedule]
   if args.epochs < 1:
     raise config_lib.ConfigError(f'epochs={args.epochs}: a schedule needs at least 1 epoch.')
-  # epochs=N scales the schedule by N / 200: decay milestones (whole epochs, as the
-  # reference codes count them), warm-up and DRW's epoch.
-  scale = args.epochs / 200
+  # The reference codes' own numbers, for their 200 epochs; a run of N epochs (epochs=N,
+  # or --config.train.epochs=N) scales them by N / 200 (ltjax/train.py schedule_points).
   c.train.epochs = args.epochs
+  c.train.schedule_epochs = 200
   c.train.warmup = protocol['warmup']
-  c.train.warmup_epochs = round(c.train.warmup_epochs * scale, 3)
-  if c.train.warmup_epochs < 2:  # a per-epoch warm-up needs epochs to rise over
-    c.train.warmup = 'linear'
-  c.train.lr_boundaries = tuple(max(round(m * scale), 1) - protocol['first_epoch'] for m in protocol['milestones'])
+  c.train.lr_boundaries = protocol['milestones']
+  c.train.first_epoch = protocol['first_epoch']
   c.train.nesterov = protocol['nesterov']
   c.train.lr_decay = 0.01
   c.data.drop_last = protocol['drop_last']
   c.model.head_init = protocol['head_init']  # the classifier's init in that code
-  c.loss.drw_epoch = int(round(c.loss.drw_epoch * scale))  # LDAM-DRW: from epoch 160 (0-based) of 200
+  c.loss.drw_epoch = 160  # LDAM-DRW: class-balanced weights from epoch 160 (0-based) of 200
   # SSD's contrastive key view: no Gaussian blur on small images (MoCo-on-CIFAR code has none).
   c.ssd.key_view.blur_p = 0.0
   # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and
@@ -85,6 +84,7 @@ def get_config(arg=None):
     c.model.width = 4
     c.data.imbalance_factor = max(args.imb, 100.0)  # fewest images: 12,406 on CIFAR-10
     c.train.epochs = 1
+    c.train.schedule_epochs = 0
     c.train.batch_size = 256
     c.train.warmup_epochs = 0.2
     c.train.warmup = 'linear'

@@ -119,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.lr = 0.1
   c.stage2.schedule = 'cosine'
   c.stage2.warmup_epochs = 0.0
+  c.stage2.schedule_epochs = 0  # its own length: no scaling
   c.stage2.weight_decay = 2e-4
 
   c.train = ml_collections.ConfigDict()
@@ -133,6 +134,13 @@ def base_config() -> ml_collections.ConfigDict:
   # linear (every step, lr / steps -> lr) | ldam | bbn (per epoch, as the reference code:
   # ltjax/train.py make_schedule)
   c.train.warmup = 'linear'
-  c.train.lr_boundaries = (120, 160)  # 0-based epochs from which lr is x lr_decay (cumulative)
+  c.train.lr_boundaries = (120, 160)  # epochs from which lr is x lr_decay (cumulative)
   c.train.lr_decay = 0.01
+  # How the schedule's reference code numbers its first epoch: a boundary b decays from
+  # 0-based epoch b - first_epoch (BBN's WarmupMultiStepLR counts from 1).
+  c.train.first_epoch = 0
+  # The run length that warmup_epochs, lr_boundaries and loss.drw_epoch are written for:
+  # a run of another train.epochs scales them by train.epochs / schedule_epochs
+  # (ltjax/train.py schedule_points); 0: they are this run's own, never scaled.
+  c.train.schedule_epochs = 0
   return c

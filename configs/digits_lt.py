@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.model.depth = 8
   c.model.width = 16
   c.train.epochs = 60
+  c.train.schedule_epochs = 60  # --config.train.epochs=N scales the points below by N / 60
   c.train.batch_size = 64
   c.run.eval_batch_size = 256
   c.train.lr = 0.1
@@ -44,6 +45,7 @@ def get_config(arg=None):
   if args.smoke:
     c.model.width = 8
     c.train.epochs = 4
+    c.train.schedule_epochs = 0
     c.train.warmup_epochs = 1.0
     c.train.lr_boundaries = (3,)
     c.loss.drw_epoch = 3

@@ -133,10 +133,46 @@ def _warmup_factor(shape: str, epoch, warmup_epochs: float):
   return jnp.where(e1 < warmup_epochs, (1.0 / 3.0) * (1.0 - a) + a, 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class SchedulePoints:
+  """The warm-up and decay epochs of one run, resolved for its length (0-based epochs)."""
+  warmup: str
+  warmup_epochs: float
+  boundaries: tuple
+
+
+def _scale(tc) -> float:
+  return tc.epochs / tc.schedule_epochs if tc.schedule_epochs else 1.0
+
+
+def scaled_epoch(tc, epoch):
+  """An epoch of the schedule (``loss.drw_epoch``) for this run's length: scaled by
+  ``epochs / schedule_epochs`` and rounded to a whole epoch when the two differ."""
+  scale = _scale(tc)
+  return epoch if scale == 1.0 else int(round(epoch * scale))
+
+
+def schedule_points(tc) -> SchedulePoints:
+  """The schedule points of ``tc`` (``config.train``) for a run of ``tc.epochs``.
+
+  The config gives them as its reference code does, for ``schedule_epochs`` (the
+  reference's length; 0: this run's): a run of another length scales the warm-up (to
+  1/1000 epoch) and the decay boundaries (to whole epochs, as the reference codes count
+  them, never before epoch 1) by ``epochs / schedule_epochs``; a per-epoch warm-up scaled
+  below 2 epochs rises every step instead (one epoch of it would be no warm-up). Then
+  ``first_epoch`` turns the code's epoch numbers into 0-based ones (BBN: ``b - 1``)."""
+  scale, first = _scale(tc), tc.first_epoch
+  if scale == 1.0:
+    return SchedulePoints(tc.warmup, float(tc.warmup_epochs), tuple(b - first for b in tc.lr_boundaries))
+  warmup_epochs = round(tc.warmup_epochs * scale, 3)
+  warmup = tc.warmup if warmup_epochs >= 2 else 'linear'
+  return SchedulePoints(warmup, warmup_epochs, tuple(max(round(b * scale), 1) - first for b in tc.lr_boundaries))
+
+
 def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   """The learning rate at each step: warm-up, then step decay (x ``lr_decay`` from each
-  of the (0-based, possibly fractional) epochs ``lr_boundaries``, cumulatively), cosine
-  decay to zero at the last step, or constant.
+  of the (possibly fractional) boundary epochs, cumulatively), cosine decay to zero at
+  the last step, or constant; the points as ``schedule_points`` resolves them.
 
   ``tc.warmup`` is the warm-up's shape over ``warmup_epochs``: ``linear`` rises every
   step from ``lr / warm_steps`` to ``lr`` and the decay follows it; ``ldam`` and ``bbn``
@@ -144,13 +180,14 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   (``_warmup_factor``), multiplying the decay schedule, as those codes do.
   """
   total = tc.epochs * steps_per_epoch
-  warmup = tc.warmup
-  if warmup not in WARMUPS:
-    raise ConfigError(f'unknown train.warmup {warmup!r}; choose one of {WARMUPS}.')
+  if tc.warmup not in WARMUPS:
+    raise ConfigError(f'unknown train.warmup {tc.warmup!r}; choose one of {WARMUPS}.')
+  points = schedule_points(tc)
+  warmup = points.warmup
   per_epoch = warmup != 'linear'
-  warm = 0 if per_epoch else int(round(tc.warmup_epochs * steps_per_epoch))
+  warm = 0 if per_epoch else int(round(points.warmup_epochs * steps_per_epoch))
   if tc.schedule == 'step':
-    boundaries = {int(round(e * steps_per_epoch)) - warm: tc.lr_decay for e in tc.lr_boundaries
+    boundaries = {int(round(e * steps_per_epoch)) - warm: tc.lr_decay for e in points.boundaries
                   if 0 < int(round(e * steps_per_epoch)) - warm < total}
     main = optax.piecewise_constant_schedule(tc.lr, boundaries)
   elif tc.schedule == 'cosine':
@@ -160,10 +197,10 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   else:
     raise ConfigError(f'unknown train.schedule {tc.schedule!r}; choose step, cosine or constant.')
   if per_epoch:
-    if tc.warmup_epochs <= 0:
+    if points.warmup_epochs <= 0:
       return main
     return lambda step: main(step) * _warmup_factor(warmup, jnp.asarray(step) // steps_per_epoch,
-                                                    float(tc.warmup_epochs))
+                                                    points.warmup_epochs)
   if warm <= 0:
     return main
   # Reaches lr at the end of warm-up, starting from lr / warm (never 0).

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import cifar_lt, digits_lt, imagenet_lt, inat18
-from ltjax import config_lib
+from ltjax import config_lib, train
 
 
 @pytest.mark.parametrize('dataset', ['cifar10', 'cifar100'])
@@ -17,7 +17,8 @@ def test_dive_cifar_configs_have_the_paper_schedule(dataset, imb):
   t = c.train
   assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay) == (200, 128, 0.1, 0.9, 2e-4)
   # The DiVE paper's BBN recipe: milestones 120 and 160 of BBN's 1-based epoch count.
-  assert (t.schedule, t.warmup, t.warmup_epochs, tuple(t.lr_boundaries), t.lr_decay) == (
+  points = train.schedule_points(t)
+  assert (t.schedule, points.warmup, points.warmup_epochs, points.boundaries, t.lr_decay) == (
       'step', 'bbn', 5.0, (119, 159), 0.01)
   assert t.nesterov and c.data.drop_last
   d = c.dive
@@ -26,17 +27,40 @@ def test_dive_cifar_configs_have_the_paper_schedule(dataset, imb):
 
 def test_shortened_schedule_scales_in_proportion():
   c = cifar_lt.get_config('method=ldam_drw,epochs=20')
-  assert c.train.epochs == 20 and c.train.warmup_epochs == 0.5
-  assert tuple(c.train.lr_boundaries) == (16.0, 18.0) and c.loss.drw_epoch == 16
+  points = train.schedule_points(c.train)
+  assert c.train.epochs == 20 and points.warmup_epochs == 0.5
+  assert points.boundaries == (16, 18) and train.scaled_epoch(c.train, c.loss.drw_epoch) == 16
   with pytest.raises(config_lib.ConfigError, match='at least 1 epoch'):
     cifar_lt.get_config('epochs=0')
   # BBN's 1-based milestones 120 and 160 scale to 60 and 80: the decay from 0-based 59, 79,
   # at epoch starts; the per-epoch warm-up keeps its shape over 2.5 epochs.
-  t = cifar_lt.get_config('method=dive,epochs=100').train
-  assert (t.warmup, t.warmup_epochs, tuple(t.lr_boundaries)) == ('bbn', 2.5, (59, 79))
+  points = train.schedule_points(cifar_lt.get_config('method=dive,epochs=100').train)
+  assert (points.warmup, points.warmup_epochs, points.boundaries) == ('bbn', 2.5, (59, 79))
   # Under 2 warm-up epochs the warm-up rises every step (a per-epoch one would be no warm-up).
-  t = cifar_lt.get_config('method=dive,epochs=6').train
-  assert (t.warmup, t.warmup_epochs, tuple(t.lr_boundaries)) == ('linear', 0.15, (3, 4))
+  points = train.schedule_points(cifar_lt.get_config('method=dive,epochs=6').train)
+  assert (points.warmup, points.warmup_epochs, points.boundaries) == ('linear', 0.15, (3, 4))
+
+
+def test_run_length_override_scales_the_schedule_too():
+  """--config.train.epochs=N is the same run as the argument epochs=N: the schedule's
+  points scale with the length wherever it is set (no hand rescaling in a config)."""
+  for method in ('dive', 'ldam_drw', 'ce'):
+    by_argument = cifar_lt.get_config(f'method={method},epochs=20').train
+    overridden = cifar_lt.get_config(f'method={method}').train
+    overridden.epochs = 20
+    assert train.schedule_points(overridden) == train.schedule_points(by_argument)
+    lr = lambda tc: np.asarray(jax.vmap(train.make_schedule(tc, 7))(np.arange(20 * 7)))
+    np.testing.assert_array_equal(lr(overridden), lr(by_argument))
+  # The digits' 60-epoch points scale the same way; at 60 they are unchanged.
+  d = digits_lt.get_config().train
+  assert train.schedule_points(d) == train.SchedulePoints('linear', 2.0, (40, 50))
+  d.epochs = 30
+  assert train.schedule_points(d) == train.SchedulePoints('linear', 1.0, (20, 25))
+  # The classifier stage keeps its own length.
+  from ltjax.recipes import decoupled
+
+  s2 = decoupled.stage2_train_config(cifar_lt.get_config('method=crt'))
+  assert train.schedule_points(s2).warmup_epochs == 0.0 and s2.epochs == 10
 
 
 def _ldam_reference_lr(epoch, lr=0.1):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ltjax import losses
+from ltjax import losses, train
 from ltjax.models import build_model
 from ltjax.train import Phase
 
@@ -35,9 +35,11 @@ def _phase(config, dataset, name, loss_value_fn, head='linear'):
 
 
 def _drw_weights(config, dataset):
-  """Per-class weights at an epoch: ones before ``loss.drw_epoch``, class-balanced after."""
+  """Per-class weights at an epoch: ones before ``loss.drw_epoch`` (scaled with the run's
+  length as the lr schedule is: ``train.scaled_epoch``), class-balanced after."""
   cb = jnp.asarray(losses.class_balanced_weights(dataset.class_counts, config.loss.cb_beta))
-  return lambda epoch: jnp.where(epoch >= config.loss.drw_epoch, cb, jnp.ones_like(cb))
+  drw_epoch = train.scaled_epoch(config.train, config.loss.drw_epoch)
+  return lambda epoch: jnp.where(epoch >= drw_epoch, cb, jnp.ones_like(cb))
 
 
 def ce(config, dataset):
