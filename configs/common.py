@@ -143,4 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   # a run of another train.epochs scales them by train.epochs / schedule_epochs
   # (ltjax/train.py schedule_points); 0: they are this run's own, never scaled.
   c.train.schedule_epochs = 0
+  # Locked: a dataset config that sets a field the base lacks (a typo, an old name) fails
+  # at once instead of adding a field that nothing reads.
+  c.lock()
   return c

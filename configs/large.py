@@ -30,14 +30,14 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
   # 512, SGD 0.2 momentum 0.9, weight decay 5e-4, cosine to 0, no warm-up.
   c.train.epochs = epochs
   c.train.batch_size = 512
-  c.train.eval_batch_size = 512
+  c.run.eval_batch_size = 512
   c.train.lr = 0.2
   c.train.weight_decay = 5e-4
   c.train.schedule = 'cosine'
   c.train.warmup_epochs = 0.0
   c.train.lr_boundaries = ()
-  c.checkpoint_min_seconds = 600.0
-  c.log_every_steps = 50
+  c.run.checkpoint_min_seconds = 600.0
+  c.run.log_every_steps = 50
   # Classifier stage (cRT / LWS; SSD's phase II and IV): Kang et al. 10 epochs, class-balanced.
   c.stage2.epochs = 10
   c.stage2.lr = 0.2
@@ -60,17 +60,17 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
     # the model stays the config's. mock: TFDS's mock_data instead of the prepared data.
     c.data.image_size = 32
     c.data.resize_size = 36
-    c.data.host_threads = 4
+    c.run.host_threads = 4
     c.train.epochs = 1
     # Linear scaling of the learning rates to the small batch (random labels diverge at 0.2).
     c.train.lr *= 16 / c.train.batch_size
     c.stage2.lr *= 16 / 512
     c.train.batch_size = 16
-    c.train.eval_batch_size = 32
+    c.run.eval_batch_size = 32
     c.stage2.epochs = 1
     c.ssd.queue_size = 64
-    c.log_every_steps = 1
-    c.checkpoint_min_seconds = 0.0
+    c.run.log_every_steps = 1
+    c.run.checkpoint_min_seconds = 0.0
   if args.mock:
     c.data.mock_examples = 64
   return c

@@ -168,3 +168,16 @@ def test_workdir_check_lets_only_the_run_group_change(tmp_path):
     pipeline.check_workdir(c, str(tmp_path))
   assert 'train.lr: 0.1 in the workdir, 0.05 now' in str(e.value)
   assert 'data.augment.pad: 1 in the workdir, 2 now' in str(e.value) and 'run.' not in str(e.value)
+
+
+def test_configs_cannot_add_fields():
+  """The base config is locked: a config (or a test) that sets a field it lacks, such as
+  an old name of a moved field, fails instead of adding a field nothing reads."""
+  from configs import common
+
+  c = common.base_config()
+  with pytest.raises(AttributeError):
+    c.log_every_steps = 5  # lives in c.run
+  with pytest.raises(AttributeError):
+    c.train.eval_batch_size = 64
+  c.run.log_every_steps = 5
