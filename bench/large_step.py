@@ -62,14 +62,13 @@ def main():
   augment_fn = lambda key, images: augment.host_batch_augment(key, images, jitter=aug.jitter, mean=aug.mean, std=aug.std)
   s = args.image_size
   variables = model.init(jax.random.key(0), np.zeros((2, s, s, 3), np.float32), train=False)
-  state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=variables['params'],
-                           batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+  state = train.new_state(phase.model, variables, tx)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   state = jax.device_put(state, rep)
   rng = np.random.default_rng(0)
   batch = jax.device_put({'images': rng.integers(0, 256, (args.batch, s, s, 3), np.uint8),
                           'labels': rng.integers(0, args.classes, args.batch).astype(np.int32)}, shard)
-  step = jax.jit(train.make_train_step(phase, tx, schedule, feeds.HostFeed(sampler, augment_fn, mesh)),
+  step = jax.jit(train.make_train_step(phase, schedule, feeds.HostFeed(sampler, augment_fn, mesh)),
                  in_shardings=(rep, shard, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
   key = jax.random.key(1)
   t = time.perf_counter()

@@ -75,11 +75,10 @@ def main():
   aug_fn = lambda k, x: augment.train_augment(k, x, pad=aug.pad, flip=aug.flip, mean=aug.mean, std=aug.std)
   variables = phase.model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
   rep = parallel.replicated(mesh)
-  state = jax.device_put(train.TrainState(jnp.zeros((), jnp.int32), variables['params'],
-                                          variables['batch_stats'], tx.init(variables['params'])), rep)
+  state = jax.device_put(train.new_state(phase.model, variables, tx), rep)
   data = jax.device_put({'images': ds.train_images, 'labels': ds.train_labels,
                          **Sampler.arrays(ds.train_labels, 10)}, rep)
-  step = jax.jit(train.make_train_step(phase, tx, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)),
+  step = jax.jit(train.make_train_step(phase, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)),
                  in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
   key = jax.random.key(1)
   t = time.perf_counter()
@@ -107,11 +106,11 @@ def main():
   eval_batch = 512 if args.batch <= 512 else args.batch
   forward = evaluate.make_forward(phase.model, normalize)
   if args.eval_images:
-    evaluate.predict(forward, v, ds.test_images[:eval_batch], mesh, eval_batch)  # compile
+    evaluate.predict(forward, v, evaluate.array_batches(ds.test_images[:eval_batch], eval_batch), mesh, eval_batch)  # compile
   eval_rates = []
   for _ in range(3 if args.eval_images else 0):
     t = time.perf_counter()
-    evaluate.predict(forward, v, ds.test_images, mesh, eval_batch)
+    evaluate.predict(forward, v, ds.test_batches(eval_batch), mesh, len(ds.test_images))
     eval_rates.append(len(ds.test_images) / (time.perf_counter() - t))
   print(json.dumps({'framework': 'ltjax', 'platform': jax.devices()[0].platform,
                     'devices': mesh.devices.size, 'batch': args.batch, 'depth': args.depth,

@@ -8,8 +8,10 @@ the state alone (orbax's single default item).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -32,20 +34,42 @@ class DataState:
     pass
 
 
-def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+@dataclasses.dataclass
+class AllPolicies:
+  """Saves when every one of orbax's ``policies`` says so (orbax has ``AnySavePolicy``
+  only). They are asked in order and stop at the first no, so a policy that all
+  processes must call together (``ContinuousCheckpointingPolicy`` broadcasts process 0's
+  decision) goes after the ones that every process answers alike."""
+  policies: Sequence[ocp.checkpoint_managers.SaveDecisionPolicy]
+
+  def should_save(self, step, previous_steps, *, context) -> bool:
+    return all(p.should_save(step, previous_steps, context=context) for p in self.policies)
+
+
+def manager(directory: str, keep: int = 2, every_steps: int = 1, min_seconds: float = 0.0) -> ocp.CheckpointManager:
+  """An orbax manager whose ``should_save(step)`` is true every ``every_steps`` steps
+  (``FixedIntervalPolicy``) and, with ``min_seconds``, no sooner than that after the last
+  checkpoint and not while one is being written (``ContinuousCheckpointingPolicy``: decided
+  on process 0 and broadcast, so that every process saves the same steps)."""
+  policy = ocp.checkpoint_managers.FixedIntervalPolicy(every_steps)
+  if min_seconds > 0:
+    policy = AllPolicies([policy, ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
+        minimum_interval_secs=min_seconds)])
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, save_decision_policy=policy)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state=None) -> None:
-  """Saves ``state``; with ``data_state`` (a grain iterator state) both, as one step."""
+  """Saves ``state``; with ``data_state`` (a grain iterator state) both, as one step.
+  The caller has decided (``mgr.should_save``, or the last step): no policy is asked."""
   if data_state is None:
-    mgr.save(step, args=ocp.args.StandardSave(state))
+    mgr.save(step, args=ocp.args.StandardSave(state), force=True)
   else:
     import grain
 
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           data=grain.checkpoint.CheckpointSave(DataState(data_state))))
+                                           data=grain.checkpoint.CheckpointSave(DataState(data_state))),
+             force=True)
 
 
 def _has_items(directory: str, step: int) -> bool:

@@ -1,5 +1,5 @@
-"""Evaluation: the jitted forward pass over the test set (``make_forward``, ``predict``,
-``predict_batches``), the metrics of a long-tailed evaluation, ``results.json`` and the
+"""Evaluation: the jitted forward pass over the test set (``make_forward``, ``predict``
+over a dataset's ``test_batches``), the metrics of a long-tailed evaluation, ``results.json`` and the
 printed table."""
 from __future__ import annotations
 
@@ -24,25 +24,23 @@ def make_forward(model, normalize_fn, output: str = 'logits', mesh=None):
   return jax.jit(forward, out_shardings=None if mesh is None else parallel.replicated(mesh))
 
 
-def predict(forward, variables, images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
-  """Outputs of ``forward`` for every image, batch sharded over the mesh; the host
-  reads the results once, at the end."""
-  parallel.check_batch_size(batch_size, mesh, 'run.eval_batch_size')
-  shard = parallel.batch_sharding(mesh)
-  outs, sizes = [], []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    sizes.append(len(chunk))
-    if len(chunk) < batch_size:  # static shapes: pad the last batch, drop the padding after
-      chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-    outs.append(forward(variables, jax.device_put(chunk, shard)))
-  return np.concatenate([np.asarray(o)[:n] for o, n in zip(jax.device_get(outs), sizes)])
+def array_batches(images: np.ndarray, global_batch: int, rows: slice | None = None):
+  """This process's ``rows`` (default: all) of every global batch of ``images``, the last
+  one padded with zeros to the static shape: what ``predict`` reads from arrays, as
+  ``host.test_batches`` does from TFDS."""
+  rows = rows or slice(0, global_batch)
+  for start in range(0, len(images), global_batch):
+    chunk = images[start:start + global_batch]
+    if len(chunk) < global_batch:
+      chunk = np.concatenate([chunk, np.zeros((global_batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+    yield {'images': chunk[rows]}
 
 
-def predict_batches(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
-  """``predict`` for the host pipeline: ``batches`` yields this process's rows of each
-  global batch (``host.test_batches``), joined into global arrays; the first
-  ``num_examples`` outputs, in dataset order."""
+def predict(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
+  """Outputs of ``forward`` for every example: ``batches`` yields this process's rows of
+  each global batch (a dataset's ``test_batches``, ``array_batches``), joined into global
+  arrays sharded over the mesh; the host reads the results once, at the end, and keeps
+  the first ``num_examples`` (the padding dropped), in dataset order."""
   outs = [forward(variables, parallel.global_batch(b, mesh)['images']) for b in batches]
   return np.concatenate([np.asarray(o) for o in jax.device_get(outs)])[:num_examples]
 

@@ -13,7 +13,6 @@ pipeline, whose process-local batches ``global_batch`` joins into one global arr
 from __future__ import annotations
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from ltjax.errors import ConfigError
@@ -46,16 +45,6 @@ def barrier(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
-
-
-def agree(flag: bool) -> bool:
-  """Process 0's ``flag`` on every process: decisions that take part in collective work
-  (whether to save a checkpoint now) must not differ between hosts' clocks."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def local_rows(mesh, global_batch_size: int) -> slice:

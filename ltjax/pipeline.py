@@ -15,7 +15,7 @@ from flax import traverse_util
 
 from ltjax import checkpoint, config_lib, evaluate, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
-from ltjax.data import augment, host, registry
+from ltjax.data import augment, registry
 
 
 def check_workdir(config, workdir: str) -> bool:
@@ -146,11 +146,8 @@ def run(config, workdir: str) -> dict:
     forward = evaluate.make_forward(phase.model, normalize, phase.eval_output, mesh)
 
     def evaluate_fn(variables, forward=forward):
-      if isinstance(dataset, host.HostDataset):
-        batches = host.test_batches(dataset, eval_batch, parallel.local_rows(mesh, eval_batch))
-        logits = evaluate.predict_batches(forward, variables, batches, mesh, len(dataset.test_labels))
-      else:
-        logits = evaluate.predict(forward, variables, dataset.test_images, mesh, eval_batch)
+      batches = dataset.test_batches(eval_batch, parallel.local_rows(mesh, eval_batch))
+      logits = evaluate.predict(forward, variables, batches, mesh, len(dataset.test_labels))
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from flax.training import train_state
 from tqdm.auto import tqdm
 
 from ltjax import checkpoint, feeds, parallel
@@ -103,13 +104,12 @@ class Phase:
   main_head: str = ''
 
 
-@struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  aux: Any = dataclasses.field(default_factory=dict)  # StepHooks.init's state
+class TrainState(train_state.TrainState):
+  """flax's ``TrainState`` (step, params, the optax optimizer and its state; ``tx`` and
+  ``apply_fn`` are static, never checkpointed) with BatchNorm's running statistics and
+  the state of the phase's ``StepHooks`` (as flax's ImageNet example adds batch_stats)."""
+  batch_stats: Any = None
+  aux: Any = struct.field(default_factory=dict)  # StepHooks.init's state
 
 
 WARMUPS = ('linear', 'ldam', 'bbn')
@@ -221,7 +221,7 @@ def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientT
   return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
 
 
-def make_train_step(phase: Phase, tx, schedule, feed):
+def make_train_step(phase: Phase, schedule, feed):
   """The step. ``feed`` (``ltjax/feeds.py``) turns the step's ``data`` argument into its
   batch (sampled and gathered on the device, or read by the host pipeline) and augments
   it; its ``sampler`` says how many steps an epoch has."""
@@ -264,16 +264,20 @@ def make_train_step(phase: Phase, tx, schedule, feed):
       return loss, (metrics, updates['batch_stats'])
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, aux=aux)
     if hooks is not None and hooks.update is not None:
-      aux = hooks.update(aux, params, extras, labels)
+      new_state = new_state.replace(aux=hooks.update(aux, new_state.params, extras, labels))
     metrics = {'loss': loss, 'lr': schedule(state.step), **metrics}
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, aux=aux)
     return new_state, metrics
 
   return step
+
+
+def new_state(model, variables: dict, tx, aux=None, step: int = 0) -> TrainState:
+  """A ``TrainState`` at ``step`` (an int32 scalar) of ``variables`` with ``tx``'s fresh state."""
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                            batch_stats=variables.get('batch_stats', {}), aux=aux if aux is not None else {})
+  return state.replace(step=jnp.asarray(step, jnp.int32))
 
 
 def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variables=None):
@@ -286,10 +290,8 @@ def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variable
     variables = phase.init(variables, init_variables) if phase.init else init_variables
   tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'])
   aux = phase.hooks.init(variables) if phase.hooks is not None and phase.hooks.init else {}
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                     batch_stats=variables.get('batch_stats', {}),
-                     opt_state=tx.init(variables['params']), aux=aux)
-  return jax.device_put(state, parallel.replicated(mesh)), tx
+  state = new_state(phase.model, variables, tx, aux)
+  return jax.device_put(state, parallel.replicated(mesh))
 
 
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
@@ -316,13 +318,18 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                          two_views=phase.hooks is not None and phase.hooks.two_views)
   rng = jax.random.key(config.seed)
   init_key, step_rng = jax.random.split(rng)
-  state, tx = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
+  state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
   replicated = parallel.replicated(mesh)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)
-  mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=config.run.keep_checkpoints)
+  # Every checkpoint_every_epochs epochs, but not more often than every
+  # checkpoint_min_seconds (on a fast accelerator an epoch takes well under a second).
+  rc = config.run
+  mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=rc.keep_checkpoints,
+                           every_steps=rc.checkpoint_every_epochs * steps_per_epoch,
+                           min_seconds=rc.checkpoint_min_seconds)
   state = feed.restore(mgr, state)
   start = int(state.step)
-  step_fn = jax.jit(make_train_step(phase, tx, schedule, feed),
+  step_fn = jax.jit(make_train_step(phase, schedule, feed),
                     in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   logger = MetricLogger(phase_dir)
@@ -333,7 +340,6 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     bar.write(f'[{phase.name}] resumed from checkpoint at step {start} of {total_steps}')
   log_every = max(1, min(config.run.log_every_steps, steps_per_epoch))
   pending, t_last, n_last = None, time.perf_counter(), start
-  last_save = time.perf_counter()
 
   def check_finite(step_done, metrics):
     if not math.isfinite(metrics['loss']):
@@ -376,14 +382,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     if (step + 1) % steps_per_epoch == 0:
       epoch = (step + 1) // steps_per_epoch
       last = step + 1 == total_steps
-      # Every checkpoint_every_epochs epochs, but not more often than every
-      # checkpoint_min_seconds: on a fast accelerator an epoch takes well under a second.
-      due = epoch % config.run.checkpoint_every_epochs == 0
-      if last or (due and parallel.agree(time.perf_counter() - last_save >= config.run.checkpoint_min_seconds)):
+      if last or mgr.should_save(step + 1):  # orbax's policies (checkpoint.manager)
         # Never save a diverged state: NaN parameters would poison every resume.
         check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
         checkpoint.save(mgr, step + 1, state, feed.data_state)
-        last_save = time.perf_counter()
       if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
         res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
         logger.write(step + 1, {'epoch': epoch, **{k: v for k, v in res.items()

@@ -141,10 +141,9 @@ def ltjax_run(trace):
   grads = grad_fn(variables['params'], variables['batch_stats'], {'images': images[0], 'labels': labels[0]})
   grads = traverse_util.flatten_dict(jax.device_get(grads), sep='/')
 
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                           batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+  state = train.new_state(phase.model, variables, tx)
   state = jax.device_put(state, replicated)
-  step_fn = jax.jit(train.make_train_step(phase, tx, schedule, feeds.HostFeed(sampler, augment_fn, mesh)),
+  step_fn = jax.jit(train.make_train_step(phase, schedule, feeds.HostFeed(sampler, augment_fn, mesh)),
                     in_shardings=(replicated, sharded, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   rng, teacher = jax.random.key(0), jax.device_put({}, replicated)

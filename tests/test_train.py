@@ -133,12 +133,10 @@ def _index_step(num_examples, batch, num_devices, kind='instance'):
   params = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
   tx = train.make_optimizer(c, schedule)
   rep = parallel.replicated(mesh)
-  state = jax.device_put(train.TrainState(step=jnp.zeros((), jnp.int32), params=params['params'],
-                                          batch_stats=params['batch_stats'],
-                                          opt_state=tx.init(params['params'])), rep)
+  state = jax.device_put(train.new_state(phase.model, params, tx), rep)
   data = jax.device_put({'images': images, 'labels': labels.astype(np.int32),
                          **Sampler.arrays(labels, num_classes)}, rep)
-  step = jax.jit(train.make_train_step(phase, tx, schedule, feeds.DeviceFeed(sampler, lambda k, x: x.astype(jnp.float32), mesh)),
+  step = jax.jit(train.make_train_step(phase, schedule, feeds.DeviceFeed(sampler, lambda k, x: x.astype(jnp.float32), mesh)),
                  in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep))
   rng = jax.random.key(5)
 

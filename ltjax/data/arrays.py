@@ -35,3 +35,10 @@ class ArrayDataset:
   def example_images(self, n: int = 2) -> np.ndarray:
     """A few training images, for initialising a model."""
     return self.train_images[:n]
+
+  def test_batches(self, global_batch: int, rows: slice | None = None):
+    """This process's ``rows`` of every global batch of the test images, the last padded
+    (``evaluate.predict`` reads them)."""
+    from ltjax import evaluate
+
+    return evaluate.array_batches(self.test_images, global_batch, rows)

@@ -66,6 +66,11 @@ class HostDataset:
     """Zeros of the training input shape, for initialising a model."""
     return np.zeros((n, self.image_size, self.image_size, 3), np.uint8)
 
+  def test_batches(self, global_batch: int, rows: slice | None = None):
+    """This process's ``rows`` of every global evaluation batch, read, resized and
+    centre-cropped on the host (``test_batches``)."""
+    return test_batches(self, global_batch, rows)
+
 
 def read_records(source, records) -> list[dict]:
   """The examples at ``records`` of a TFDS random-access source, in one batched read."""

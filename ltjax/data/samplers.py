@@ -18,6 +18,7 @@ batches, and the instance sampler is one pass over the data per epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -103,7 +104,7 @@ class Sampler:
       raise ConfigError(f'unknown sampler {self.kind!r}; choose one of {KINDS}.')
     epoch = step // self.steps_per_epoch
     if self.kind == 'instance':
-      perm = self._permutation(seed, epoch)
+      perm = _epoch_permutation(seed, epoch, self.num_examples)
       pos = (step % self.steps_per_epoch) * self.batch_size + np.arange(self.batch_size)
       return perm[pos % self.num_examples]
     rng = np.random.default_rng([seed, 2, step])
@@ -113,13 +114,11 @@ class Sampler:
     within = np.minimum((rng.random(self.batch_size) * sizes).astype(np.int64), sizes - 1)
     return np.asarray(arrays['by_class'])[np.asarray(arrays['class_offsets'])[classes] + within]
 
-  def _permutation(self, seed: int, epoch: int) -> np.ndarray:
-    # One permutation per epoch, kept while its steps are read (iNaturalist: 437k
-    # indices); reader threads may straddle an epoch boundary, so two are kept.
-    cache = self.__dict__.setdefault('_permutations', {})
-    if (seed, epoch) not in cache:
-      perm = np.random.default_rng([seed, 3, epoch]).permutation(self.num_examples)
-      while len(cache) >= 2:
-        cache.pop(next(iter(cache)), None)
-      cache[(seed, epoch)] = perm
-    return cache[(seed, epoch)]
+
+# One permutation per epoch, kept while its steps are read (iNaturalist: 437k indices);
+# reader threads may straddle an epoch boundary, so two are kept.
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  perm = np.random.default_rng([seed, 3, epoch]).permutation(num_examples)
+  perm.flags.writeable = False  # shared by every caller
+  return perm

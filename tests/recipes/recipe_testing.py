@@ -35,4 +35,4 @@ def make_step(phase, dataset, config, batch_size, num_devices=0):
                                               scale=dataset.pixel_scale)
   data = {'images': jnp.asarray(dataset.train_images), 'labels': jnp.asarray(dataset.train_labels),
           **Sampler.arrays(dataset.train_labels, dataset.num_classes)}
-  return train.make_train_step(phase, tx, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)), tx, data
+  return train.make_train_step(phase, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)), tx, data

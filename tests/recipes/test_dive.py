@@ -39,8 +39,7 @@ def test_teacher_runs_frozen_on_the_students_augmented_batch(digits):
                       teacher=train.Teacher(phase='teacher', model=model))
   step, tx, data = make_step(phase, digits, config, batch_size=16)
   variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
-  state = train.TrainState(step=jnp.int32(3), params=variables['params'], batch_stats={},
-                           opt_state=tx.init(variables['params']))
+  state = train.new_state(model, {'params': variables['params']}, tx, step=3)
   new_state, metrics = jax.jit(step)(state, data, jax.random.key(1), variables)
   # Student = teacher: identical logits, so the teacher saw the very crops of the student.
   assert float(metrics['gap']) == 0.0

@@ -112,8 +112,7 @@ def test_one_step_updates_the_momentum_encoder_and_enqueues_the_batch(digits):
   x = jnp.asarray(digits.train_images[:2], jnp.float32)
   variables = phase.model.init(jax.random.key(0), x, train=False)
   aux = phase.hooks.init(variables)
-  state = train.TrainState(step=jnp.int32(0), params=variables['params'], batch_stats=variables['batch_stats'],
-                           opt_state=tx.init(variables['params']), aux=aux)
+  state = train.new_state(phase.model, variables, tx, aux)
   p0 = state.params
   new, _ = step(state, data, jax.random.key(1), {})
   expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, p0, new.params)
