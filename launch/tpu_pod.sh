@@ -39,8 +39,32 @@ export PATH=\$HOME/.local/bin:\$PATH
 cd ~/ltjax && git fetch -q origin && git checkout -q '$REF'
 [ -d ~/ltjax-venv ] || uv venv -q --python 3.12 ~/ltjax-venv
 uv pip install -q --python ~/ltjax-venv/bin/python -e . 'jax[tpu]'"
-tpu ssh "$NAME" --worker=all --command "$SETUP"
-tpu ssh "$NAME" --worker=all --command "cd ~/ltjax && ~/ltjax-venv/bin/python -m ltjax.main --distributed $(printf '%q ' "$@")"
+RUN="cd ~/ltjax && ~/ltjax-venv/bin/python -m ltjax.main --distributed $(printf '%q ' "$@")"
+# Preemption: a preemptible or spot TPU VM gets SIGTERM; ltjax saves at one agreed step and
+# exits 75 (or the VM disappears mid-run). Either way the run resumes from the workdir: on
+# 75, or when the VM reports PREEMPTED (it is then deleted and created again), the command
+# runs again, at most MAX_RESTARTS times (default 5).
+restarts=0
+while true; do
+  tpu ssh "$NAME" --worker=all --command "$SETUP"
+  status=0
+  tpu ssh "$NAME" --worker=all --command "$RUN" || status=$?
+  [ "$status" -eq 0 ] && break
+  state="$(tpu describe "$NAME" --format='value(state)' 2>/dev/null || echo MISSING)"
+  if [ "$status" -ne 75 ] && [ "$state" != PREEMPTED ] && [ "$state" != MISSING ]; then
+    exit "$status"  # a failure that a rerun would repeat
+  fi
+  if [ "$restarts" -ge "${MAX_RESTARTS:-5}" ]; then
+    echo "tpu_pod.sh: preempted (exit $status, VM $state) after $restarts restarts; rerun to resume" >&2
+    exit 75
+  fi
+  restarts=$((restarts + 1))
+  echo "tpu_pod.sh: preempted (exit $status, VM $state): restart $restarts" >&2
+  if [ "$state" = PREEMPTED ] || [ "$state" = MISSING ]; then
+    [ "$state" = PREEMPTED ] && tpu delete "$NAME" --quiet
+    tpu create "$NAME" --accelerator-type "$TYPE" --version "$RUNTIME"
+  fi
+done
 if [ "${DELETE:-0}" = 1 ]; then
   tpu delete "$NAME" --quiet
 fi

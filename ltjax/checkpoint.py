@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Sequence
 
 import jax
 import orbax.checkpoint as ocp
+
+from ltjax.errors import MissingCheckpointError
 
 
 class DataState:
@@ -76,13 +79,7 @@ def _has_items(directory: str, step: int) -> bool:
   return os.path.isdir(os.path.join(directory, str(step), 'state'))
 
 
-def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
-  """Restores the newest checkpoint into the shapes and shardings of ``target``;
-  returns ``target`` unchanged when there is none. With ``with_data``, returns
-  ``(state, data_state)`` (``None`` without a checkpoint)."""
-  step = mgr.latest_step()
-  if step is None:
-    return (target, None) if with_data else target
+def _restore(mgr: ocp.CheckpointManager, step: int, target, with_data: bool):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   if not with_data:
     return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -93,16 +90,73 @@ def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
   return out['state'], out['data'].state
 
 
+def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
+  """Restores the newest readable checkpoint into the shapes and shardings of ``target``;
+  returns ``target`` unchanged when there is none. With ``with_data``, returns
+  ``(state, data_state)`` (``None`` without a checkpoint).
+
+  A checkpoint that cannot be read (a file missing or truncated by a crash of the
+  storage or a full disk) is moved aside to ``<step>.damaged`` (kept, never deleted) with
+  a warning, and the newest earlier one is used; when none is readable, the error names
+  them and what to delete."""
+  directory = str(mgr.directory)
+  damaged = []
+  for step in sorted(mgr.all_steps(), reverse=True):
+    try:
+      out = _restore(mgr, step, target, with_data)
+    except Exception as e:  # orbax and tensorstore raise many types for a damaged file
+      damaged.append((step, f'{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ""}'))
+      continue
+    if damaged:
+      _set_aside(mgr, directory, damaged, resumed=step)
+    return out
+  if damaged:
+    listing = '\n'.join(f'  {os.path.join(directory, str(s))}: {why}' for s, why in damaged)
+    raise MissingCheckpointError(
+        f'no checkpoint in {directory} can be read:\n{listing}\nFix: delete {directory} to train '
+        f'this phase again from its start (or restore the files from a backup).')
+  return (target, None) if with_data else target
+
+
+def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:
+  """Renames damaged step folders (``6`` -> ``6.damaged``: orbax no longer lists them, so
+  the run saves that step again) and says so; process 0 renames, every process reloads."""
+  if jax.process_index() == 0:
+    for step, why in damaged:
+      src = os.path.join(directory, str(step))
+      dst = f'{src}.damaged'
+      n = 1
+      while os.path.exists(dst):
+        dst, n = f'{src}.damaged{n}', n + 1
+      os.rename(src, dst)
+      print(f'ltjax: warning: checkpoint {src} cannot be read ({why}); kept as {dst}. Resuming '
+            f'from step {resumed}, the newest readable checkpoint.', file=sys.stderr, flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('damaged checkpoints set aside')
+  mgr.reload()
+
+
 def restore_variables(directory: str) -> dict:
   """The model variables (``params``, ``batch_stats``) of the newest checkpoint in
-  ``directory``, as saved, without needing the optimizer that wrote them."""
+  ``directory``, as saved, without needing the optimizer that wrote them. A checkpoint
+  that cannot be read is a ``MissingCheckpointError`` naming it."""
   mgr = manager(directory)
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(directory)
-  if _has_items(os.path.abspath(directory), step):
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  else:
-    state = mgr.restore(step, args=ocp.args.StandardRestore())
-  mgr.close()
+  try:
+    if _has_items(os.path.abspath(directory), step):
+      state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+    else:
+      state = mgr.restore(step, args=ocp.args.StandardRestore())
+  except Exception as e:
+    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise MissingCheckpointError(
+        f'the checkpoint {os.path.join(os.path.abspath(directory), str(step))} cannot be read '
+        f'({type(e).__name__}: {why}): it is damaged or incomplete. Fix: train that phase again '
+        f'(delete its folder and rerun the recipe) or point at another copy of it.') from None
+  finally:
+    mgr.close()
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}

@@ -24,3 +24,16 @@ class NonFiniteLossError(LtjaxError, FloatingPointError):
 
 class MissingCheckpointError(LtjaxError, FileNotFoundError):
   """A phase needs an earlier phase's final checkpoint that is not there."""
+
+
+class WorkdirInUseError(LtjaxError, RuntimeError):
+  """Another ltjax run holds the workdir's lock."""
+
+
+class Preempted(LtjaxError):
+  """A SIGTERM or SIGINT stopped the run after saving a checkpoint at the agreed step: the
+  same command resumes. ``python -m ltjax.main`` exits with ``EXIT_PREEMPTED``."""
+  exit_code = 75  # EX_TEMPFAIL (sysexits.h): temporary failure, try again
+
+
+EXIT_PREEMPTED = Preempted.exit_code

@@ -1,5 +1,9 @@
 """ltjax entry point: flags -> config -> ``pipeline.run(config, workdir)``.
 
+Exit status: 0 done; 1 an error the message explains (nothing lost: rerun after the
+fix); 2 bad flags or config arguments; 75 (``errors.EXIT_PREEMPTED``) stopped by SIGTERM
+or SIGINT after saving a checkpoint at the step it reached: the same command resumes.
+
   python -m ltjax.main --config configs/digits_lt.py --workdir runs/digits
   python -m ltjax.main --config configs/cifar_lt.py:dataset=cifar100,imb=100,method=bsce \
       --workdir runs/c100 --config.run.data_dir ~/tensorflow_datasets
@@ -70,12 +74,17 @@ def main(argv):
 
   # Before any backend starts: only the CPU backend reads it.
   jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
-  from ltjax import parallel, pipeline
-  from ltjax.errors import LtjaxError
+  from ltjax import parallel, pipeline, preemption
+  from ltjax.errors import LtjaxError, Preempted
 
   try:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    with preemption.watch():
+      pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except Preempted as e:  # not a failure: every process saved; process 0 says where
+    if parallel.is_main():
+      sys.stderr.write(f'ltjax: {e}\n')
+    sys.exit(e.exit_code)
   except LtjaxError as e:
     if _VERBOSE.value:
       raise

@@ -13,7 +13,7 @@ import time
 import jax
 from flax import traverse_util
 
-from ltjax import checkpoint, config_lib, evaluate, parallel, recipes, train
+from ltjax import checkpoint, config_lib, evaluate, locks, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
 from ltjax.data import augment, registry
 
@@ -104,7 +104,23 @@ def _say(*args):
 
 def run(config, workdir: str) -> dict:
   """Runs every phase of ``config.method`` in ``workdir``; returns results per phase.
-  Every process of a multi-process run calls it; process 0 writes the files."""
+  Every process of a multi-process run calls it; process 0 writes the files and holds
+  the workdir's lock (``locks.WorkdirLock``: one run per workdir) while it runs."""
+  held = []
+
+  def lock():
+    if not held and parallel.is_main() and os.path.isdir(workdir):
+      held.append(locks.WorkdirLock(workdir).acquire())
+
+  try:
+    lock()  # an existing workdir: at once, before anything is read or loaded
+    return _run(config, workdir, lock)
+  finally:
+    for workdir_lock in held:
+      workdir_lock.release()
+
+
+def _run(config, workdir: str, lock) -> dict:
   known = check_workdir(config, workdir)
   mesh = parallel.make_mesh(config.run.num_devices)
   t = time.perf_counter()
@@ -121,6 +137,7 @@ def run(config, workdir: str) -> dict:
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
   # Only a config that got this far (valid data, method, batch sizes) is recorded.
   os.makedirs(workdir, exist_ok=True)
+  lock()  # a new workdir: as soon as it exists
   if not known and parallel.is_main():
     evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
   parallel.barrier('config written')

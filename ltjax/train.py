@@ -24,10 +24,10 @@ from flax import struct
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from ltjax import checkpoint, feeds, parallel
+from ltjax import checkpoint, feeds, parallel, preemption
 from ltjax.data import augment
 from ltjax.data.samplers import Sampler
-from ltjax.errors import ConfigError, NonFiniteLossError
+from ltjax.errors import ConfigError, NonFiniteLossError, Preempted
 from ltjax.logs import MetricLogger
 
 LossFn = Callable[[dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
@@ -393,6 +393,20 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                      prefix='test/')
         if is_main:
           bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+    if step + 1 < total_steps and preemption.reached(step + 1):
+      # A SIGTERM / SIGINT: every process stops at this same step, saves and exits.
+      if pending is not None:
+        flush(pending, step + 1)
+      check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
+      if mgr.latest_step() != step + 1:
+        checkpoint.save(mgr, step + 1, state, feed.data_state)
+      mgr.wait_until_finished()
+      for closable in (mgr, feed, bar, logger):
+        closable.close()
+      raise Preempted(
+          f'[{phase.name}] stopped by {preemption.received() or "a preemption notice"} at step {step + 1} '
+          f'of {total_steps} (epoch {(step + 1) / steps_per_epoch:.2f}); a checkpoint of that step is in '
+          f'{phase_dir}/checkpoints. Rerun the same command to resume from it.')
   if pending is not None:
     flush(pending, total_steps)
   jax.block_until_ready(state)

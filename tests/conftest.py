@@ -35,3 +35,18 @@ def wait_for_checkpoint(proc, directory, min_step: int, timeout: float = 400) ->
       break
     time.sleep(0.02)
   assert proc.poll() is None, 'the run ended before it could be killed'
+
+
+def wait_for_logged_step(proc, metrics_path, min_step: int, timeout: float = 400) -> None:
+  """Waits until ``metrics_path`` (a phase's metrics.jsonl) has logged a training step >=
+  ``min_step`` while ``proc`` runs (to signal it there); fails if the run ends first."""
+  import json
+
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if metrics_path.exists():
+      steps = [json.loads(l).get('step', 0) for l in metrics_path.read_text().splitlines() if l.strip()]
+      if steps and max(steps) >= min_step:
+        break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be signalled'

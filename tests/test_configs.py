@@ -181,3 +181,8 @@ def test_configs_cannot_add_fields():
   with pytest.raises(AttributeError):
     c.train.eval_batch_size = 64
   c.run.log_every_steps = 5
+
+
+def test_smoke_keeps_the_imbalance_factor_given():
+  assert cifar_lt.get_config('smoke,imb=10').data.imbalance_factor == 10.0
+  assert cifar_lt.get_config('smoke').data.imbalance_factor == 100.0

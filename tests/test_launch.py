@@ -9,7 +9,14 @@ from conftest import REPO
 FAKE = '''#!/usr/bin/env bash
 args="$*"
 printf '%s\\n' "${args//$'\\n'/; }" >> "$LOG"  # one line a call
-if [ "$1 $2 $3 $4" = "compute tpus tpu-vm describe" ]; then exit ${DESCRIBE_STATUS:-1}; fi
+if [ "$1 $2 $3 $4" = "compute tpus tpu-vm describe" ]; then
+  if [[ "$args" == *format* ]] && [ -n "${STATE:-}" ]; then echo "$STATE"; exit 0; fi
+  exit ${DESCRIBE_STATUS:-1}
+fi
+# The exit statuses of successive ltjax runs, one a line (default 0).
+if [[ "$args" == *ltjax.main* ]] && [ -s "${STATUSES:-/nonexistent}" ]; then
+  code=$(head -1 "$STATUSES"); sed -i 1d "$STATUSES"; exit "$code"
+fi
 '''
 
 
@@ -69,3 +76,62 @@ def test_slurm_needs_config_and_workdir(tmp_path):
   p = subprocess.run(['bash', str(REPO / 'launch/slurm.sbatch')], capture_output=True, text=True,
                      env=env, cwd=REPO, timeout=60)
   assert p.returncode != 0 and 'set CONFIG' in p.stderr
+
+
+def _statuses(tmp_path, *codes):
+  path = tmp_path / 'statuses'
+  path.write_text(''.join(f'{c}\n' for c in codes))
+  return str(path)
+
+
+def test_tpu_pod_reruns_a_preempted_run(tmp_path):
+  """Exit 75 (ltjax saved at a preemption notice) on a VM still READY: the same command
+  runs again and resumes; a VM that was PREEMPTED is deleted and created first."""
+  env = fake_tool(tmp_path, 'gcloud')
+  env.update(REPO_URL='x', REF='y', DESCRIBE_STATUS='0', STATE='READY', STATUSES=_statuses(tmp_path, 75, 0))
+  p = subprocess.run(['bash', str(REPO / 'launch/tpu_pod.sh'), 'pod', 'z', 'v4-8', '--workdir', 'w'],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  assert p.returncode == 0, p.stderr
+  calls = (tmp_path / 'calls.txt').read_text().splitlines()
+  assert sum('ltjax.main' in c for c in calls) == 2 and 'restart 1' in p.stderr
+  assert not any(' create ' in c or ' delete ' in c for c in calls)
+
+  (tmp_path / 'calls.txt').unlink()
+  env.update(STATE='PREEMPTED', STATUSES=_statuses(tmp_path, 255, 0))
+  p = subprocess.run(['bash', str(REPO / 'launch/tpu_pod.sh'), 'pod', 'z', 'v4-8', '--workdir', 'w'],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  assert p.returncode == 0, p.stderr
+  calls = (tmp_path / 'calls.txt').read_text().splitlines()
+  runs = [i for i, c in enumerate(calls) if 'ltjax.main' in c]
+  delete = next(i for i, c in enumerate(calls) if ' delete pod' in c)
+  create = next(i for i, c in enumerate(calls) if ' create pod' in c)
+  assert len(runs) == 2 and runs[0] < delete < create < runs[1]
+
+
+def test_tpu_pod_stops_on_a_real_failure_and_bounds_restarts(tmp_path):
+  env = fake_tool(tmp_path, 'gcloud')
+  env.update(REPO_URL='x', REF='y', DESCRIBE_STATUS='0', STATE='READY', STATUSES=_statuses(tmp_path, 1, 0))
+  p = subprocess.run(['bash', str(REPO / 'launch/tpu_pod.sh'), 'pod', 'z', 'v4-8', '--workdir', 'w'],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  assert p.returncode == 1
+  assert sum('ltjax.main' in c for c in (tmp_path / 'calls.txt').read_text().splitlines()) == 1
+  env.update(MAX_RESTARTS='2', STATUSES=_statuses(tmp_path, 75, 75, 75, 0))
+  p = subprocess.run(['bash', str(REPO / 'launch/tpu_pod.sh'), 'pod', 'z', 'v4-8', '--workdir', 'w'],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  assert p.returncode == 75 and 'after 2 restarts' in p.stderr
+
+
+def test_slurm_requeues_a_preempted_job(tmp_path):
+  env = fake_tool(tmp_path, 'srun')
+  fake_tool(tmp_path, 'scontrol')
+  env.update(CONFIG='c.py', WORKDIR='/w', SLURM_JOB_ID='42', STATUSES=_statuses(tmp_path, 75))
+  p = subprocess.run(['bash', str(REPO / 'launch/slurm.sbatch')], capture_output=True, text=True,
+                     env=env, cwd=REPO, timeout=60)
+  assert p.returncode == 75
+  assert (tmp_path / 'calls.txt').read_text().splitlines()[-1] == 'requeue 42'
+  env.update(SLURM_RESTART_COUNT='10', STATUSES=_statuses(tmp_path, 75))
+  p = subprocess.run(['bash', str(REPO / 'launch/slurm.sbatch')], capture_output=True, text=True,
+                     env=env, cwd=REPO, timeout=60)
+  assert p.returncode == 75 and 'not requeued' in p.stderr
+  script = (REPO / 'launch/slurm.sbatch').read_text()
+  assert '#SBATCH --signal=TERM@' in script and '#SBATCH --requeue' in script

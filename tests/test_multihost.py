@@ -8,13 +8,14 @@ a teacher restored by both, results and logs from process 0 only.
 """
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, wait_for_checkpoint
+from conftest import REPO, wait_for_checkpoint, wait_for_logged_step
 
 pytestmark = pytest.mark.slow
 # 42 steps a phase, logged every step. At the digits config's lr 0.1 this tiny net is
@@ -97,6 +98,56 @@ def test_killed_two_process_run_resumes(runs, tmp_path):
   assert a['per_class'] == b['per_class']
   assert metrics(killed, 'student')[-1]['train/loss'] == pytest.approx(
       metrics(multi, 'student')[-1]['train/loss'], rel=1e-6)
+
+
+def _signal_when_logged(workdir, phase, min_step, target):
+  """Starts the two-process run, waits until ``phase`` logged ``min_step``, then sends
+  SIGTERM to ``target(launcher)`` (a pid); returns the launcher's output."""
+  proc = subprocess.Popen(two_process_cmd(workdir), cwd=REPO, env=two_process_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+  wait_for_logged_step(proc, workdir / phase / 'metrics.jsonl', min_step)
+  os.kill(target(proc), signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  return proc.returncode, out, err
+
+
+def test_sigterm_to_the_launcher_saves_at_one_step_and_the_rerun_matches(runs, tmp_path):
+  """local.sh passes the SIGTERM to both processes; JAX's preemption service makes them
+  agree on one step; both save it and exit 75, and so does the launcher. The same command
+  then resumes to the uninterrupted two-process results."""
+  _, multi, _ = runs
+  stopped = tmp_path / 'stopped'
+  code, out, err = _signal_when_logged(stopped, 'student', random.Random(3).randint(8, 30), lambda p: p.pid)
+  assert code == 75, err[-3000:]
+  said = [l for l in err.splitlines() if 'stopped by' in l]
+  assert len(said) == 1, 'process 0 alone reports it'
+  step = int(said[0].split(' at step ')[1].split()[0])
+  ckpts = sorted(int(d) for d in os.listdir(stopped / 'student' / 'checkpoints') if d.isdigit())
+  assert ckpts[-1] == step and metrics(stopped, 'student')[-1]['step'] == step
+  p = two_processes(stopped)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert f'resumed from checkpoint at step {step} of {STEPS}' in p.stdout + p.stderr
+  assert json.load(open(stopped / 'student' / 'results.json'))['per_class'] == \
+      json.load(open(multi / 'student' / 'results.json'))['per_class']
+  assert metrics(stopped, 'student')[-1]['train/loss'] == pytest.approx(
+      metrics(multi, 'student')[-1]['train/loss'], rel=1e-6)
+
+
+def test_preempted_processes_are_rerun_by_the_launcher(runs, tmp_path):
+  """A SIGTERM that reaches one process (not the launcher): both save and exit 75, the
+  launcher runs them again, and the run finishes as if never stopped."""
+  _, multi, _ = runs
+  workdir = tmp_path / 'rerun'
+
+  def process_1(launcher):
+    children = subprocess.run(['pgrep', '-P', str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    return int(children[-1])
+
+  code, out, err = _signal_when_logged(workdir, 'teacher', 10, process_1)
+  assert code == 0, err[-3000:]
+  assert 'the run was preempted (exit 75); restart 1 of 3' in err
+  assert json.load(open(workdir / 'student' / 'results.json'))['per_class'] == \
+      json.load(open(multi / 'student' / 'results.json'))['per_class']
 
 
 def test_launcher_stops_every_process_when_one_fails(tmp_path):

@@ -1,0 +1,70 @@
+"""Damaged checkpoints (a truncated or missing file): skipped for the newest readable one,
+or a clear error naming them; a damaged teacher checkpoint named. The workdir lock."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ltjax import checkpoint, locks
+from ltjax.errors import MissingCheckpointError, WorkdirInUseError
+
+
+def _save_steps(directory, steps):
+  mgr = checkpoint.manager(str(directory), keep=5)
+  for s in steps:
+    checkpoint.save(mgr, s, {'params': {'w': jnp.full((64, 64), float(s))}, 'batch_stats': {}})
+  mgr.wait_until_finished()
+  return mgr
+
+
+def _damage(step_dir, how):
+  files = sorted((f for f in step_dir.rglob('*') if f.is_file()), key=lambda f: f.stat().st_size)
+  if how == 'truncate':
+    files[-1].write_bytes(files[-1].read_bytes()[:files[-1].stat().st_size // 2])
+  else:
+    for f in files:
+      if 'manifest' in f.name or 'ocdbt' in str(f):
+        os.remove(f)
+
+
+@pytest.mark.parametrize('how', ['truncate', 'missing'])
+def test_newest_damaged_checkpoint_falls_back_to_the_previous(tmp_path, how, capsys):
+  mgr = _save_steps(tmp_path, [1, 2, 3])
+  _damage(tmp_path / '3', how)
+  target = {'params': {'w': jnp.zeros((64, 64))}, 'batch_stats': {}}
+  state = checkpoint.restore_latest(mgr, target)
+  assert float(state['params']['w'][0, 0]) == 2.0
+  err = capsys.readouterr().err
+  assert f'checkpoint {tmp_path / "3"} cannot be read' in err and 'Resuming from step 2' in err
+  assert (tmp_path / '3.damaged').is_dir() and mgr.latest_step() == 2
+  # The run can save step 3 again.
+  checkpoint.save(mgr, 3, target)
+  mgr.wait_until_finished()
+  assert mgr.all_steps() == [1, 2, 3]
+
+
+def test_no_readable_checkpoint_says_what_to_delete(tmp_path):
+  mgr = _save_steps(tmp_path, [1, 2])
+  for s in (1, 2):
+    _damage(tmp_path / str(s), 'truncate')
+  with pytest.raises(MissingCheckpointError, match=f'Fix: delete {tmp_path}') as e:
+    checkpoint.restore_latest(mgr, {'params': {'w': jnp.zeros((64, 64))}, 'batch_stats': {}})
+  assert str(tmp_path / '1') in str(e.value) and str(tmp_path / '2') in str(e.value)
+  assert sorted(os.listdir(tmp_path)) == ['1', '2']  # nothing moved or deleted
+
+
+def test_damaged_teacher_checkpoint_is_named(tmp_path):
+  _save_steps(tmp_path, [5]).close()
+  assert np.all(checkpoint.restore_variables(str(tmp_path))['params']['w'] == 5.0)
+  _damage(tmp_path / '5', 'truncate')
+  with pytest.raises(MissingCheckpointError, match=f'{tmp_path / "5"} cannot be read'):
+    checkpoint.restore_variables(str(tmp_path))
+
+
+def test_workdir_lock_names_its_holder_and_is_released(tmp_path):
+  first = locks.WorkdirLock(str(tmp_path)).acquire()
+  with pytest.raises(WorkdirInUseError, match=f'process {os.getpid()} on '):
+    locks.WorkdirLock(str(tmp_path)).acquire()
+  first.release()
+  locks.WorkdirLock(str(tmp_path)).acquire().release()
