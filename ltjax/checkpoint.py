@@ -17,7 +17,7 @@ from typing import Sequence
 import jax
 import orbax.checkpoint as ocp
 
-from ltjax.errors import MissingCheckpointError
+from ltjax.errors import MissingCheckpointError, WorkdirWriteError
 
 
 class DataState:
@@ -64,15 +64,46 @@ def manager(directory: str, keep: int = 2, every_steps: int = 1, min_seconds: fl
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state=None) -> None:
   """Saves ``state``; with ``data_state`` (a grain iterator state) both, as one step.
-  The caller has decided (``mgr.should_save``, or the last step): no policy is asked."""
-  if data_state is None:
-    mgr.save(step, args=ocp.args.StandardSave(state), force=True)
-  else:
-    import grain
+  The caller has decided (``mgr.should_save``, or the last step): no policy is asked.
+  Orbax writes in the background; a failed write (a full disk) is a ``WorkdirWriteError``
+  here (the one before, still writing, or this one) or at ``finish``, and the finished
+  checkpoints stay as they were."""
+  finish(mgr)  # an earlier background write that failed is reported as such
+  try:
+    if data_state is None:
+      mgr.save(step, args=ocp.args.StandardSave(state), force=True)
+    else:
+      import grain
 
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           data=grain.checkpoint.CheckpointSave(DataState(data_state))),
-             force=True)
+      mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             data=grain.checkpoint.CheckpointSave(DataState(data_state))),
+               force=True)
+  except Exception as e:
+    raise _write_error(mgr, e) from e
+
+
+def finish(mgr: ocp.CheckpointManager) -> None:
+  """Waits for the background writes of ``mgr`` (``save``'s errors surface here too)."""
+  try:
+    mgr.wait_until_finished()
+  except Exception as e:
+    raise _write_error(mgr, e) from e
+
+
+_OS_ERRORS = ('No space left on device', 'Disk quota exceeded', 'Read-only file system', 'Permission denied')
+
+
+def _write_error(mgr, error) -> WorkdirWriteError:
+  directory = str(mgr.directory)
+  text = str(error)
+  why = next((e for e in _OS_ERRORS if e in text),
+             f'{type(error).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ""}')
+  kept = mgr.all_steps()  # finished checkpoints only: orbax writes into a temporary folder
+  before = (f'the checkpoint of step {max(kept)} is intact' if kept else
+            'no checkpoint of this phase was finished before it')
+  return WorkdirWriteError(
+      f'could not write a checkpoint in {directory} ({why}); {before}. Fix: free space on that '
+      f'disk (or fix its permissions), then rerun the same command to resume.')
 
 
 def _has_items(directory: str, step: int) -> bool:

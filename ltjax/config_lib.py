@@ -46,3 +46,140 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
 # phases it runs) and never what it computes: the one group that may differ between the
 # runs of one workdir (``pipeline.check_workdir``).
 RUN_GROUP = 'run'
+
+
+# ---------------------------------------------------------------- checking every field
+# What each field of a config may hold beyond its type (ml_collections' locked config
+# already refuses a value of another type): ``path -> (check, what is allowed)``. Every
+# field of every config under configs/ has a rule (tests/test_configs.py checks it), so a
+# new field comes with its rule. Choices are read from the library (recipes, datasets,
+# samplers, models) when checked.
+def _number(low=None, high=None, *, low_open=False, high_open=False, integer=False):
+  def check(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+      return False
+    if v != v:  # NaN
+      return False
+    if low is not None and (v <= low if low_open else v < low):
+      return False
+    return high is None or (v < high if high_open else v <= high)
+
+  bounds = []
+  if low is not None:
+    bounds.append(f'{">" if low_open else ">="} {low:g}')
+  if high is not None:
+    bounds.append(f'{"<" if high_open else "<="} {high:g}')
+  return check, ('an integer' if integer else 'a number') + (' ' + ' and '.join(bounds) if bounds else '')
+
+
+def _choice(get_choices):
+  def check(v):
+    return v in get_choices()
+  return check, lambda: 'one of ' + ', '.join(map(str, get_choices()))
+
+
+def _each(rule, length=None):
+  inner, text = rule
+
+  def check(v):
+    return isinstance(v, (list, tuple)) and (length is None or len(v) == length) and all(inner(x) for x in v)
+  return check, (f'{length} values' if length else 'a list') + f', each {text}'
+
+
+_ANY = (lambda v: True, 'anything')
+
+
+def _choices():
+  from ltjax import recipes, train
+  from ltjax.data import registry, samplers
+  from ltjax.models import BACKBONES, SELFSUP, heads, layers
+
+  return {'method': sorted(recipes.RECIPES), 'dataset': list(registry.DATASETS), 'sampler': samplers.KINDS,
+          'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
+          'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': ('step', 'cosine', 'constant'),
+          'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
+          'target': ('t_tau', 't_tilde')}
+
+
+def _pick(kind):
+  return _choice(lambda: _choices()[kind])
+
+
+_POS_INT = _number(1, integer=True)
+_NONNEG_INT = _number(0, integer=True)
+_POS = _number(0, low_open=True)
+_NONNEG = _number(0)
+_PROB = _number(0, 1)
+_SCHEDULE = {
+    'epochs': _POS_INT, 'batch_size': _POS_INT, 'lr': _POS, 'momentum': _number(0, 1, high_open=True),
+    'nesterov': _ANY, 'weight_decay': _NONNEG, 'schedule': _pick('schedule'), 'warmup_epochs': _NONNEG,
+    'warmup': _pick('warmup'), 'lr_boundaries': _each(_NONNEG), 'lr_decay': _number(0, 1, low_open=True),
+    'first_epoch': _number(0, 1, integer=True), 'schedule_epochs': _NONNEG_INT, 'sampler': _pick('sampler'),
+}
+RULES = {
+    'method': _pick('method'), 'seed': _NONNEG_INT,
+    'run.phases': _ANY, 'run.num_devices': _NONNEG_INT, 'run.data_dir': _ANY, 'run.cache_dir': _ANY,
+    'run.download': _ANY, 'run.host_threads': _POS_INT, 'run.host_workers': _NONNEG_INT,
+    'run.eval_batch_size': _POS_INT, 'run.log_every_steps': _POS_INT, 'run.eval_every_epochs': _NONNEG_INT,
+    'run.checkpoint_every_epochs': _POS_INT, 'run.checkpoint_min_seconds': _NONNEG,
+    'run.keep_checkpoints': _POS_INT,
+    'data.name': _pick('dataset'),
+    # >= 1 for a long tail drawn by ltjax (0: the dataset's own split); the loader says
+    # more about a factor below 1 ("did you mean IF = 1 / x").
+    'data.imbalance_factor': _NONNEG, 'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
+    'data.sampler': _pick('sampler'), 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
+    'data.few_below': _NONNEG_INT, 'data.augment.pad': _NONNEG_INT, 'data.augment.flip': _ANY,
+    'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),
+    'data.augment.jitter': _NONNEG, 'data.image_size': _POS_INT, 'data.resize_size': _POS_INT,
+    'data.mock_examples': _NONNEG_INT, 'data.file_list': _ANY,
+    'data.file_list_sha256': (lambda v: v == '' or (len(v) == 64 and all(c in '0123456789abcdef' for c in v.lower())),
+                              "'' or 64 hexadecimal digits"),
+    'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),
+    'model.head_init': _pick('head_init'), 'model.conv_impl': _pick('conv_impl'),
+    'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.cb_beta': _number(0, 1, high_open=True),
+    'loss.ldam_max_margin': _POS, 'loss.ldam_scale': _POS, 'loss.drw_epoch': _NONNEG_INT,
+    'loss.tau_norm_tau': _NONNEG, 'loss.tau_norm_sweep': _each(_NONNEG),
+    'dive.temperature': _POS, 'dive.power': _POS, 'dive.alpha': _PROB, 'dive.use_bsce': _ANY,
+    'dive.target': _pick('target'), 'dive.teacher_dir': _ANY,
+    'ssd.selfsup': _pick('selfsup'), 'ssd.alpha1': _NONNEG, 'ssd.alpha2': _NONNEG, 'ssd.proj_dim': _POS_INT,
+    'ssd.moco_momentum': _PROB, 'ssd.queue_size': _POS_INT, 'ssd.moco_temperature': _POS,
+    'ssd.mask_same_label': _ANY, 'ssd.generator': _pick('generator'), 'ssd.distill_temperature': _POS,
+    'ssd.lambda1': _NONNEG, 'ssd.lambda2': _NONNEG, 'ssd.student_selfsup': _ANY, 'ssd.phase4': _ANY,
+    'ssd.phase4_head': _pick('phase4_head'), 'ssd.teacher_dir': _ANY,
+    'ssd.key_view.jitter': _NONNEG, 'ssd.key_view.hue': _number(0, 0.5), 'ssd.key_view.jitter_p': _PROB,
+    'ssd.key_view.grayscale_p': _PROB, 'ssd.key_view.blur_p': _PROB,
+    'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
+    'ssd.key_view.random_order': _ANY,
+    **{f'train.{k}': v for k, v in _SCHEDULE.items() if k != 'sampler'},
+    **{f'stage2.{k}': v for k, v in _SCHEDULE.items()},
+}
+
+
+def validate(config) -> None:
+  """Checks every field of ``config`` against ``RULES`` and the few rules between fields;
+  a ``ConfigError`` lists every bad value with what it may be, before anything runs."""
+  import json
+
+  from flax import traverse_util
+
+  flat = traverse_util.flatten_dict(json.loads(config.to_json()), sep='.')
+  bad = []
+  for path, value in flat.items():
+    if path not in RULES:
+      bad.append(f'{path}: no such field (or a field without a rule in ltjax/config_lib.py RULES)')
+      continue
+    check, allowed = RULES[path]
+    if not check(value):
+      bad.append(f'{path}={value!r}: must be {allowed() if callable(allowed) else allowed}')
+  if flat.get('data.many_above', 1) < flat.get('data.few_below', 0):
+    bad.append(f'data.many_above={flat["data.many_above"]} is below data.few_below={flat["data.few_below"]}: '
+               f'the shot groups would overlap')
+  if flat.get('data.resize_size', 1) < flat.get('data.image_size', 0):
+    bad.append(f'data.resize_size={flat["data.resize_size"]} is below data.image_size={flat["data.image_size"]}: '
+               f'the centre crop must fit in the resized image')
+  blur = flat.get('ssd.key_view.blur_sigma')
+  if isinstance(blur, list) and len(blur) == 2 and blur[0] > blur[1]:
+    bad.append(f'ssd.key_view.blur_sigma={tuple(blur)}: (low, high) with low <= high')
+  if bad:
+    raise ConfigError('bad config value' + ('s' if len(bad) > 1 else '') + ': ' + '; '.join(bad) +
+                      '. Fix: set them with --config.FIELD=VALUE (or in the config file).')

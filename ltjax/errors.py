@@ -37,3 +37,7 @@ class Preempted(LtjaxError):
 
 
 EXIT_PREEMPTED = Preempted.exit_code
+
+
+class WorkdirWriteError(LtjaxError, OSError):
+  """The workdir cannot be written (read-only, no permission, no space)."""

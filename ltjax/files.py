@@ -22,3 +22,19 @@ def write_atomic(path: str, data: str | bytes | Callable[[io.BufferedWriter], No
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def check_writable(directory: str) -> None:
+  """Creates ``directory`` if needed and writes and removes a small file in it; a
+  ``WorkdirWriteError`` that names the folder and the cause when that fails."""
+  from ltjax.errors import WorkdirWriteError
+
+  probe = os.path.join(directory, f'.write_test{os.getpid()}')
+  try:
+    os.makedirs(directory, exist_ok=True)
+    write_atomic(probe, b'\0' * 4096)
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirWriteError(
+        f'cannot write the workdir {directory} ({e.strerror or e}). Fix: choose a --workdir on a '
+        f'disk with free space that this user can write.') from None

@@ -8,6 +8,8 @@ or SIGINT after saving a checkpoint at the step it reached: the same command res
   python -m ltjax.main --config configs/cifar_lt.py:dataset=cifar100,imb=100,method=bsce \
       --workdir runs/c100 --config.run.data_dir ~/tensorflow_datasets
 """
+import errno
+import logging as std_logging
 import os
 import sys
 
@@ -56,6 +58,11 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    text = str(e)
+    if 'Error whilst parsing config file' in text:  # the config file raised: its message, no traceback
+      raised = [l.strip() for l in text.splitlines() if l.strip().startswith(('ltjax.errors.', 'ConfigError'))]
+      if raised:
+        _fail(f'{raised[-1].split(": ", 1)[-1]} (in {text.split(": Error whilst")[0].removeprefix("flag ")})', 2)
     _fail(f'{e}\nPass --helpshort to see the flags.', 2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # A --config.a.b=value override naming a field the locked config does not have.
@@ -70,6 +77,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    # A failed background write (a full disk) is logged with its traceback by orbax's
+    # threads (absl) and asyncio; ltjax reports it once, as a WorkdirWriteError.
+    for name in ('absl', 'asyncio'):
+      std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
   import jax
 
   # Before any backend starts: only the CPU backend reads it.
@@ -89,6 +100,11 @@ def main(argv):
     if _VERBOSE.value:
       raise
     _fail(str(e), 1)
+  except OSError as e:  # a full disk outside a checkpoint (logs, results): no traceback
+    if _VERBOSE.value or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+      raise
+    _fail(f'cannot write {e.filename or "a file"} ({e.strerror}). Fix: free space on that disk, then '
+          f'rerun the same command to resume (the checkpoints written before are intact).', 1)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ import time
 import jax
 from flax import traverse_util
 
-from ltjax import checkpoint, config_lib, evaluate, locks, parallel, recipes, train
+from ltjax import checkpoint, config_lib, evaluate, files, locks, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
 from ltjax.data import augment, registry
 
@@ -106,6 +106,7 @@ def run(config, workdir: str) -> dict:
   """Runs every phase of ``config.method`` in ``workdir``; returns results per phase.
   Every process of a multi-process run calls it; process 0 writes the files and holds
   the workdir's lock (``locks.WorkdirLock``: one run per workdir) while it runs."""
+  config_lib.validate(config)  # every field, before anything is read or written
   held = []
 
   def lock():
@@ -136,7 +137,8 @@ def _run(config, workdir: str, lock) -> dict:
     parallel.check_batch_size(phase.train.batch_size, mesh)
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
   # Only a config that got this far (valid data, method, batch sizes) is recorded.
-  os.makedirs(workdir, exist_ok=True)
+  if parallel.is_main():
+    files.check_writable(workdir)  # refused now, before any training, rather than at a save
   lock()  # a new workdir: as soon as it exists
   if not known and parallel.is_main():
     evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))

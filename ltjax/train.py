@@ -343,7 +343,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
 
   def check_finite(step_done, metrics):
     if not math.isfinite(metrics['loss']):
-      mgr.wait_until_finished()
+      checkpoint.finish(mgr)
       raise NonFiniteLossError(
           f'[{phase.name}] loss is {metrics["loss"]} at step {step_done} (epoch '
           f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Lower --config.train.lr '
@@ -400,7 +400,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
       if mgr.latest_step() != step + 1:
         checkpoint.save(mgr, step + 1, state, feed.data_state)
-      mgr.wait_until_finished()
+      checkpoint.finish(mgr)
       for closable in (mgr, feed, bar, logger):
         closable.close()
       raise Preempted(
@@ -414,7 +414,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
            'first_step_seconds': first_step_seconds}
   if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
     checkpoint.save(mgr, total_steps, state, feed.data_state)
-  mgr.wait_until_finished()
+  checkpoint.finish(mgr)
   mgr.close()
   feed.close()
   bar.close()

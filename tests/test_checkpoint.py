@@ -68,3 +68,27 @@ def test_workdir_lock_names_its_holder_and_is_released(tmp_path):
     locks.WorkdirLock(str(tmp_path)).acquire()
   first.release()
   locks.WorkdirLock(str(tmp_path)).acquire().release()
+
+
+def test_a_failed_save_names_the_intact_checkpoint(tmp_path, monkeypatch):
+  """A write failure at the orbax boundary (a full disk, injected): a WorkdirWriteError
+  that names the failed and the intact step; the intact one still restores."""
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  from ltjax.errors import WorkdirWriteError
+
+  mgr = _save_steps(tmp_path, [7])
+  real = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full_disk)
+  target = {'params': {'w': jnp.zeros((64, 64))}, 'batch_stats': {}}
+  with pytest.raises(WorkdirWriteError, match='could not write a checkpoint in .*No space left on '
+                     'device.*the checkpoint of step 7 is intact.*rerun the same command'):
+    checkpoint.save(mgr, 14, target)
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', real)
+  assert float(checkpoint.restore_latest(mgr, target)['params']['w'][0, 0]) == 7.0

@@ -186,3 +186,67 @@ def test_configs_cannot_add_fields():
 def test_smoke_keeps_the_imbalance_factor_given():
   assert cifar_lt.get_config('smoke,imb=10').data.imbalance_factor == 10.0
   assert cifar_lt.get_config('smoke').data.imbalance_factor == 100.0
+
+
+# ---------------------------------------------------------------- every field, bad values
+CONFIGS = {'digits_lt': digits_lt.get_config, 'cifar_lt': cifar_lt.get_config,
+           'imagenet_lt': imagenet_lt.get_config, 'inat18': inat18.get_config}
+CANDIDATES = (-1, -0.5, 0, 0.6, 1.5, 10**9, 'nonsense', (), (-1.0,), (0.5,), 'xyz')
+
+
+def _fields(config):
+  import json
+
+  from flax import traverse_util
+
+  return traverse_util.flatten_dict(json.loads(config.to_json()), sep='.')
+
+
+def _set(config, path, value):
+  *parents, leaf = path.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_every_field_has_a_rule_and_every_bad_value_is_named(name):
+  """Table-driven: every field of the config set to a value of the wrong type (refused
+  by the locked config: ``--config`` overrides exit 2) and, where its rule restricts it,
+  to values outside its range (refused by ``config_lib.validate``, which names the field
+  and what it may be)."""
+  config = CONFIGS[name](None)
+  config_lib.validate(config)
+  fields = _fields(config)
+  assert set(fields) <= set(config_lib.RULES), set(fields) - set(config_lib.RULES)
+  tried = 0
+  for path, value in fields.items():
+    wrong_type = 3 if isinstance(value, str) else 'x'
+    c = CONFIGS[name](None)
+    with pytest.raises(TypeError):
+      _set(c, path, wrong_type)
+    check, _ = config_lib.RULES[path]
+    for bad in CANDIDATES:
+      c = CONFIGS[name](None)
+      try:
+        _set(c, path, bad)
+      except TypeError:
+        continue  # another type: refused above
+      if check(_fields(c)[path]):
+        continue  # allowed
+      with pytest.raises(config_lib.ConfigError, match=f'{path}='):
+        config_lib.validate(c)
+      tried += 1
+  assert tried > 80, tried
+
+
+def test_rules_between_fields():
+  c = digits_lt.get_config()
+  c.data.many_above, c.data.few_below = 10, 20
+  with pytest.raises(config_lib.ConfigError, match='shot groups would overlap'):
+    config_lib.validate(c)
+  c = imagenet_lt.get_config()
+  c.data.resize_size = 200
+  with pytest.raises(config_lib.ConfigError, match='centre crop must fit'):
+    config_lib.validate(c)

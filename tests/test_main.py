@@ -231,3 +231,86 @@ def test_real_cifar10_lt_smoke(tmp_path):
   assert r['dataset'] == 'cifar10' and r['num_train'] == 12406 and r['num_test'] == 10000
   assert r['class_counts'][0] == 5000 and r['class_counts'][9] == 50
   assert r['few'] is None and r['top1'] > 12  # 1 tiny epoch: above chance (10)
+
+
+def _mount_tmpfs(path, options):
+  """A tmpfs at ``path`` (root on Linux); False where this machine does not allow it."""
+  path.mkdir(parents=True, exist_ok=True)
+  try:
+    return subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
+                          capture_output=True, timeout=30).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+
+
+DISK_ARGS = ('--config.run.checkpoint_min_seconds=0',)
+
+
+def test_full_disk_stops_with_a_message_and_the_last_checkpoint_resumes(tmp_path):
+  """A 700 kB filesystem holds the config and at most one checkpoint (about 0.45 MB):
+  the run stops with one clear message, no traceback, naming the checkpoint that is
+  intact; the workdir copied to a disk with room resumes from it to the uninterrupted
+  result."""
+  full = tmp_path / 'small_disk'
+  if not _mount_tmpfs(full, 'size=700k'):
+    pytest.skip('cannot mount a small tmpfs here (needs root)')
+  try:
+    p = run(full / 'w', *DISK_ARGS, config='configs/digits_lt.py:smoke,method=ce')
+    # One clear message and exit 1. (tensorstore's write callbacks may still print
+    # "Event loop is closed" tracebacks from its threads as the process exits.)
+    said = [l for l in p.stderr.splitlines() if l.startswith('ltjax: error: could not write a checkpoint in')]
+    assert p.returncode == 1 and len(said) == 1, p.stderr[-3000:]
+    assert '(No space left on device)' in said[0]
+    assert 'rerun the same command to resume' in p.stderr
+    intact = sorted(int(d) for d in os.listdir(full / 'w/ce/checkpoints') if d.isdigit())
+    assert (f'the checkpoint of step {intact[-1]} is intact' if intact else 'no checkpoint of this phase') in p.stderr
+    subprocess.run(['cp', '-r', str(full / 'w'), str(tmp_path / 'w')], check=True)
+  finally:
+    subprocess.run(['umount', str(full)], capture_output=True)
+  resumed = run(tmp_path / 'w', *DISK_ARGS, config='configs/digits_lt.py:smoke,method=ce')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  if intact:
+    assert f'resumed from checkpoint at step {intact[-1]}' in resumed.stdout + resumed.stderr
+  whole = run(tmp_path / 'whole', *DISK_ARGS, config='configs/digits_lt.py:smoke,method=ce')
+  assert whole.returncode == 0
+  assert json.load(open(tmp_path / 'w/results.json'))['per_class'] == \
+      json.load(open(tmp_path / 'whole/results.json'))['per_class']
+
+
+def test_unwritable_workdir_is_refused_before_training(tmp_path):
+  if os.geteuid() == 0:
+    readonly = tmp_path / 'ro'
+    if not _mount_tmpfs(readonly, 'ro,size=64k'):
+      pytest.skip('cannot mount a read-only tmpfs here')
+  else:
+    readonly = tmp_path / 'ro'
+    readonly.mkdir()
+    readonly.chmod(0o500)
+  try:
+    p = run(readonly / 'w', config='configs/digits_lt.py:smoke,method=ce', timeout=120)
+  finally:
+    if os.geteuid() == 0:
+      subprocess.run(['umount', str(readonly)], capture_output=True)
+  assert p.returncode == 1 and 'Traceback' not in p.stderr
+  assert f'cannot write the workdir {readonly / "w"}' in p.stderr and 'Fix: choose a --workdir' in p.stderr
+  assert '[ce]' not in p.stderr + p.stdout  # no training began
+
+
+@pytest.mark.parametrize('config,extra,code,said', [
+    ('configs/digits_lt.py:smoke', '--config.train.lr=-0.1', 1, 'train.lr=-0.1: must be a number > 0'),
+    ('configs/digits_lt.py:smoke', '--config.train.batch_size=60', 1, 'train.batch_size=60 is not divisible by the 8'),
+    ('configs/digits_lt.py:smoke,method=xyz', '', 1, "method='xyz': must be one of bsce, cb_focal"),
+    ('configs/digits_lt.py:smoke', '--config.data.sampler=sometimes', 1, "data.sampler='sometimes': must be one of"),
+    ('configs/cifar_lt.py:smoke,schedule=fast', '', 2, "schedule='fast': configs/cifar_lt.py has ldam, bbn, bag"),
+    ('configs/digits_lt.py:smoke', '--config.data.name=mnist', 1, "data.name='mnist': must be one of digits"),
+    ('configs/digits_lt.py:smoke', '--config.model.dtype=float16', 1, "model.dtype='float16'"),
+    ('configs/digits_lt.py:smoke', '--config.model.conv_impl=cudnn', 1, "model.conv_impl='cudnn'"),
+    ('configs/digits_lt.py:smoke', '--config.train.epochs=two', 2, "--config.train.epochs=two: invalid literal for int()"),
+    ('configs/digits_lt.py:smoke', '--config.run.keep_checkpoints=0', 1, 'run.keep_checkpoints=0: must be an integer >= 1'),
+])
+def test_bad_values_get_one_line_and_leave_no_workdir(tmp_path, config, extra, code, said):
+  p = run(tmp_path / 'w', *([extra] if extra else []), config=config, timeout=120)
+  errors = [l for l in p.stderr.splitlines() if l.startswith('ltjax: error:') or 'Error' in l]
+  assert p.returncode == code and 'Traceback' not in p.stderr, p.stderr[-2000:]
+  assert said in p.stderr and len(errors) == 1, p.stderr[-2000:]
+  assert not (tmp_path / 'w').exists()
