@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -100,54 +101,47 @@ def test_killed_two_process_run_resumes(runs, tmp_path):
       metrics(multi, 'student')[-1]['train/loss'], rel=1e-6)
 
 
-def _signal_when_logged(workdir, phase, min_step, target):
-  """Starts the two-process run, waits until ``phase`` logged ``min_step``, then sends
-  SIGTERM to ``target(launcher)`` (a pid); returns the launcher's output."""
-  proc = subprocess.Popen(two_process_cmd(workdir), cwd=REPO, env=two_process_env(), text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-  wait_for_logged_step(proc, workdir / phase / 'metrics.jsonl', min_step)
-  os.kill(target(proc), signal.SIGTERM)
-  out, err = proc.communicate(timeout=300)
-  return proc.returncode, out, err
-
-
-def test_sigterm_to_the_launcher_saves_at_one_step_and_the_rerun_matches(runs, tmp_path):
-  """local.sh passes the SIGTERM to both processes; JAX's preemption service makes them
-  agree on one step; both save it and exit 75, and so does the launcher. The same command
-  then resumes to the uninterrupted two-process results."""
+def test_preempted_two_process_run_is_rerun_then_stops_and_resumes(runs, tmp_path):
+  """The teacher phase of the two-process run: (1) a SIGTERM that reaches one process (a
+  cluster's notice, not the launcher's): both agree on a step (JAX's preemption service),
+  save, exit 75, and local.sh runs them again; (2) a SIGTERM to local.sh: it passes it to
+  both, they save at one step and it exits 75; (3) the same command resumes to the
+  uninterrupted run's results."""
   _, multi, _ = runs
-  stopped = tmp_path / 'stopped'
-  code, out, err = _signal_when_logged(stopped, 'student', random.Random(3).randint(8, 30), lambda p: p.pid)
-  assert code == 75, err[-3000:]
-  said = [l for l in err.splitlines() if 'stopped by' in l]
-  assert len(said) == 1, 'process 0 alone reports it'
-  step = int(said[0].split(' at step ')[1].split()[0])
-  ckpts = sorted(int(d) for d in os.listdir(stopped / 'student' / 'checkpoints') if d.isdigit())
-  assert ckpts[-1] == step and metrics(stopped, 'student')[-1]['step'] == step
-  p = two_processes(stopped)
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert f'resumed from checkpoint at step {step} of {STEPS}' in p.stdout + p.stderr
-  assert json.load(open(stopped / 'student' / 'results.json'))['per_class'] == \
-      json.load(open(multi / 'student' / 'results.json'))['per_class']
-  assert metrics(stopped, 'student')[-1]['train/loss'] == pytest.approx(
-      metrics(multi, 'student')[-1]['train/loss'], rel=1e-6)
-
-
-def test_preempted_processes_are_rerun_by_the_launcher(runs, tmp_path):
-  """A SIGTERM that reaches one process (not the launcher): both save and exit 75, the
-  launcher runs them again, and the run finishes as if never stopped."""
-  _, multi, _ = runs
-  workdir = tmp_path / 'rerun'
-
-  def process_1(launcher):
-    children = subprocess.run(['pgrep', '-P', str(launcher.pid)], capture_output=True, text=True).stdout.split()
-    return int(children[-1])
-
-  code, out, err = _signal_when_logged(workdir, 'teacher', 10, process_1)
-  assert code == 0, err[-3000:]
+  workdir = tmp_path / 'stopped'
+  cmd = two_process_cmd(workdir) + ['--config.run.phases=teacher']
+  err_path = tmp_path / 'launcher.err'
+  with open(err_path, 'w') as err_file:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=two_process_env(), stdout=subprocess.DEVNULL, stderr=err_file,
+                            start_new_session=True)
+    log = workdir / 'teacher' / 'metrics.jsonl'
+    wait_for_logged_step(proc, log, random.Random(3).randint(5, 12))
+    children = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(children[-1]), signal.SIGTERM)  # process 1 alone gets the notice
+    # The launcher reruns both; once the rerun has trained 5 steps more, stop the launcher.
+    deadline = time.time() + 300
+    while 'restart 1 of 3' not in err_path.read_text():
+      assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-3000:]
+      time.sleep(0.05)
+    first = int(next(l for l in err_path.read_text().splitlines() if 'stopped by' in l).split(' at step ')[1].split()[0])
+    wait_for_logged_step(proc, log, first + 5)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=300)
+  err = err_path.read_text()
+  assert proc.returncode == 75, err[-3000:]
   assert 'the run was preempted (exit 75); restart 1 of 3' in err
-  assert json.load(open(workdir / 'student' / 'results.json'))['per_class'] == \
-      json.load(open(multi / 'student' / 'results.json'))['per_class']
+  said = [l for l in err.splitlines() if 'stopped by' in l]
+  assert len(said) == 2, 'process 0 alone reports each stop'
+  steps = [int(l.split(' at step ')[1].split()[0]) for l in said]
+  ckpts = sorted(int(d) for d in os.listdir(workdir / 'teacher' / 'checkpoints') if d.isdigit())
+  assert steps[0] < steps[1] == ckpts[-1] and metrics(workdir, 'teacher')[-1]['step'] == steps[1]
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=two_process_env())
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert f'resumed from checkpoint at step {steps[1]} of {STEPS}' in p.stdout + p.stderr
+  assert json.load(open(workdir / 'teacher' / 'results.json'))['per_class'] == \
+      json.load(open(multi / 'teacher' / 'results.json'))['per_class']
+  assert metrics(workdir, 'teacher')[-1]['train/loss'] == pytest.approx(
+      metrics(multi, 'teacher')[-1]['train/loss'], rel=1e-6)
 
 
 def test_launcher_stops_every_process_when_one_fails(tmp_path):
