@@ -50,6 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mock_examples = 0  # > 0: tfds.testing.mock_data with this many random records a split
   c.data.file_list = ''  # Places-LT: path or URL of Places_LT_train.txt (OLTR's list)
   c.data.file_list_sha256 = ''  # its checksum, checked when set
+  # Your own images (data.name = folder; configs/folder_lt.py): folders of class subfolders.
+  c.data.train_dir = ''
+  c.data.test_dir = ''  # '' = hold out a class-balanced share of train_dir
+  c.data.holdout = 0.2  # that share (of the smallest class, the same number from every class)
+  c.data.skip_bad_images = False  # skip (and count) images that cannot be decoded instead of stopping
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cifar_resnet'

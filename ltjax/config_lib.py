@@ -132,6 +132,8 @@ RULES = {
     'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),
     'data.augment.jitter': _NONNEG, 'data.image_size': _POS_INT, 'data.resize_size': _POS_INT,
     'data.mock_examples': _NONNEG_INT, 'data.file_list': _ANY,
+    'data.train_dir': _ANY, 'data.test_dir': _ANY, 'data.holdout': _number(0, 1, low_open=True, high_open=True),
+    'data.skip_bad_images': _ANY,
     'data.file_list_sha256': (lambda v: v == '' or (len(v) == 64 and all(c in '0123456789abcdef' for c in v.lower())),
                               "'' or 64 hexadecimal digits"),
     'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),

@@ -147,6 +147,9 @@ def _run(config, workdir: str, lock) -> dict:
   _say(f'{dataset.title} IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '
         f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
+  skipped = getattr(dataset, 'skipped_images', 0)
+  if skipped:
+    _say(f'{skipped} image(s) that cannot be decoded were skipped (data.skip_bad_images)')
   aug = config.data.augment
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std, dataset.pixel_scale)
   eval_batch = config.run.eval_batch_size
@@ -193,6 +196,7 @@ def _run(config, workdir: str, lock) -> dict:
     res.update(method=config.method, phase=phase.name, dataset=dataset.name,
                imbalance_factor=dataset.imbalance_factor, seed=config.seed,
                num_train=int(len(dataset.train_labels)), epochs=phase.train.epochs,
+               **({'skipped_images': skipped} if skipped else {}),
                devices=int(mesh.devices.size), platform=jax.devices()[0].platform,
                timing={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timing.items()})
     if parallel.is_main():

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import cifar_lt, digits_lt, imagenet_lt, inat18
+from configs import cifar_lt, digits_lt, folder_lt, imagenet_lt, inat18
 from ltjax import config_lib, train
 
 
@@ -190,7 +190,7 @@ def test_smoke_keeps_the_imbalance_factor_given():
 
 # ---------------------------------------------------------------- every field, bad values
 CONFIGS = {'digits_lt': digits_lt.get_config, 'cifar_lt': cifar_lt.get_config,
-           'imagenet_lt': imagenet_lt.get_config, 'inat18': inat18.get_config}
+           'imagenet_lt': imagenet_lt.get_config, 'inat18': inat18.get_config, 'folder_lt': folder_lt.get_config}
 CANDIDATES = (-1, -0.5, 0, 0.6, 1.5, 10**9, 'nonsense', (), (-1.0,), (0.5,), 'xyz')
 
 

@@ -57,6 +57,7 @@ class HostDataset:
   pixel_scale: float = 255.0
   threads: int = 16  # grain reader threads (PIL decodes and resizes outside the GIL)
   workers: int = 0  # grain worker processes on top (0: threads only)
+  skipped_images: int = 0  # unreadable images left out (an image folder with data.skip_bad_images)
 
   @property
   def class_counts(self) -> np.ndarray:

@@ -52,6 +52,12 @@ def _large(spec, config):
   return large.load_large(spec, config)
 
 
+def _folder(spec, config):
+  from ltjax.data import folder
+
+  return folder.load_folder(spec, config)
+
+
 _IMAGENET_MANUAL = (
     'ImageNet-LT is built from the ILSVRC2012 tars, which need an image-net.org account: put '
     'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in DATA_DIR/downloads/manual/, then (with '
@@ -73,6 +79,8 @@ DATASETS = {s.name: s for s in (
     # Places-LT: OLTR's file list over places365_small's training split; test = its validation
     DatasetSpec('places_lt', 'Places-LT', 'host', _large, tfds_name='places365_small',
                 test_split='validation', file_key='filename', file_list=True),
+    # Your own images: data.train_dir (and data.test_dir) of class subfolders.
+    DatasetSpec('folder', 'image folder', 'host', _folder),
 )}
 
 

@@ -1,0 +1,139 @@
+"""Your own data: a folder of class subfolders (ltjax/data/folder.py). The digits written
+as PNG and JPEG files of mixed sizes and modes (grayscale, RGB, RGBA), long-tailed;
+every bad input with its message; a smoke DiVE trained on it end to end."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import folder_lt
+from conftest import REPO
+from ltjax import config_lib
+from ltjax.data import registry
+from ltjax.errors import DatasetNotPreparedError
+
+CLASSES = [f'digit_{c}' for c in range(5)]
+TRAIN_COUNTS = [40, 24, 14, 8, 5]
+
+
+def write_folder(root, counts, seed=0, offset=0):
+  """The sklearn digits of classes 0-4 as image files: PNG (L, RGB, RGBA) and JPEG,
+  upscaled to 12-40 pixels, ``counts[c]`` images in ``root/digit_c``."""
+  from sklearn.datasets import load_digits
+
+  digits = load_digits()
+  rng = np.random.default_rng(seed)
+  for c, n in enumerate(counts):
+    (root / CLASSES[c]).mkdir(parents=True, exist_ok=True)
+    images = digits.images[digits.target == c][offset:offset + n]
+    for i, image in enumerate(images):
+      size = int(rng.integers(12, 41))
+      pil = Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+      kind = i % 4
+      if kind == 0:
+        pil.save(root / CLASSES[c] / f'{i}.png')
+      elif kind == 1:
+        pil.convert('RGB').save(root / CLASSES[c] / f'{i}.JPG', quality=90)
+      elif kind == 2:
+        pil.convert('RGBA').save(root / CLASSES[c] / f'{i}.png')
+      else:
+        sub = root / CLASSES[c] / 'more'  # images in nested folders count too
+        sub.mkdir(exist_ok=True)
+        pil.convert('RGB').save(sub / f'{i}.jpeg')
+  return root
+
+
+def config(train, test='', extra=''):
+  c = folder_lt.get_config(f'train={train},test={test},smoke' + (f',{extra}' if extra else ''))
+  config_lib.validate(c)
+  return c
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+  root = tmp_path_factory.mktemp('folders')
+  return (write_folder(root / 'train', TRAIN_COUNTS),
+          write_folder(root / 'test', [6] * 5, seed=1, offset=60))
+
+
+def test_folder_dataset_reads_classes_counts_and_images(folders):
+  train, test = folders
+  ds = registry.load(config(train, test))
+  assert ds.class_names == CLASSES and list(ds.class_counts) == TRAIN_COUNTS
+  assert ds.imbalance_factor == 8.0 and len(ds.test_labels) == 30 and ds.skipped_images == 0
+  for source in (ds.train_source, ds.test_source):
+    for i in range(len(source)):
+      ex = source[i]
+      assert ex['image'].dtype == np.uint8 and ex['image'].ndim == 3 and ex['image'].shape[2] == 3
+      assert 12 <= ex['image'].shape[0] <= 40
+  # The host pipeline's evaluation view of it: centre crops of the configured size.
+  batch = next(iter(ds.test_batches(16)))
+  assert batch['images'].shape == (16, 32, 32, 3)
+
+
+def test_held_out_test_split_is_balanced_seeded_and_said(folders):
+  train, _ = folders
+  ds = registry.load(config(train))
+  # 0.2 of the smallest class (5) = 1 image of every class held out.
+  assert list(np.bincount(ds.test_labels)) == [1] * 5 and list(ds.class_counts) == [n - 1 for n in TRAIN_COUNTS]
+  assert '1 held-out training images a class, split_seed 0' in ds.title
+  again = registry.load(config(train))
+  assert again.test_source.files == ds.test_source.files
+  other = registry.load(config(train, extra='seed=1'))
+  assert other.test_source.files != ds.test_source.files
+  assert not set(ds.test_source.files) & set(ds.train_source.files)
+
+
+def test_imbalance_factor_draws_a_long_tail_from_a_balanced_folder(tmp_path):
+  balanced = write_folder(tmp_path / 'balanced', [20] * 5)
+  ds = registry.load(config(balanced, extra='imb=10,holdout=0.25'))
+  # 15 left a class after 5 held out; the CIFAR-LT profile 15 ... 1.
+  assert list(ds.class_counts) == [15, 8, 4, 2, 1]
+
+
+def test_bad_folders_get_clear_errors(folders, tmp_path):
+  train, test = folders
+  with pytest.raises(DatasetNotPreparedError, match='does not exist'):
+    registry.load(config(tmp_path / 'nowhere'))
+  (tmp_path / 'flat').mkdir()
+  Image.new('L', (8, 8)).save(tmp_path / 'flat' / 'a.png')
+  with pytest.raises(DatasetNotPreparedError, match='holds no class subfolders'):
+    registry.load(config(tmp_path / 'flat'))
+  empty = write_folder(tmp_path / 'empty', [3, 3, 3, 3, 3])
+  for f in (empty / 'digit_2').rglob('*'):
+    if f.is_file():
+      f.unlink()
+  with pytest.raises(DatasetNotPreparedError, match=r'1 class folder\(s\) of .* hold no image \(digit_2\)'):
+    registry.load(config(empty))
+  fewer = write_folder(tmp_path / 'fewer', [3, 3, 3, 3])
+  with pytest.raises(DatasetNotPreparedError, match=r"other classes .*only in training: \['digit_4'\]; only in test: \[\]"):
+    registry.load(config(train, fewer))
+
+
+def test_undecodable_image_is_named_or_skipped(tmp_path):
+  root = write_folder(tmp_path / 'broken', [6, 6, 6, 6, 6])
+  bad = root / 'digit_3' / 'broken.jpg'
+  bad.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  with pytest.raises(DatasetNotPreparedError, match=f'1 training image\\(s\\) cannot be decoded \\(first: {bad}\\)'):
+    registry.load(config(root))
+  c = config(root)
+  c.data.skip_bad_images = True
+  ds = registry.load(c)
+  assert ds.skipped_images == 1 and str(bad) not in ds.train_source.files + ds.test_source.files
+
+
+@pytest.mark.slow
+def test_smoke_dive_trains_on_an_image_folder(folders, tmp_path):
+  train, test = folders
+  workdir = tmp_path / 'w'
+  p = subprocess.run([sys.executable, '-m', 'ltjax.main', '--config',
+                      f'{REPO}/configs/folder_lt.py:train={train},test={test},method=dive,smoke',
+                      '--workdir', str(workdir)], capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.load(open(workdir / 'results.json'))
+  assert r['dataset'] == 'folder' and r['phase'] == 'student' and len(r['per_class']) == 5
+  assert r['class_counts'] == TRAIN_COUNTS and r['num_test'] == 30
+  assert '| student |' in p.stdout
