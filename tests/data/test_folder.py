@@ -15,6 +15,7 @@ from ltjax import config_lib
 from ltjax.data import registry
 from ltjax.errors import DatasetNotPreparedError
 
+pytestmark = pytest.mark.slow  # writes, decodes and checks image folders: over 9 s in all
 CLASSES = [f'digit_{c}' for c in range(5)]
 TRAIN_COUNTS = [40, 24, 14, 8, 5]
 
@@ -125,7 +126,6 @@ def test_undecodable_image_is_named_or_skipped(tmp_path):
   assert ds.skipped_images == 1 and str(bad) not in ds.train_source.files + ds.test_source.files
 
 
-@pytest.mark.slow
 def test_smoke_dive_trains_on_an_image_folder(folders, tmp_path):
   train, test = folders
   workdir = tmp_path / 'w'
