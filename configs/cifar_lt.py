@@ -79,7 +79,7 @@ def get_config(arg=None):
   c.ssd.key_view.blur_p = 0.0
   # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and
   # BagofTricks-LT normalise both.
-  if args.smoke:  # about a minute on a 2-core CPU: tiny ResNet, 2 short epochs
+  if args.smoke:  # about a minute on a 2-core CPU: tiny ResNet, one epoch a phase
     c.model.depth = 8
     c.model.width = 4
     # The imbalance factor stays the one given (the default, 100, has the fewest images:

@@ -69,8 +69,7 @@ def check_images(files: list[str], skip_bad: bool, threads: int, role: str) -> n
 
   def readable(path):
     try:
-      with Image.open(path) as image:
-        image.load()
+      decode(path)  # exactly what the pipeline will do with it
       return True
     except Exception:  # PIL raises several types for broken files
       return False
