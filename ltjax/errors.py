@@ -41,3 +41,7 @@ EXIT_PREEMPTED = Preempted.exit_code
 
 class WorkdirWriteError(LtjaxError, OSError):
   """The workdir cannot be written (read-only, no permission, no space)."""
+
+
+class PredictInputError(LtjaxError, ValueError):
+  """A path given to ``ltjax.predict`` that holds no readable image, or a bad output name."""

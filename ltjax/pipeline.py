@@ -1,8 +1,11 @@
 """A run is a pipeline of named phases, each in ``workdir/<phase>/``.
 
-For each phase in order: skip it if its ``results.json`` exists (finished), else
-train it (resuming from its last checkpoint) and evaluate it. The last phase's
-results are also written to ``workdir/results.json`` with a summary of every phase.
+``workdir/config.json`` and ``workdir/dataset.json`` (class names and counts, how an image
+becomes an input: ``data/saved.py``) describe the run; with a phase's final checkpoint
+they are all that ``ltjax.predict`` needs. For each phase in order: skip it if its
+``results.json`` exists (finished), else train it (resuming from its last checkpoint)
+and evaluate it. The last phase's results are also written to ``workdir/results.json``
+with a summary of every phase.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from flax import traverse_util
 
 from ltjax import checkpoint, config_lib, evaluate, files, locks, parallel, recipes, train
 from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
-from ltjax.data import augment, registry
+from ltjax.data import augment, registry, saved
 
 
 def check_workdir(config, workdir: str) -> bool:
@@ -140,8 +143,10 @@ def _run(config, workdir: str, lock) -> dict:
   if parallel.is_main():
     files.check_writable(workdir)  # refused now, before any training, rather than at a save
   lock()  # a new workdir: as soon as it exists
-  if not known and parallel.is_main():
-    evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
+  if parallel.is_main():
+    if not known:
+      evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
+    saved.write(workdir, dataset)  # class names and preprocessing, for ltjax.predict
   parallel.barrier('config written')
   counts = dataset.class_counts
   _say(f'{dataset.title} IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '

@@ -36,6 +36,11 @@ class ArrayDataset:
     """A few training images, for initialising a model."""
     return self.train_images[:n]
 
+  def preprocessing(self) -> dict:
+    """How an image file becomes an input like these (``data/saved.py``): resized whole."""
+    h, w, c = self.train_images.shape[1:]
+    return {'kind': 'resize', 'height': int(h), 'width': int(w), 'channels': int(c)}
+
   def test_batches(self, global_batch: int, rows: slice | None = None):
     """This process's ``rows`` of every global batch of the test images, the last padded
     (``evaluate.predict`` reads them)."""

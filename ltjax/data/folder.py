@@ -25,6 +25,17 @@ from ltjax.errors import DatasetNotPreparedError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 
 
+def list_images(directory: str) -> list[str]:
+  """The image files under ``directory`` (by extension, hidden ones left out), recursively,
+  in sorted order."""
+  found = []
+  for root, dirs, names in os.walk(directory):
+    dirs.sort()
+    found += [os.path.join(root, f) for f in sorted(names)
+              if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')]
+  return found
+
+
 def scan(directory: str, role: str) -> tuple[list[str], list[str], np.ndarray]:
   """``(class_names, files, labels)`` of a folder of class subfolders, in sorted order."""
   if not directory or not os.path.isdir(directory):
@@ -39,11 +50,7 @@ def scan(directory: str, role: str) -> tuple[list[str], list[str], np.ndarray]:
         f'a subfolder named after the class: {directory}/<class>/<image>.')
   files, labels, empty = [], [], []
   for label, name in enumerate(classes):
-    found = []
-    for root, dirs, names in os.walk(os.path.join(directory, name)):
-      dirs.sort()
-      found += [os.path.join(root, f) for f in sorted(names)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')]
+    found = list_images(os.path.join(directory, name))
     if not found:
       empty.append(name)
     files += found

@@ -67,6 +67,10 @@ class HostDataset:
     """Zeros of the training input shape, for initialising a model."""
     return np.zeros((n, self.image_size, self.image_size, 3), np.uint8)
 
+  def preprocessing(self) -> dict:
+    """How an image file becomes an input (``data/saved.py``): as the test images are."""
+    return {'kind': 'centre_crop', 'resize': int(self.resize_size), 'crop': int(self.image_size)}
+
   def test_batches(self, global_batch: int, rows: slice | None = None):
     """This process's ``rows`` of every global evaluation batch, read, resized and
     centre-cropped on the host (``test_batches``)."""

@@ -1,9 +1,12 @@
 """Your own data: a folder of class subfolders (ltjax/data/folder.py). The digits written
 as PNG and JPEG files of mixed sizes and modes (grayscale, RGB, RGBA), long-tailed;
-every bad input with its message; a smoke DiVE trained on it end to end."""
+every bad input with its message; a smoke DiVE trained on it end to end, and
+``ltjax.predict`` on its test folder against the run's own evaluation."""
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +14,9 @@ from PIL import Image
 
 from configs import folder_lt
 from conftest import REPO
-from ltjax import config_lib
+from ltjax import config_lib, predict
 from ltjax.data import registry
-from ltjax.errors import DatasetNotPreparedError
+from ltjax.errors import DatasetNotPreparedError, PredictInputError
 
 pytestmark = pytest.mark.slow  # writes, decodes and checks image folders: over 9 s in all
 CLASSES = [f'digit_{c}' for c in range(5)]
@@ -126,14 +129,77 @@ def test_undecodable_image_is_named_or_skipped(tmp_path):
   assert ds.skipped_images == 1 and str(bad) not in ds.train_source.files + ds.test_source.files
 
 
-def test_smoke_dive_trains_on_an_image_folder(folders, tmp_path):
+@pytest.fixture(scope='module')
+def trained(folders, tmp_path_factory):
+  """A smoke DiVE trained on the image folders by the README's command: (workdir, stdout)."""
   train, test = folders
-  workdir = tmp_path / 'w'
+  workdir = tmp_path_factory.mktemp('trained') / 'w'
   p = subprocess.run([sys.executable, '-m', 'ltjax.main', '--config',
                       f'{REPO}/configs/folder_lt.py:train={train},test={test},method=dive,smoke',
                       '--workdir', str(workdir)], capture_output=True, text=True, timeout=600, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
+  return workdir, p.stdout
+
+
+def test_smoke_dive_trains_on_an_image_folder(trained):
+  workdir, stdout = trained
   r = json.load(open(workdir / 'results.json'))
   assert r['dataset'] == 'folder' and r['phase'] == 'student' and len(r['per_class']) == 5
   assert r['class_counts'] == TRAIN_COUNTS and r['num_test'] == 30
-  assert '| student |' in p.stdout
+  assert '| student |' in stdout
+  recorded = json.load(open(workdir / 'dataset.json'))
+  assert recorded['class_names'] == CLASSES and recorded['class_counts'] == TRAIN_COUNTS
+
+
+def _accuracy_and_nll(rows):
+  """Per-class top-1 (%) and the mean NLL of the true class (its folder's name), from
+  predictions that list every class."""
+  labels = np.array([CLASSES.index(Path(r['path']).parent.name if Path(r['path']).parent.name != 'more'
+                                   else Path(r['path']).parent.parent.name) for r in rows])
+  top1 = np.array([CLASSES.index(r['top'][0]['class']) for r in rows])
+  prob = np.array([next(t['probability'] for t in r['top'] if t['class'] == CLASSES[l]) for r, l in zip(rows, labels)])
+  return [100 * float((top1[labels == c] == c).mean()) for c in range(len(CLASSES))], float(-np.log(prob).mean())
+
+
+def test_predict_on_a_copied_workdir_matches_the_runs_own_evaluation(trained, folders, tmp_path):
+  """``python -m ltjax.predict`` on the test folder, from a copy of the workdir (the
+  training folder out of reach): the student's per-class accuracy and NLL on those images
+  are the ones the run evaluated."""
+  workdir, _ = trained
+  _, test = folders
+  copy = tmp_path / 'elsewhere'
+  shutil.copytree(workdir, copy)
+  out = tmp_path / 'predictions.json'
+  p = subprocess.run([sys.executable, '-m', 'ltjax.predict', '--workdir', str(copy), '--top_k', '5',
+                      '--out', str(out), str(test)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert p.returncode == 0, p.stderr[-3000:]
+  doc = json.loads(out.read_text())
+  assert doc['phase'] == 'student' and doc['class_names'] == CLASSES and len(doc['predictions']) == 30
+  first = doc['predictions'][0]
+  assert f'{first["path"]}: {first["top"][0]["class"]} {first["top"][0]["probability"]:.3f}' in p.stdout
+  want = json.load(open(workdir / 'student' / 'results.json'))
+  per_class, nll = _accuracy_and_nll(doc['predictions'])
+  assert per_class == want['per_class']
+  assert nll == pytest.approx(want['nll'], rel=1e-5)
+  # The teacher too, as CSV, its top-1 from the run's evaluation of the teacher.
+  teacher = predict.run(str(copy), [str(test)], phase='teacher', k=5, out=str(tmp_path / 't.csv'), quiet=True)
+  per_class, nll = _accuracy_and_nll(teacher)
+  assert per_class == json.load(open(workdir / 'teacher' / 'results.json'))['per_class']
+  assert (tmp_path / 't.csv').read_text().count('\n') == 31
+
+
+def test_predict_names_a_bad_image_or_skips_and_lists_it(trained, folders, tmp_path):
+  workdir, _ = trained
+  _, test = folders
+  images = tmp_path / 'images'
+  shutil.copytree(test / 'digit_1', images)
+  bad = images / 'broken.png'
+  bad.write_bytes(b'\x89PNG not really')
+  with pytest.raises(PredictInputError, match=f'{bad} cannot be decoded as an image.*--skip_bad_images'):
+    predict.run(str(workdir), [str(images)], quiet=True)
+  out = tmp_path / 'p.csv'
+  assert not out.exists()
+  rows = predict.run(str(workdir), [str(images)], k=2, out=str(out), skip_bad=True, quiet=True)
+  assert [r['path'] for r in rows if r.get('error')] == [str(bad)]
+  assert len(rows) == 7 and all(len(r['top']) == 2 for r in rows if not r.get('error'))
+  assert f'{bad},,,,,cannot be decoded' in out.read_text()

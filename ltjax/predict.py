@@ -1,0 +1,250 @@
+"""Apply a trained model to new images: the top-k classes of each, by name, with their
+probabilities.
+
+  python -m ltjax.predict --workdir runs/mine photos/ more/cat.jpg
+  python -m ltjax.predict --workdir runs/mine --phase teacher --top_k 3 --out preds.csv photos/
+
+It reads everything from the workdir: the recipe and model (``config.json``), the class
+names and how the dataset's test images were prepared (``dataset.json``: resize and
+centre crop, or a whole-image resize), and the final checkpoint of a finished phase (by
+default the recipe's last finished one: DiVE's and SSD's student). A PATH is an image
+file or a folder (searched recursively for images). Images are batched over every
+device; ``--out`` writes CSV (``.csv``) or JSON (``.json``).
+
+Exit status: 0 done; 1 an error the message explains (a workdir without a finished phase,
+a path without images, an image that cannot be decoded); 2 bad flags.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir of a training run (python -m ltjax.main).')
+_PHASE = flags.DEFINE_string('phase', '', 'The phase whose model predicts (default: the recipe\'s last '
+                             'finished phase, e.g. DiVE\'s and SSD\'s student).')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to give per image (at most the class count).')
+_OUT = flags.DEFINE_string('out', '', 'Also write the predictions to this .csv or .json file.')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'Images per batch over all devices (0: the run\'s '
+                              'run.eval_batch_size, rounded up to a multiple of the device count).')
+_SKIP_BAD = flags.DEFINE_bool('skip_bad_images', False, 'Skip images that cannot be decoded (listed '
+                              'on stderr and in --out) instead of stopping at the first.')
+_QUIET = flags.DEFINE_bool('quiet', False, 'Print no line per image (with --out).')
+_THREADS = flags.DEFINE_integer('threads', 8, 'Threads that decode and resize images.')
+_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 8, 'XLA devices to split the CPU into (ignored on GPU/TPU).')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show INFO logs and tracebacks.')
+flags.mark_flags_as_required(['workdir'])
+
+def find_images(paths) -> list[str]:
+  """Image files of ``paths`` (files as given; folders searched recursively, sorted)."""
+  from ltjax.data import folder
+  from ltjax.errors import PredictInputError
+
+  if not paths:
+    raise PredictInputError('no image given. Fix: name image files or folders after the flags, e.g. '
+                            'python -m ltjax.predict --workdir W photos/')
+  found = []
+  for path in paths:
+    if os.path.isfile(path):
+      found.append(path)
+    elif os.path.isdir(path):
+      inside = folder.list_images(path)
+      if not inside:
+        raise PredictInputError(f'the folder {path} holds no image (images end in '
+                                f'{", ".join(folder.IMAGE_EXTENSIONS)}). Fix: name a folder with images.')
+      found += inside
+    else:
+      raise PredictInputError(f'{path} does not exist. Fix: name image files or folders that exist.')
+  return found
+
+
+class Predictor:
+  """The model of a finished phase of ``workdir``, ready to predict: ``phase``,
+  ``class_names``, ``dataset`` (``data/saved.py``: ``prepare`` an image file) and
+  ``logits(images)``."""
+
+  def __init__(self, workdir: str, phase: str = '', mesh=None):
+    import jax
+    import ml_collections
+
+    from ltjax import checkpoint, evaluate, parallel, recipes
+    from ltjax.data import augment, saved
+    from ltjax.errors import MissingCheckpointError
+
+    config_path, dataset_path = (os.path.join(workdir, f) for f in ('config.json', saved.FILE))
+    if not os.path.exists(config_path):
+      raise MissingCheckpointError(
+          f'{workdir} is not the workdir of a training run (no config.json). Fix: give the '
+          f'--workdir that python -m ltjax.main trained in.')
+    if not os.path.exists(dataset_path):
+      raise MissingCheckpointError(
+          f'{workdir} has no {saved.FILE} (class names and image preparation; runs of ltjax before '
+          f'the predict command did not write it). Fix: rerun the training command once with this '
+          f'--workdir: its finished phases are skipped and it writes {saved.FILE}.')
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    self.dataset = saved.SavedDataset.read(dataset_path)
+    phases = recipes.phases(config, self.dataset)
+    names = [p.name for p in phases]
+    finished = [p for p in phases if os.path.exists(os.path.join(workdir, p.name, 'results.json'))]
+    if phase and phase not in names:
+      raise MissingCheckpointError(f'--phase={phase} is not a phase of {config.method!r}: {names}.')
+    if not finished or (phase and phase not in [p.name for p in finished]):
+      which = f'phase {phase!r}' if phase else f'any phase of {config.method!r} ({", ".join(names)})'
+      raise MissingCheckpointError(
+          f'{workdir} holds no finished run of {which}'
+          f'{"; finished: " + ", ".join(p.name for p in finished) if finished else ""}. Fix: let '
+          f'the training finish (rerun its command with this --workdir to resume it), or choose a '
+          f'finished phase with --phase.')
+    chosen = next(p for p in finished if p.name == phase) if phase else finished[-1]
+    self.phase, self.method, self.class_names = chosen.name, config.method, self.dataset.class_names
+    self.variables = checkpoint.restore_variables(os.path.join(workdir, chosen.name, 'checkpoints'))
+    self.mesh = mesh if mesh is not None else parallel.make_mesh(0)
+    aug, scale = config.data.augment, self.dataset.pixel_scale
+    normalize = lambda x: augment.normalize(x, aug.mean, aug.std, scale)
+    self._forward = evaluate.make_forward(chosen.model, normalize, chosen.eval_output, self.mesh)
+    self.eval_batch_size = int(config.run.eval_batch_size)
+    self._jax = jax
+
+  def batch_size(self, requested: int, num_images: int) -> int:
+    """``requested`` (0: the run's evaluation batch), no larger than the images need,
+    rounded up to a multiple of the device count."""
+    n = self.mesh.devices.size
+    size = min(requested or self.eval_batch_size, max(num_images, 1))
+    return math.ceil(size / n) * n
+
+  def logits(self, batches, num_images: int):
+    """The logits of every image of ``batches`` (``{'images': uint8 [B, ...]}``, padded)."""
+    from ltjax import evaluate
+
+    return evaluate.predict(self._forward, self.variables, batches, self.mesh, num_images)
+
+
+def prepared_batches(dataset, paths, batch_size: int, threads: int, skip_bad: bool, bad: list):
+  """Batches of prepared images (the last padded with zeros); an image that cannot be
+  decoded stops with its name, or with ``skip_bad`` is appended to ``bad`` and left zero."""
+  import numpy as np
+
+  from ltjax.errors import PredictInputError
+
+  def prepare(path):
+    try:
+      return dataset.prepare(path)
+    except Exception as e:  # PIL raises several types for broken files
+      return e
+
+  shape = dataset.input_shape
+  with ThreadPoolExecutor(max(threads, 1)) as pool:
+    for start in range(0, len(paths), batch_size):
+      chunk = paths[start:start + batch_size]
+      images = np.zeros((batch_size,) + shape, np.uint8)
+      for i, (path, out) in enumerate(zip(chunk, pool.map(prepare, chunk))):
+        if isinstance(out, Exception):
+          if not skip_bad:
+            raise PredictInputError(
+                f'{path} cannot be decoded as an image ({type(out).__name__}: {out}). Fix: remove or '
+                f'replace it, or pass --skip_bad_images to leave it out (it is listed).')
+          bad.append(path)
+        else:
+          images[i] = out
+      yield {'images': images}
+
+
+def top_k(logits, class_names, k: int) -> list[list[tuple[str, float]]]:
+  """The ``k`` most probable classes of each row of ``logits`` (softmax, float64), in order."""
+  import numpy as np
+
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  p = np.exp(z)
+  p /= p.sum(-1, keepdims=True)
+  order = np.argsort(-p, axis=-1, kind='stable')[:, :k]
+  return [[(class_names[c], float(row[c])) for c in idx] for row, idx in zip(p, order)]
+
+
+def format_output(path: str, rows: list[dict], meta: dict) -> str:
+  """The predictions as CSV (``path, class_1, probability_1, ...``; a skipped image has an
+  ``error`` and no classes) or JSON, by ``path``'s extension."""
+  from ltjax.errors import PredictInputError
+
+  if path.lower().endswith('.json'):
+    return json.dumps({**meta, 'predictions': rows}, indent=1)
+  if not path.lower().endswith('.csv'):
+    raise PredictInputError(f'--out={path}: write .csv or .json (the extension chooses).')
+  k = meta['top_k']
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(['path'] + [f'{name}_{i}' for i in range(1, k + 1) for name in ('class', 'probability')]
+                  + ['error'])
+  for row in rows:
+    cells = [c for pair in row['top'] for c in (pair['class'], f'{pair["probability"]:.6g}')]
+    writer.writerow([row['path']] + cells + [''] * (2 * k - len(cells)) + [row.get('error', '')])
+  return buf.getvalue()
+
+
+def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_size: int = 0,
+        skip_bad: bool = False, threads: int = 8, quiet: bool = False) -> list[dict]:
+  """Predicts every image of ``paths``; prints a line per image (unless ``quiet``) and
+  writes ``out``. Returns one dict per image: ``path``, ``top`` (class, probability)
+  and, for an image skipped as unreadable, ``error``."""
+  from tqdm.auto import tqdm
+
+  from ltjax import files
+
+  images = find_images(paths)
+  if out:  # a bad name fails now, not after the work
+    format_output(out, [], {'top_k': 1})
+  predictor = Predictor(workdir, phase)
+  k = max(1, min(k, len(predictor.class_names)))
+  size = predictor.batch_size(batch_size, len(images))
+  bad = []
+  batches = prepared_batches(predictor.dataset, images, size, threads, skip_bad, bad)
+  logits = predictor.logits(tqdm(batches, total=math.ceil(len(images) / size), desc='predicting',
+                                 unit='batch', leave=False), len(images))
+  skipped = set(bad)
+  rows = []
+  for path, top in zip(images, top_k(logits, predictor.class_names, k)):
+    if path in skipped:
+      rows.append({'path': path, 'top': [], 'error': 'cannot be decoded'})
+    else:
+      rows.append({'path': path, 'top': [{'class': c, 'probability': p} for c, p in top]})
+  if not quiet:
+    for row in rows:
+      text = '  '.join(f'{t["class"]} {t["probability"]:.3f}' for t in row['top']) or row['error']
+      print(f'{row["path"]}: {text}')
+  for path in bad:
+    print(f'ltjax: skipped {path}: cannot be decoded', file=sys.stderr)
+  if out:
+    meta = {'workdir': os.path.abspath(workdir), 'phase': predictor.phase, 'method': predictor.method,
+            'top_k': k, 'class_names': predictor.class_names, 'skipped': len(bad)}
+    files.write_atomic(out, format_output(out, rows, meta))
+    print(f'{len(rows)} prediction(s) of phase {predictor.phase!r} written to {out}', file=sys.stderr)
+  return rows
+
+
+def main(argv):
+  if not _VERBOSE.value:
+    logging.set_verbosity(logging.WARNING)
+  import jax
+
+  jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
+  from ltjax.errors import LtjaxError
+
+  try:
+    run(_WORKDIR.value, argv[1:], _PHASE.value, _TOP_K.value, _OUT.value, _BATCH.value,
+        _SKIP_BAD.value, _THREADS.value, _QUIET.value)
+  except LtjaxError as e:
+    if _VERBOSE.value:
+      raise
+    sys.stderr.write(f'ltjax: error: {e}\n')
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,125 @@
+"""ltjax.predict's parts without a trained run: the top-k against NumPy, the CSV and JSON
+it writes, how an image file becomes a model input (as the dataset's own test images),
+what a workdir records, and the errors for bad paths and unfinished workdirs. The end to
+end check (train on an image folder, predict, compare with the run's own evaluation) is
+in tests/data/test_folder.py."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ltjax import predict
+from ltjax.data import saved
+from ltjax.data.arrays import ArrayDataset
+from ltjax.data.digits import load_digits_lt
+from ltjax.data.host import HostDataset, center_crop
+from ltjax.errors import MissingCheckpointError, PredictInputError
+
+
+def test_top_k_is_the_softmax_in_order():
+  logits = np.array([[2.0, 0.5, 1.0], [-1.0, 3.0, 3.0]])
+  out = predict.top_k(logits, ['a', 'b', 'c'], 2)
+  p0 = np.exp([2.0, 0.5, 1.0]) / np.exp([2.0, 0.5, 1.0]).sum()
+  assert [c for c, _ in out[0]] == ['a', 'c'] and np.allclose([p for _, p in out[0]], p0[[0, 2]])
+  # Equal probabilities: the lower class index first (a stable order).
+  assert [c for c, _ in out[1]] == ['b', 'c'] and np.isclose(out[1][0][1], out[1][1][1])
+  assert np.isclose(sum(p for _, p in predict.top_k(logits, ['a', 'b', 'c'], 3)[1]), 1.0)
+
+
+def test_output_files_csv_and_json():
+  rows = [{'path': 'x.png', 'top': [{'class': 'cat', 'probability': 0.75}, {'class': 'dog', 'probability': 0.25}]},
+          {'path': 'bad.jpg', 'top': [], 'error': 'cannot be decoded'}]
+  meta = {'top_k': 2, 'phase': 'student'}
+  table = list(csv.reader(io.StringIO(predict.format_output('p.csv', rows, meta))))
+  assert table[0] == ['path', 'class_1', 'probability_1', 'class_2', 'probability_2', 'error']
+  assert table[1] == ['x.png', 'cat', '0.75', 'dog', '0.25', '']
+  assert table[2] == ['bad.jpg', '', '', '', '', 'cannot be decoded']
+  doc = json.loads(predict.format_output('p.JSON', rows, meta))
+  assert doc['phase'] == 'student' and doc['predictions'] == rows
+  with pytest.raises(PredictInputError, match=r'--out=p.txt: write .csv or .json'):
+    predict.format_output('p.txt', rows, meta)
+
+
+def test_a_digit_file_becomes_the_same_input_as_the_dataset_image(tmp_path):
+  """Arrays datasets: the whole image resized, scaled back to 0..pixel_scale."""
+  ds = load_digits_lt(20.0)
+  record = saved.describe(ds)
+  assert record['preprocessing'] == {'kind': 'resize', 'height': 8, 'width': 8, 'channels': 1}
+  assert record['class_counts'] == [int(c) for c in ds.class_counts] and record['pixel_scale'] == 16.0
+  saved.write(str(tmp_path), ds)
+  loaded = saved.SavedDataset.read(str(tmp_path / saved.FILE))
+  assert loaded.example_images(3).shape == (3, 8, 8, 1) and loaded.class_names == ds.class_names
+  for i in range(20):  # written as 8-bit PNG (0..255) and read back: the exact 0..16 values
+    image = ds.test_images[i]
+    path = tmp_path / f'{i}.png'
+    Image.fromarray(np.round(image[..., 0] * 255.0 / 16).astype(np.uint8)).convert('RGB').save(path)
+    np.testing.assert_array_equal(loaded.prepare(str(path)), image)
+  # A larger image is resized whole to 8 x 8.
+  Image.new('RGB', (40, 30), (255, 255, 255)).save(tmp_path / 'big.jpg')
+  np.testing.assert_array_equal(loaded.prepare(str(tmp_path / 'big.jpg')), np.full((8, 8, 1), 16, np.uint8))
+
+
+def test_a_photo_is_centre_cropped_as_the_host_datasets_test_images(tmp_path):
+  ds = HostDataset(name='folder', title='t', train_source=None, train_records=np.arange(2),
+                   train_labels=np.array([0, 1]), test_source=None, test_records=np.arange(0),
+                   test_labels=np.array([], np.int32), num_classes=2, imbalance_factor=1.0,
+                   class_names=['a', 'b'], image_size=24, resize_size=28)
+  saved.write(str(tmp_path), ds)
+  loaded = saved.SavedDataset.read(str(tmp_path / saved.FILE))
+  assert loaded.preprocessing == {'kind': 'centre_crop', 'resize': 28, 'crop': 24}
+  rgba = np.random.default_rng(0).integers(0, 256, (50, 70, 4), np.uint8)
+  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'x.png')
+  want = center_crop(np.asarray(Image.open(tmp_path / 'x.png').convert('RGB')), 28, 24)
+  np.testing.assert_array_equal(loaded.prepare(str(tmp_path / 'x.png')), want)
+  assert loaded.example_images(1).shape == (1, 24, 24, 3)
+
+
+def test_a_workdir_records_its_dataset_once(tmp_path):
+  ds = ArrayDataset(name='n', train_images=np.zeros((3, 4, 4, 3), np.uint8), train_labels=np.array([0, 0, 1]),
+                    test_images=np.zeros((1, 4, 4, 3), np.uint8), test_labels=np.array([1]), num_classes=2,
+                    imbalance_factor=2.0, class_names=['x', 'y'])
+  saved.write(str(tmp_path), ds)
+  path = tmp_path / saved.FILE
+  stamp = path.stat().st_mtime_ns
+  saved.write(str(tmp_path), ds)  # the same record: left as it was
+  assert path.stat().st_mtime_ns == stamp
+  assert json.loads(path.read_text())['class_counts'] == [2, 1]
+
+
+def test_bad_paths_and_workdirs_get_clear_errors(tmp_path):
+  with pytest.raises(PredictInputError, match='no image given'):
+    predict.find_images([])
+  with pytest.raises(PredictInputError, match=f'{tmp_path}/nowhere does not exist'):
+    predict.find_images([str(tmp_path / 'nowhere')])
+  (tmp_path / 'empty' / 'sub').mkdir(parents=True)
+  (tmp_path / 'empty' / 'notes.txt').write_text('no image')
+  with pytest.raises(PredictInputError, match='holds no image'):
+    predict.find_images([str(tmp_path / 'empty')])
+  Image.new('L', (5, 5)).save(tmp_path / 'empty' / 'sub' / 'b.png')
+  Image.new('L', (5, 5)).save(tmp_path / 'empty' / 'a.PNG')
+  assert predict.find_images([str(tmp_path / 'empty')]) == [str(tmp_path / 'empty' / 'a.PNG'),
+                                                           str(tmp_path / 'empty' / 'sub' / 'b.png')]
+  with pytest.raises(MissingCheckpointError, match='not the workdir of a training run'):
+    predict.Predictor(str(tmp_path))
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(MissingCheckpointError, match='has no dataset.json.*rerun the training command'):
+    predict.Predictor(str(tmp_path))
+
+
+def test_a_workdir_without_a_finished_phase_is_refused(tmp_path):
+  from configs import digits_lt
+
+  (tmp_path / 'config.json').write_text(digits_lt.get_config().to_json())
+  saved.write(str(tmp_path), load_digits_lt(20.0))
+  with pytest.raises(MissingCheckpointError, match=r"holds no finished run of any phase of 'dive' "
+                                                   r"\(teacher, student\)\. Fix: let the training finish"):
+    predict.Predictor(str(tmp_path))
+  (tmp_path / 'teacher').mkdir()
+  (tmp_path / 'teacher' / 'results.json').write_text('{}')
+  with pytest.raises(MissingCheckpointError, match="no finished run of phase 'student'; finished: teacher"):
+    predict.Predictor(str(tmp_path), 'student')
+  with pytest.raises(MissingCheckpointError, match=r"--phase=ce is not a phase of 'dive': \['teacher', 'student'\]"):
+    predict.Predictor(str(tmp_path), 'ce')
