@@ -1,6 +1,6 @@
-"""End to end through ``python -m ltjax.main``: a smoke run, resume after SIGKILL,
-preemption by SIGINT and SIGTERM, one run per workdir, damaged checkpoints, skipping a
-finished phase, and the errors a user sees."""
+"""End to end through ``python -m ltjax.main``: a smoke run, resume after SIGKILL (and one
+run per workdir while it runs), preemption by SIGINT and SIGTERM then a damaged
+checkpoint, skipping a finished phase, and the errors a user sees."""
 import json
 import os
 import random
@@ -82,7 +82,14 @@ def test_killed_run_resumes_to_the_same_result(finished, tmp_path):
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(main_cmd(killed, 'configs/digits_lt.py:smoke', EPOCHS, CKPT, EVAL), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  # Killed in the second phase, the teacher done.
+  # One run per workdir: a second run on it, while the first trains, is refused at once.
+  wait_for_checkpoint(proc, killed / 'teacher' / 'checkpoints', 7)
+  second = run(killed, EPOCHS, CKPT, EVAL, timeout=120)
+  assert second.returncode == 1 and 'Traceback' not in second.stderr
+  assert f'is in use by another ltjax run (process {proc.pid} on ' in second.stderr
+  assert 'choose another --workdir' in second.stderr
+  # Killed in the second phase, the teacher done; the lock goes with the process, so the
+  # same command resumes.
   wait_for_checkpoint(proc, killed / 'student' / 'checkpoints', 14)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -108,8 +115,8 @@ def _checkpoint_steps(directory):
 
 
 def _preempt(workdir, phase, min_step, sig, extra=()):
-  """Starts the run, signals it once ``phase`` has logged ``min_step``; returns the
-  finished process and the step it says it saved."""
+  """Starts the run, signals it once ``phase`` has logged ``min_step``; returns what it
+  printed (stdout and stderr) and the step it says it saved."""
   proc = subprocess.Popen(main_cmd(workdir, 'configs/digits_lt.py:smoke', EPOCHS, CKPT, EVAL, LOG_EVERY, *extra),
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   wait_for_logged_step(proc, workdir / phase / 'metrics.jsonl', min_step)
@@ -118,7 +125,7 @@ def _preempt(workdir, phase, min_step, sig, extra=()):
   assert proc.returncode == 75, err[-3000:]
   said = [l for l in err.splitlines() if 'stopped by' in l]
   assert len(said) == 1 and f'[{phase}] stopped by {sig.name}' in said[0] and 'Rerun the same command' in said[0]
-  return proc, int(said[0].split(' at step ')[1].split()[0])
+  return out + err, int(said[0].split(' at step ')[1].split()[0])
 
 
 LOG_EVERY = '--config.run.log_every_steps=1'
@@ -127,67 +134,44 @@ LOG_EVERY = '--config.run.log_every_steps=1'
 TEACHER = '--config.run.phases=teacher'  # one phase is enough; the teacher is the finished fixture's
 
 
-def test_preempted_run_saves_where_signalled_and_resumes_to_the_same_result(finished, tmp_path):
+def test_preempted_run_saves_where_signalled_then_a_damaged_checkpoint_is_set_aside(finished, tmp_path):
   """SIGINT, then SIGTERM in the resumed run, each at a random step: exit 75 with a
   checkpoint of the very step where the run stopped (no step trained beyond it, none
-  lost), and the same command resumes to the uninterrupted results."""
+  lost), and the same command resumes from it. Then that newest checkpoint truncated (a
+  crash of the storage, a full disk): the run warns, keeps it as <step>.damaged, resumes
+  from the one before and ends with the uninterrupted results."""
   workdir, _ = finished
   rng = random.Random(17)
   stopped = tmp_path / 'preempted'
   first = rng.randint(5, 30)
+  steps = []
   for min_step, sig in ((first, signal.SIGINT), (rng.randint(first + 8, 60), signal.SIGTERM)):
-    _, step = _preempt(stopped, 'teacher', min_step, sig, (TEACHER,))
+    printed, step = _preempt(stopped, 'teacher', min_step, sig, (TEACHER,))
+    if steps:
+      assert f'resumed from checkpoint at step {steps[-1]} of 70' in printed
+    steps.append(step)
     assert min_step <= step < 70
     assert step in _checkpoint_steps(stopped / 'teacher' / 'checkpoints')
     logged = [json.loads(l)['step'] for l in open(stopped / 'teacher' / 'metrics.jsonl') if 'train/loss' in l]
     assert logged[-1] == step  # nothing trained after the saved step
-  p = run(stopped, EPOCHS, CKPT, EVAL, LOG_EVERY, TEACHER)
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert f'resumed from checkpoint at step {step} of 70' in p.stdout + p.stderr
-  a = json.load(open(workdir / 'teacher' / 'results.json'))
-  b = json.load(open(stopped / 'teacher' / 'results.json'))
-  assert a['per_class'] == b['per_class'] and a['top1'] == b['top1']
-  last = lambda d: [json.loads(l) for l in open(d / 'teacher' / 'metrics.jsonl') if 'train/loss' in l][-1]
-  assert last(stopped)['step'] == last(workdir)['step'] == 70
-  assert last(stopped)['train/loss'] == pytest.approx(last(workdir)['train/loss'], rel=1e-6)
-
-
-def test_one_run_per_workdir_and_a_killed_runs_lock_does_not_block(tmp_path):
-  workdir = tmp_path / 'w'
-  first = subprocess.Popen(main_cmd(workdir, 'configs/digits_lt.py:smoke', EPOCHS, CKPT), cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  wait_for_checkpoint(first, workdir / 'teacher' / 'checkpoints', 7)
-  second = run(workdir, EPOCHS, CKPT, timeout=120)
-  assert second.returncode == 1 and 'Traceback' not in second.stderr
-  assert f'is in use by another ltjax run (process {first.pid} on ' in second.stderr
-  assert 'choose another --workdir' in second.stderr
-  first.send_signal(signal.SIGKILL)  # the lock goes with the process
-  first.wait()
-  third = run(workdir, EPOCHS, CKPT, '--config.run.phases=teacher')
-  assert third.returncode == 0, third.stderr[-3000:]
-  assert 'resumed from checkpoint' in third.stdout + third.stderr
-
-
-def test_damaged_checkpoint_is_set_aside_for_the_previous_one(finished, tmp_path):
-  """The newest checkpoint truncated (a crash of the storage, a full disk): the run warns,
-  keeps it as <step>.damaged, resumes from the one before and ends as if never stopped."""
-  workdir, _ = finished
-  stopped = tmp_path / 'damaged'
-  _, step = _preempt(stopped, 'teacher', 30, signal.SIGTERM, (TEACHER,))
   ckpts = stopped / 'teacher' / 'checkpoints'
-  steps = _checkpoint_steps(ckpts)
-  assert steps[-1] == step and len(steps) == 2
+  kept = _checkpoint_steps(ckpts)
+  assert kept[-1] == step and len(kept) == 2
   files = [f for f in (ckpts / str(step)).rglob('*') if f.is_file()]
   biggest = max(files, key=lambda f: f.stat().st_size)
   biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
   p = run(stopped, EPOCHS, CKPT, EVAL, LOG_EVERY, TEACHER)
   assert p.returncode == 0, p.stderr[-3000:]
   assert f'checkpoint {ckpts / str(step)} cannot be read' in p.stderr
-  assert f'kept as {ckpts / str(step)}.damaged' in p.stderr and f'Resuming from step {steps[0]}' in p.stderr
+  assert f'kept as {ckpts / str(step)}.damaged' in p.stderr and f'Resuming from step {kept[0]}' in p.stderr
+  assert f'resumed from checkpoint at step {kept[0]} of 70' in p.stdout + p.stderr
   assert (ckpts / f'{step}.damaged').is_dir()
   a = json.load(open(workdir / 'teacher' / 'results.json'))
   b = json.load(open(stopped / 'teacher' / 'results.json'))
-  assert a['per_class'] == b['per_class']
+  assert a['per_class'] == b['per_class'] and a['top1'] == b['top1']
+  last = lambda d: [json.loads(l) for l in open(d / 'teacher' / 'metrics.jsonl') if 'train/loss' in l][-1]
+  assert last(stopped)['step'] == last(workdir)['step'] == 70
+  assert last(stopped)['train/loss'] == pytest.approx(last(workdir)['train/loss'], rel=1e-6)
 
 
 def test_workdir_with_other_config_is_refused(finished):
