@@ -70,7 +70,6 @@ class Predictor:
   ``logits(images)``."""
 
   def __init__(self, workdir: str, phase: str = '', mesh=None):
-    import jax
     import ml_collections
 
     from ltjax import checkpoint, evaluate, parallel, recipes
@@ -110,7 +109,6 @@ class Predictor:
     normalize = lambda x: augment.normalize(x, aug.mean, aug.std, scale)
     self._forward = evaluate.make_forward(chosen.model, normalize, chosen.eval_output, self.mesh)
     self.eval_batch_size = int(config.run.eval_batch_size)
-    self._jax = jax
 
   def batch_size(self, requested: int, num_images: int) -> int:
     """``requested`` (0: the run's evaluation batch), no larger than the images need,

@@ -127,6 +127,14 @@ def test_undecodable_image_is_named_or_skipped(tmp_path):
   c.data.skip_bad_images = True
   ds = registry.load(c)
   assert ds.skipped_images == 1 and str(bad) not in ds.train_source.files + ds.test_source.files
+  # Through the command: one line naming the file, exit 1, no workdir left behind.
+  workdir = tmp_path / 'w'
+  p = subprocess.run([sys.executable, '-m', 'ltjax.main', '--config',
+                      f'{REPO}/configs/folder_lt.py:train={root},method=dive,smoke', '--workdir', str(workdir)],
+                     capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-3000:]
+  assert f'ltjax: error: 1 training image(s) cannot be decoded (first: {bad})' in p.stderr
+  assert 'skip_bad_images=True' in p.stderr and not workdir.exists()
 
 
 @pytest.fixture(scope='module')
