@@ -120,6 +120,16 @@ def holdout_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarr
   return train, np.sort(test)
 
 
+def folder_title(directory: str) -> str:
+  """A table title for a training folder: its name, or its parent's where the folder is
+  named for its role (``.../birds/train`` -> ``birds``)."""
+  path = os.path.normpath(os.path.abspath(directory))
+  name = os.path.basename(path)
+  if name.lower() in ('train', 'training', 'train_set', 'trainset') and os.path.basename(os.path.dirname(path)):
+    return os.path.basename(os.path.dirname(path))
+  return name
+
+
 def load_folder(spec, config):
   """``spec``: the registry's ``folder`` entry; ``config.data``: train_dir, test_dir,
   holdout, imbalance_factor, split_seed, skip_bad_images and the host pipeline's sizes."""
@@ -159,7 +169,7 @@ def load_folder(spec, config):
   source = FolderSource(train_files, train_labels)
   test_source = FolderSource(test_files, test_labels)
   ds = HostDataset(
-      name='folder', title=f'{os.path.basename(os.path.normpath(dc.train_dir))}{title_note}',
+      name='folder', title=f'{folder_title(dc.train_dir)}{title_note}',
       train_source=source, train_records=np.arange(len(train_files)), train_labels=train_labels.astype(np.int32),
       test_source=test_source, test_records=np.arange(len(test_files)), test_labels=np.asarray(test_labels, np.int32),
       num_classes=len(classes), imbalance_factor=float(counts.max() / max(counts.min(), 1)), class_names=classes,

@@ -68,6 +68,7 @@ def test_folder_dataset_reads_classes_counts_and_images(folders):
   ds = registry.load(config(train, test))
   assert ds.class_names == CLASSES and list(ds.class_counts) == TRAIN_COUNTS
   assert ds.imbalance_factor == 8.0 and len(ds.test_labels) == 30 and ds.skipped_images == 0
+  assert ds.title == train.parent.name  # .../<name>/train: the table says <name>
   for source in (ds.train_source, ds.test_source):
     for i in range(len(source)):
       ex = source[i]
