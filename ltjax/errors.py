@@ -45,3 +45,7 @@ class WorkdirWriteError(LtjaxError, OSError):
 
 class PredictInputError(LtjaxError, ValueError):
   """A path given to ``ltjax.predict`` that holds no readable image, or a bad output name."""
+
+
+class ProcessStopped(LtjaxError, RuntimeError):
+  """Another process of a multi-process run stopped it (process 0's message says why)."""

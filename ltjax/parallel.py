@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from ltjax.errors import ConfigError
+from ltjax.errors import ConfigError, ProcessStopped
 
 DATA = 'data'
 
@@ -37,6 +37,30 @@ def initialize(coordinator_address: str = '', num_processes: int = 0, process_id
 def is_main() -> bool:
   """Process 0 writes results, logs and figures, and shows progress."""
   return jax.process_index() == 0
+
+
+def on_main(fn, what: str) -> None:
+  """Runs ``fn`` on process 0 alone, and every process learns whether it failed: process 0
+  raises its own error, the others a ``ProcessStopped`` that points at it. Without this a
+  refusal that only process 0 can make (the workdir's lock, a workdir it cannot write)
+  would leave the others waiting at the next barrier until JAX's heartbeat timeout."""
+  error = None
+  if is_main():
+    try:
+      fn()
+    except Exception as e:  # whatever stops process 0 must stop every process
+      error = e
+  failed = error is not None
+  if jax.process_count() > 1:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
+  if error is not None:
+    raise error
+  if failed:
+    raise ProcessStopped(f'process 0 stopped the run ({what}); its message above says why and '
+                         f'how to fix it.')
 
 
 def barrier(name: str) -> None:

@@ -117,7 +117,8 @@ def run(config, workdir: str) -> dict:
       held.append(locks.WorkdirLock(workdir).acquire())
 
   try:
-    lock()  # an existing workdir: at once, before anything is read or loaded
+    # An existing workdir: at once, before anything is read or loaded.
+    parallel.on_main(lock, 'the workdir is in use')
     return _run(config, workdir, lock)
   finally:
     for workdir_lock in held:
@@ -140,14 +141,15 @@ def _run(config, workdir: str, lock) -> dict:
     parallel.check_batch_size(phase.train.batch_size, mesh)
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
   # Only a config that got this far (valid data, method, batch sizes) is recorded.
-  if parallel.is_main():
+
+  def start():
     files.check_writable(workdir)  # refused now, before any training, rather than at a save
-  lock()  # a new workdir: as soon as it exists
-  if parallel.is_main():
+    lock()  # a new workdir: as soon as it exists
     if not known:
       evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
     saved.write(workdir, dataset)  # class names and preprocessing, for ltjax.predict
-  parallel.barrier('config written')
+
+  parallel.on_main(start, 'its workdir cannot be written or is in use')  # every process waits for it
   counts = dataset.class_counts
   _say(f'{dataset.title} IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '

@@ -142,6 +142,35 @@ def test_launcher_stops_every_process_when_one_fails(tmp_path):
   assert p.returncode == 2 and 'Did you mean "lr"' in p.stderr
 
 
+def test_a_refusal_of_process_0_stops_every_process_at_once(tmp_path):
+  """Only process 0 takes the workdir's lock: when it is held elsewhere, process 0 refuses
+  and process 1 (started on its own, no launcher to stop it) stops too, pointing at
+  process 0's message, instead of waiting at a barrier for JAX's heartbeat timeout."""
+  import fcntl
+  import socket
+
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  holder = open(workdir / '.lock', 'w')
+  fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds it
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, '-m', 'ltjax.main', *ARGS, '--workdir', str(workdir),
+                             '--coordinator_address', f'localhost:{port}', '--num_processes', '2',
+                             '--process_id', str(i), '--cpu_devices', '2'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  start = time.time()
+  outs = [p.communicate(timeout=90) for p in procs]
+  assert time.time() - start < 60
+  assert [p.returncode for p in procs] == [1, 1], [o[1][-2000:] for o in outs]
+  assert 'is in use by another ltjax run' in outs[0][1]
+  assert 'ltjax: error: process 0 stopped the run (the workdir is in use)' in outs[1][1]
+  assert 'Traceback' not in outs[0][1] + outs[1][1]
+  holder.close()
+
+
 HOST_ARGS = ['--config', str(REPO / 'configs/imagenet_lt.py:method=ce,mock'), '--config.model.name=cifar_resnet',
              '--config.model.depth=8', '--config.model.width=4', '--config.model.dtype=float32',
              '--config.data.image_size=16', '--config.data.resize_size=20', '--config.train.epochs=2',
