@@ -36,3 +36,35 @@ def make_step(phase, dataset, config, batch_size, num_devices=0):
   data = {'images': jnp.asarray(dataset.train_images), 'labels': jnp.asarray(dataset.train_labels),
           **Sampler.arrays(dataset.train_labels, dataset.num_classes)}
   return train.make_train_step(phase, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)), tx, data
+
+
+def predict_matches_the_run(workdir, tmp_path, phase=''):
+  """``ltjax.predict`` on the digits run's test images written as 8-bit PNG files (the embedded
+  digits, 0..16 scaled to 0..255) gives the per-class accuracy and NLL of the phase's own
+  evaluation; returns the phase it chose."""
+  import json
+  import os
+
+  from PIL import Image
+
+  from ltjax import predict
+
+  import ml_collections
+
+  with open(os.path.join(workdir, 'config.json')) as f:
+    dataset = registry.load(ml_collections.ConfigDict(json.load(f)))  # the run's own test images
+  folder = tmp_path / 'test_images'
+  folder.mkdir(exist_ok=True)
+  for i, image in enumerate(dataset.test_images):
+    Image.fromarray(np.round(image[..., 0] * 255.0 / 16).astype(np.uint8)).save(folder / f'{i:04d}.png')
+  out = tmp_path / 'predictions.json'
+  rows = predict.run(str(workdir), [str(folder)], phase=phase, k=dataset.num_classes, out=str(out), quiet=True)
+  names = dataset.class_names
+  top1 = np.array([names.index(r['top'][0]['class']) for r in rows])
+  labels = dataset.test_labels
+  prob = np.array([next(t['probability'] for t in r['top'] if t['class'] == names[l]) for r, l in zip(rows, labels)])
+  chosen = json.loads(out.read_text())['phase']
+  want = json.load(open(os.path.join(workdir, chosen, 'results.json')))
+  assert [100 * float((top1[labels == c] == c).mean()) for c in range(len(names))] == want['per_class']
+  assert float(-np.log(prob).mean()) == pytest.approx(want['nll'], rel=1e-5)
+  return chosen

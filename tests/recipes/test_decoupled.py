@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from recipe_testing import same
+from recipe_testing import predict_matches_the_run, same
 from configs import digits_lt
 from ltjax import checkpoint, pipeline
 from ltjax.errors import MissingCheckpointError
@@ -54,6 +54,8 @@ def test_tau_norm_sweep_and_tau_zero_is_the_ce_classifier(tmp_path):
   norms = np.linalg.norm(tn['params']['head']['Dense_0']['kernel'], axis=0)
   np.testing.assert_allclose(norms, 1.0, rtol=1e-5)  # tau = 1: unit class vectors
   assert same(ce['params']['backbone'], tn['params']['backbone'])
+  # ltjax.predict uses the normalised classifier the phase saved (its own 0-epoch checkpoint).
+  assert predict_matches_the_run(workdir, tmp_path) == 'tau_norm'
 
 
 def test_second_stage_alone_needs_the_first(tmp_path):

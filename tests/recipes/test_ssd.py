@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from recipe_testing import digits, make_step, same  # noqa: F401 (digits: a fixture)
+from recipe_testing import digits, make_step, predict_matches_the_run, same  # noqa: F401 (digits: a fixture)
 from configs import digits_lt
 from ltjax import checkpoint, parallel, pipeline, recipes, train
 from ltjax.errors import ConfigError
@@ -148,6 +148,9 @@ def test_all_phases_end_to_end(tmp_path, selfsup):
   assert same(three['params']['head'], four['params']['head']['linear'])
   summary = pipeline.evaluate.read_results(os.path.join(workdir, 'results.json'))
   assert list(summary['phases']) == ['selfsup', 'teacher', 'student (hard)', 'student (soft)', 'student_lws']
+  if selfsup == 'rotation':  # ltjax.predict: the last phase by default, the two-head student's main head
+    assert predict_matches_the_run(workdir, tmp_path) == 'student_lws'
+    assert predict_matches_the_run(workdir, tmp_path, 'student') == 'student'
   # A rerun trains nothing: every phase's results file is left as it was.
   stamps = lambda: [os.stat(os.path.join(workdir, p, 'results.json')).st_mtime_ns for p in results]
   before = stamps()
