@@ -171,23 +171,30 @@ def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:
 
 def restore_variables(directory: str) -> dict:
   """The model variables (``params``, ``batch_stats``) of the newest checkpoint in
-  ``directory``, as saved, without needing the optimizer that wrote them. A checkpoint
-  that cannot be read is a ``MissingCheckpointError`` naming it."""
-  mgr = manager(directory)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(directory)
+  ``directory``, as saved, without needing the optimizer that wrote them: host NumPy
+  arrays, whatever devices wrote them (a teacher or a model for ``ltjax.predict`` trained
+  on 8 GPUs loads on one CPU; the caller places them). No checkpoint, or one that cannot
+  be read, is a ``MissingCheckpointError`` naming it."""
+  import numpy as np
+
+  directory = os.path.abspath(directory)
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  if not steps:
+    raise MissingCheckpointError(
+        f'{directory} holds no checkpoint. Fix: finish training that phase (rerun its command to '
+        f'resume it), or point at the checkpoints/ folder of a finished phase.')
+  step = steps[-1]
+  path = os.path.join(directory, str(step), 'state' if _has_items(directory, step) else 'default')
   try:
-    if _has_items(os.path.abspath(directory), step):
-      state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-    else:
-      state = mgr.restore(step, args=ocp.args.StandardRestore())
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(path).item_metadata
+      # NumPy targets: restored on the host, not on the saved devices and shardings.
+      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
+      state = checkpointer.restore(path, target)
   except Exception as e:
     why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise MissingCheckpointError(
-        f'the checkpoint {os.path.join(os.path.abspath(directory), str(step))} cannot be read '
+        f'the checkpoint {os.path.join(directory, str(step))} cannot be read '
         f'({type(e).__name__}: {why}): it is damaged or incomplete. Fix: train that phase again '
         f'(delete its folder and rerun the recipe) or point at another copy of it.') from None
-  finally:
-    mgr.close()
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}

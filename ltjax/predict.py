@@ -7,9 +7,10 @@ probabilities.
 It reads everything from the workdir: the recipe and model (``config.json``), the class
 names and how the dataset's test images were prepared (``dataset.json``: resize and
 centre crop, or a whole-image resize), and the final checkpoint of a finished phase (by
-default the recipe's last finished one: DiVE's and SSD's student). A PATH is an image
-file or a folder (searched recursively for images). Images are batched over every
-device; ``--out`` writes CSV (``.csv``) or JSON (``.json``).
+default the recipe's last finished one: DiVE's student, SSD's student_lws). A PATH is an
+image file or a folder (searched recursively for images). Images are batched over every
+device, whatever device count trained the model; ``--out`` writes CSV (``.csv``) or JSON
+(``.json``).
 
 Exit status: 0 done; 1 an error the message explains (a workdir without a finished phase,
 a path without images, an image that cannot be decoded); 2 bad flags.
@@ -28,7 +29,7 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir of a training run (python -m ltjax.main).')
 _PHASE = flags.DEFINE_string('phase', '', 'The phase whose model predicts (default: the recipe\'s last '
-                             'finished phase, e.g. DiVE\'s and SSD\'s student).')
+                             'finished phase: DiVE\'s student, SSD\'s student_lws).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to give per image (at most the class count).')
 _OUT = flags.DEFINE_string('out', '', 'Also write the predictions to this .csv or .json file.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Images per batch over all devices (0: the run\'s '
@@ -70,6 +71,7 @@ class Predictor:
   ``logits(images)``."""
 
   def __init__(self, workdir: str, phase: str = '', mesh=None):
+    import jax
     import ml_collections
 
     from ltjax import checkpoint, evaluate, parallel, recipes
@@ -103,10 +105,20 @@ class Predictor:
           f'finished phase with --phase.')
     chosen = next(p for p in finished if p.name == phase) if phase else finished[-1]
     self.phase, self.method, self.class_names = chosen.name, config.method, self.dataset.class_names
-    self.variables = checkpoint.restore_variables(os.path.join(workdir, chosen.name, 'checkpoints'))
+    directory = os.path.join(workdir, chosen.name, 'checkpoints')
+    variables = checkpoint.restore_variables(directory)  # host arrays
     self.mesh = mesh if mesh is not None else parallel.make_mesh(0)
     aug, scale = config.data.augment, self.dataset.pixel_scale
     normalize = lambda x: augment.normalize(x, aug.mean, aug.std, scale)
+    expected = jax.eval_shape(lambda: chosen.model.init(
+        jax.random.key(0), normalize(self.dataset.example_images(1)), train=False))
+    shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    if shapes(expected) != shapes(variables):
+      raise MissingCheckpointError(
+          f'the checkpoint in {directory} does not fit the model that {workdir}/config.json and '
+          f'{saved.FILE} describe ({len(self.class_names)} classes). Fix: give the workdir as the '
+          f'training run left it (its config.json, {saved.FILE} and checkpoints together).')
+    self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
     self._forward = evaluate.make_forward(chosen.model, normalize, chosen.eval_output, self.mesh)
     self.eval_batch_size = int(config.run.eval_batch_size)
 
@@ -194,18 +206,34 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
   from tqdm.auto import tqdm
 
   from ltjax import files
+  from ltjax.errors import PredictInputError
 
+  if k < 1 or batch_size < 0:
+    raise PredictInputError(f'--top_k={k} --batch_size={batch_size}: give --top_k >= 1 and --batch_size '
+                            f'>= 0 (0: the run\'s evaluation batch).')
   images = find_images(paths)
-  if out:  # a bad name fails now, not after the work
+  if out:  # a bad name or a folder that cannot be written fails now, not after the work
     format_output(out, [], {'top_k': 1})
+    probe = f'{out}.probe{os.getpid()}'  # beside it: an existing --out stays as it is until the end
+    try:
+      files.write_atomic(probe, b'')
+      os.remove(probe)
+    except OSError as e:
+      raise PredictInputError(f'cannot write --out={out} ({e.strerror or e}). Fix: choose a path in a '
+                              f'folder this user can write.') from None
   predictor = Predictor(workdir, phase)
-  k = max(1, min(k, len(predictor.class_names)))
+  print(f'ltjax: predicting {len(images)} image(s) with phase {predictor.phase!r} of {predictor.method} '
+        f'({os.path.join(workdir, predictor.phase)})', file=sys.stderr)
+  k = min(k, len(predictor.class_names))
   size = predictor.batch_size(batch_size, len(images))
   bad = []
   batches = prepared_batches(predictor.dataset, images, size, threads, skip_bad, bad)
   logits = predictor.logits(tqdm(batches, total=math.ceil(len(images) / size), desc='predicting',
                                  unit='batch', leave=False), len(images))
   skipped = set(bad)
+  if len(skipped) == len(set(images)):
+    raise PredictInputError(f'none of the {len(images)} image(s) can be decoded (first: {images[0]}). '
+                            f'Fix: give image files (JPEG, PNG, ...).')
   rows = []
   for path, top in zip(images, top_k(logits, predictor.class_names, k)):
     if path in skipped:
@@ -244,5 +272,14 @@ def main(argv):
     sys.exit(1)
 
 
+def _parse_flags(argv):
+  """Bad flags: one line and exit status 2, as ``ltjax.main``."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f'ltjax: error: {e}\nPass --helpshort to see the flags.\n')
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

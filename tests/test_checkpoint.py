@@ -62,6 +62,34 @@ def test_damaged_teacher_checkpoint_is_named(tmp_path):
     checkpoint.restore_variables(str(tmp_path))
 
 
+def test_variables_saved_on_eight_devices_load_on_one(tmp_path):
+  """A checkpoint written replicated over this test session's 8 CPU devices loads, as host
+  arrays, in a process with one device (a workdir trained on 8 GPUs, predicting on a
+  laptop); an empty folder is an error, and is not created."""
+  import subprocess
+  import sys
+
+  import jax
+
+  from ltjax import parallel
+
+  mgr = checkpoint.manager(str(tmp_path / 'c'))
+  state = jax.device_put({'params': {'w': jnp.arange(6.0)}, 'batch_stats': {'m': jnp.ones(2)},
+                          'opt_state': {'mu': jnp.zeros(6)}}, parallel.replicated(parallel.make_mesh(0)))
+  checkpoint.save(mgr, 3, state)
+  checkpoint.finish(mgr)
+  code = ('import jax; jax.config.update("jax_num_cpu_devices", 1); import numpy as np; '
+          'from ltjax import checkpoint; v = checkpoint.restore_variables(%r); '
+          'assert jax.device_count() == 1 and isinstance(v["params"]["w"], np.ndarray); '
+          'assert v["params"]["w"].tolist() == [0, 1, 2, 3, 4, 5] and sorted(v) == ["batch_stats", "params"]'
+          % str(tmp_path / 'c'))
+  p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-2000:]
+  with pytest.raises(MissingCheckpointError, match=f'{tmp_path / "none"} holds no checkpoint'):
+    checkpoint.restore_variables(str(tmp_path / 'none'))
+  assert not (tmp_path / 'none').exists()
+
+
 def test_workdir_lock_names_its_holder_and_is_released(tmp_path):
   first = locks.WorkdirLock(str(tmp_path)).acquire()
   with pytest.raises(WorkdirInUseError, match=f'process {os.getpid()} on '):

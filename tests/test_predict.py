@@ -16,7 +16,7 @@ from ltjax.data import saved
 from ltjax.data.arrays import ArrayDataset
 from ltjax.data.digits import load_digits_lt
 from ltjax.data.host import HostDataset, center_crop
-from ltjax.errors import MissingCheckpointError, PredictInputError
+from ltjax.errors import MissingCheckpointError, PredictInputError, WorkdirConflictError
 
 
 def test_top_k_is_the_softmax_in_order():
@@ -87,6 +87,11 @@ def test_a_workdir_records_its_dataset_once(tmp_path):
   saved.write(str(tmp_path), ds)  # the same record: left as it was
   assert path.stat().st_mtime_ns == stamp
   assert json.loads(path.read_text())['class_counts'] == [2, 1]
+  # Other data under the same config (an image folder that changed): refused, file kept.
+  ds.train_labels = np.array([0, 1, 1])
+  with pytest.raises(WorkdirConflictError, match=r'trained on other data than this run loads \(class_counts differ'):
+    saved.write(str(tmp_path), ds)
+  assert json.loads(path.read_text())['class_counts'] == [2, 1]
 
 
 def test_bad_paths_and_workdirs_get_clear_errors(tmp_path):
@@ -123,3 +128,20 @@ def test_a_workdir_without_a_finished_phase_is_refused(tmp_path):
     predict.Predictor(str(tmp_path), 'student')
   with pytest.raises(MissingCheckpointError, match=r"--phase=ce is not a phase of 'dive': \['teacher', 'student'\]"):
     predict.Predictor(str(tmp_path), 'ce')
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+  import subprocess
+  import sys
+
+  Image.new('L', (5, 5)).save(tmp_path / 'a.png')
+  with pytest.raises(PredictInputError, match='give --top_k >= 1'):
+    predict.run(str(tmp_path), [str(tmp_path)], k=0)
+  with pytest.raises(PredictInputError, match='--batch_size >= 0'):
+    predict.run(str(tmp_path), [str(tmp_path)], batch_size=-8)
+  (tmp_path / 'file').write_text('not a folder')
+  with pytest.raises(PredictInputError, match=f'cannot write --out={tmp_path}/file/p.csv'):
+    predict.run(str(tmp_path), [str(tmp_path)], out=str(tmp_path / 'file' / 'p.csv'))
+  p = subprocess.run([sys.executable, '-m', 'ltjax.predict', '--workdir', str(tmp_path), '--top_k=abc',
+                      str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert p.returncode == 2 and "ltjax: error: flag --top_k=abc" in p.stderr and 'Traceback' not in p.stderr

@@ -34,13 +34,25 @@ def describe(dataset) -> dict:
 
 
 def write(workdir: str, dataset) -> None:
-  """Writes ``workdir/dataset.json`` (atomically) unless it already says the same."""
+  """Writes ``workdir/dataset.json`` (atomically) for a new workdir. In a workdir that has
+  one, the dataset must be the one it describes: the same config can load other data (an
+  image folder whose classes or images changed), and its checkpoints, counts and class
+  names would no longer fit together."""
+  from ltjax.errors import WorkdirConflictError
+
   path = os.path.join(workdir, FILE)
   record = describe(dataset)
   if os.path.exists(path):
     with open(path) as f:
-      if json.load(f) == record:
-        return
+      before = json.load(f)
+    diff = sorted(k for k in set(before) | set(record) if k != 'title' and before.get(k) != record.get(k))
+    if diff:
+      raise WorkdirConflictError(
+          f'{workdir} was trained on other data than this run loads ({", ".join(diff)} differ from '
+          f'{path}; e.g. class folders or images added, removed or renamed). Fix: choose a new '
+          f'--workdir for the new data, or restore the data the workdir was trained on; nothing '
+          f'was changed in {workdir}.')
+    return
   files.write_atomic(path, json.dumps(record, indent=1))
 
 

@@ -16,7 +16,7 @@ from configs import folder_lt
 from conftest import REPO
 from ltjax import config_lib, predict
 from ltjax.data import registry
-from ltjax.errors import DatasetNotPreparedError, PredictInputError
+from ltjax.errors import DatasetNotPreparedError, MissingCheckpointError, PredictInputError
 
 pytestmark = pytest.mark.slow  # writes, decodes and checks image folders: over 9 s in all
 CLASSES = [f'digit_{c}' for c in range(5)]
@@ -179,9 +179,12 @@ def test_predict_on_a_copied_workdir_matches_the_runs_own_evaluation(trained, fo
   copy = tmp_path / 'elsewhere'
   shutil.copytree(workdir, copy)
   out = tmp_path / 'predictions.json'
+  # Trained on 8 CPU devices, predicting on 1 (a GPU node's run on a laptop).
   p = subprocess.run([sys.executable, '-m', 'ltjax.predict', '--workdir', str(copy), '--top_k', '5',
-                      '--out', str(out), str(test)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                      '--cpu_devices', '1', '--out', str(out), str(test)], capture_output=True, text=True,
+                     timeout=600, cwd=tmp_path)
   assert p.returncode == 0, p.stderr[-3000:]
+  assert f"predicting 30 image(s) with phase 'student' of dive ({copy / 'student'})" in p.stderr
   doc = json.loads(out.read_text())
   assert doc['phase'] == 'student' and doc['class_names'] == CLASSES and len(doc['predictions']) == 30
   first = doc['predictions'][0]
@@ -189,12 +192,18 @@ def test_predict_on_a_copied_workdir_matches_the_runs_own_evaluation(trained, fo
   want = json.load(open(workdir / 'student' / 'results.json'))
   per_class, nll = _accuracy_and_nll(doc['predictions'])
   assert per_class == want['per_class']
-  assert nll == pytest.approx(want['nll'], rel=1e-5)
+  assert nll == pytest.approx(want['nll'], rel=1e-5)  # a sum over 1 device rather than 8: not bit for bit
   # The teacher too, as CSV, its top-1 from the run's evaluation of the teacher.
   teacher = predict.run(str(copy), [str(test)], phase='teacher', k=5, out=str(tmp_path / 't.csv'), quiet=True)
   per_class, nll = _accuracy_and_nll(teacher)
   assert per_class == json.load(open(workdir / 'teacher' / 'results.json'))['per_class']
   assert (tmp_path / 't.csv').read_text().count('\n') == 31
+  # A dataset.json that no longer fits the checkpoint (a class removed by hand): named, not a traceback.
+  record = json.load(open(copy / 'dataset.json'))
+  record.update(num_classes=4, class_names=CLASSES[:4], class_counts=TRAIN_COUNTS[:4])
+  (copy / 'dataset.json').write_text(json.dumps(record))
+  with pytest.raises(MissingCheckpointError, match='does not fit the model .*4 classes'):
+    predict.Predictor(str(copy))
 
 
 def test_predict_names_a_bad_image_or_skips_and_lists_it(trained, folders, tmp_path):
@@ -212,3 +221,5 @@ def test_predict_names_a_bad_image_or_skips_and_lists_it(trained, folders, tmp_p
   assert [r['path'] for r in rows if r.get('error')] == [str(bad)]
   assert len(rows) == 7 and all(len(r['top']) == 2 for r in rows if not r.get('error'))
   assert f'{bad},,,,,cannot be decoded' in out.read_text()
+  with pytest.raises(PredictInputError, match='none of the 1 image'):
+    predict.run(str(workdir), [str(bad)], skip_bad=True, quiet=True)
