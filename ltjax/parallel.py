@@ -48,7 +48,7 @@ def on_main(fn, what: str) -> None:
   if is_main():
     try:
       fn()
-    except Exception as e:  # whatever stops process 0 must stop every process
+    except BaseException as e:  # whatever stops process 0 (Ctrl-C too) must stop every process
       error = e
   failed = error is not None
   if jax.process_count() > 1:
