@@ -40,6 +40,17 @@ def _fail(message: str, code: int):
   sys.exit(code)
 
 
+def _fail_disk(message: str):
+  """A disk that cannot be written (full, read-only): the message, then exit at once.
+  The libraries' exit handlers would try that disk again (tensorboardX's final flush,
+  tensorstore's pending writes) and bury the message under their tracebacks; what they
+  hold was not written anyway, and every finished checkpoint is intact."""
+  sys.stderr.write(f'ltjax: error: {message}\n')
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
+
+
 def _config_package_on_path(argv):
   """Config files import their shared parts as ``from configs import common``: the folder
   that holds the config's ``configs/`` goes first on ``sys.path``, so that a config file
@@ -86,7 +97,7 @@ def main(argv):
   # Before any backend starts: only the CPU backend reads it.
   jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
   from ltjax import parallel, pipeline, preemption
-  from ltjax.errors import LtjaxError, Preempted
+  from ltjax.errors import LtjaxError, Preempted, WorkdirWriteError
 
   try:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
@@ -99,12 +110,14 @@ def main(argv):
   except LtjaxError as e:
     if _VERBOSE.value:
       raise
+    if isinstance(e, WorkdirWriteError):
+      _fail_disk(str(e))
     _fail(str(e), 1)
   except OSError as e:  # a full disk outside a checkpoint (logs, results): no traceback
     if _VERBOSE.value or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
       raise
-    _fail(f'cannot write {e.filename or "a file"} ({e.strerror}). Fix: free space on that disk, then '
-          f'rerun the same command to resume (the checkpoints written before are intact).', 1)
+    _fail_disk(f'cannot write {e.filename or "a file"} ({e.strerror}). Fix: free space on that disk, then '
+               f'rerun the same command to resume (the checkpoints written before are intact).')
 
 
 if __name__ == '__main__':
