@@ -149,7 +149,7 @@ def _run(config, workdir: str, lock) -> dict:
       evaluate.write_results(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
     saved.write(workdir, dataset)  # class names and preprocessing, for ltjax.predict
 
-  parallel.on_main(start, 'its workdir cannot be written or is in use')  # every process waits for it
+  parallel.on_main(start, 'its workdir cannot be used')  # every process waits for it
   counts = dataset.class_counts
   _say(f'{dataset.title} IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '

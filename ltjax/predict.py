@@ -42,6 +42,7 @@ _CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 8, 'XLA devices to split the 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Show INFO logs and tracebacks.')
 flags.mark_flags_as_required(['workdir'])
 
+
 def find_images(paths) -> list[str]:
   """Image files of ``paths`` (files as given; folders searched recursively, sorted)."""
   from ltjax.data import folder
