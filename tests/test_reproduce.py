@@ -352,7 +352,12 @@ def test_smoke_row_end_to_end_on_cifar10_lt(tmp_path, cifar10_dir):
   assert r['device']['platform'] == 'cpu' and r['versions']['jax'] and r['versions']['flax']
   assert len(r['commit']) == 40 and isinstance(r['dirty'], bool) and r['wall_seconds'] > 5
   assert r['reference']['top1'] == 70.36 and r['config']['model']['depth'] == 8  # smoke's tiny ResNet
-  assert (runs / 'cifar10_if100_ce_s0' / 'ce' / 'results.json').exists()
+  # The run itself (python -m ltjax.main on real CIFAR-10-LT through TFDS): the exact subset,
+  # the whole test split.
+  run = json.loads((runs / 'cifar10_if100_ce_s0' / 'ce' / 'results.json').read_text())
+  assert run['num_train'] == 12406 and run['num_test'] == 10000 and run['dataset'] == 'cifar10'
+  assert run['class_counts'] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+  assert run['top1'] > 12  # one tiny epoch: above chance (10)
   assert '[cifar10_if100_ce_s0] finished: top-1' in p.stdout
 
   # Rerun: the finished row is skipped (no training, the JSON untouched).
