@@ -198,3 +198,14 @@ def restore_variables(directory: str) -> dict:
         f'({type(e).__name__}: {why}): it is damaged or incomplete. Fix: train that phase again '
         f'(delete its folder and rerun the recipe) or point at another copy of it.') from None
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
+
+
+def shapes(tree) -> dict:
+  """``{path: shape}`` of every leaf of a variable tree (arrays or ``jax.eval_shape``'s)."""
+  return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def model_shapes(model, sample) -> dict:
+  """``shapes`` of the variables ``model`` creates for inputs like ``sample`` (nothing
+  computed): what a checkpoint must hold to be loaded into it."""
+  return shapes(jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False)))

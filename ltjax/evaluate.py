@@ -48,14 +48,19 @@ def predict(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
 ECE_BINS = 15
 
 
+def log_softmax(logits) -> np.ndarray:
+  """The log-softmax of the last axis, in float64 on the host (metrics, predictions)."""
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
 def calibration(logits: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS) -> dict:
   """Expected calibration error (Guo et al.) of the softmax's top-1 confidence over
   ``num_bins`` equal-width bins of (0, 1]: ``sum_b n_b / N * |acc_b - conf_b|``, in
   percent; the negative log-likelihood of the labels (nats, mean); and the bins
   (mean confidence, accuracy, count) for a reliability diagram."""
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(-1, keepdims=True)
-  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  logp = log_softmax(logits)
   labels = np.asarray(labels)
   conf = np.exp(logp.max(-1))
   correct = logp.argmax(-1) == labels

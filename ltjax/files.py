@@ -24,9 +24,10 @@ def write_atomic(path: str, data: str | bytes | Callable[[io.BufferedWriter], No
       os.remove(tmp)
 
 
-def check_writable(directory: str) -> None:
+def check_writable(directory: str, what: str = '', fix: str = '') -> None:
   """Creates ``directory`` if needed and writes and removes a small file in it; a
-  ``WorkdirWriteError`` that names the folder and the cause when that fails."""
+  ``WorkdirWriteError`` that names ``what`` (default: the workdir), the cause and ``fix``
+  when that fails."""
   from ltjax.errors import WorkdirWriteError
 
   probe = os.path.join(directory, f'.write_test{os.getpid()}')
@@ -36,5 +37,5 @@ def check_writable(directory: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise WorkdirWriteError(
-        f'cannot write the workdir {directory} ({e.strerror or e}). Fix: choose a --workdir on a '
-        f'disk with free space that this user can write.') from None
+        f'cannot write {what or f"the workdir {directory}"} ({e.strerror or e}). Fix: '
+        f'{fix or "choose a --workdir on a disk with free space that this user can write"}.') from None

@@ -78,10 +78,8 @@ def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
   else:
     directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
   variables = checkpoint.restore_variables(directory)
-  sample = normalize(dataset.example_images(2))
-  expected = jax.eval_shape(lambda: teacher.model.init(jax.random.key(0), sample, train=False))
-  want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  got = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(variables)}
+  want = checkpoint.model_shapes(teacher.model, normalize(dataset.example_images(2)))
+  got = checkpoint.shapes(variables)
   if want == got:
     return variables
   head = [k for k in want if k in got and want[k] != got[k] and "['head']" in k]
@@ -154,7 +152,7 @@ def _run(config, workdir: str, lock) -> dict:
   _say(f'{dataset.title} IF {dataset.imbalance_factor:g}: {len(dataset.train_labels)} training '
         f'images ({counts.max()} ... {counts.min()} per class), {len(dataset.test_labels)} test; '
         f'{mesh.devices.size} {jax.devices()[0].platform} device(s)')
-  skipped = getattr(dataset, 'skipped_images', 0)
+  skipped = dataset.skipped_images
   if skipped:
     _say(f'{skipped} image(s) that cannot be decoded were skipped (data.skip_bad_images)')
   aug = config.data.augment

@@ -111,10 +111,7 @@ class Predictor:
     self.mesh = mesh if mesh is not None else parallel.make_mesh(0)
     aug, scale = config.data.augment, self.dataset.pixel_scale
     normalize = lambda x: augment.normalize(x, aug.mean, aug.std, scale)
-    expected = jax.eval_shape(lambda: chosen.model.init(
-        jax.random.key(0), normalize(self.dataset.example_images(1)), train=False))
-    shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-    if shapes(expected) != shapes(variables):
+    if checkpoint.model_shapes(chosen.model, normalize(self.dataset.example_images(1))) != checkpoint.shapes(variables):
       raise MissingCheckpointError(
           f'the checkpoint in {directory} does not fit the model that {workdir}/config.json and '
           f'{saved.FILE} describe ({len(self.class_names)} classes). Fix: give the workdir as the '
@@ -171,10 +168,9 @@ def top_k(logits, class_names, k: int) -> list[list[tuple[str, float]]]:
   """The ``k`` most probable classes of each row of ``logits`` (softmax, float64), in order."""
   import numpy as np
 
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(-1, keepdims=True)
-  p = np.exp(z)
-  p /= p.sum(-1, keepdims=True)
+  from ltjax import evaluate
+
+  p = np.exp(evaluate.log_softmax(logits))
   order = np.argsort(-p, axis=-1, kind='stable')[:, :k]
   return [[(class_names[c], float(row[c])) for c in idx] for row, idx in zip(p, order)]
 
@@ -215,13 +211,9 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
   images = find_images(paths)
   if out:  # a bad name or a folder that cannot be written fails now, not after the work
     format_output(out, [], {'top_k': 1})
-    probe = f'{out}.probe{os.getpid()}'  # beside it: an existing --out stays as it is until the end
-    try:
-      files.write_atomic(probe, b'')
-      os.remove(probe)
-    except OSError as e:
-      raise PredictInputError(f'cannot write --out={out} ({e.strerror or e}). Fix: choose a path in a '
-                              f'folder this user can write.') from None
+    # A probe file beside it: an existing --out stays as it is until the end.
+    files.check_writable(os.path.dirname(os.path.abspath(out)), what=f'--out={out}',
+                         fix='choose a path in a folder this user can write')
   predictor = Predictor(workdir, phase)
   print(f'ltjax: predicting {len(images)} image(s) with phase {predictor.phase!r} of {predictor.method} '
         f'({os.path.join(workdir, predictor.phase)})', file=sys.stderr)

@@ -24,6 +24,7 @@ class ArrayDataset:
   # Position of each image in the source's original order (for checks and provenance).
   train_index: np.ndarray | None = None
   test_index: np.ndarray | None = None
+  skipped_images: int = 0  # images left out as unreadable (never, for these datasets)
 
   def __post_init__(self):
     self.title = self.title or self.name

@@ -27,8 +27,7 @@ FILE = 'dataset.json'
 
 def describe(dataset) -> dict:
   """The ``dataset.json`` record of a loaded dataset (``ArrayDataset`` or ``HostDataset``)."""
-  return {'name': dataset.name, 'title': dataset.title, 'num_classes': int(dataset.num_classes),
-          'class_names': [str(c) for c in dataset.class_names],
+  return {'name': dataset.name, 'title': dataset.title, 'class_names': [str(c) for c in dataset.class_names],
           'class_counts': [int(c) for c in dataset.class_counts],
           'pixel_scale': float(dataset.pixel_scale), 'preprocessing': dataset.preprocessing()}
 
@@ -63,7 +62,6 @@ class SavedDataset:
   ``prepare`` for new images; no training or test data."""
   name: str
   title: str
-  num_classes: int
   class_names: list[str]
   class_counts: np.ndarray
   pixel_scale: float
@@ -75,6 +73,10 @@ class SavedDataset:
       record = json.load(f)
     record['class_counts'] = np.asarray(record['class_counts'], np.int64)
     return cls(**record)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
   @property
   def input_shape(self) -> tuple[int, int, int]:
@@ -90,12 +92,12 @@ class SavedDataset:
   def prepare(self, path: str) -> np.ndarray:
     """The image file at ``path`` as the model's uint8 input, the way the dataset's own
     test images were prepared (PIL opens any common format and mode)."""
-    from ltjax.data import host
+    from ltjax.data import folder, host
 
     p = self.preprocessing
+    if p['kind'] == 'centre_crop':  # as an image folder's test images: decoded, then cropped
+      return host.center_crop(folder.decode(path), p['resize'], p['crop'])
     with Image.open(path) as image:
-      if p['kind'] == 'centre_crop':
-        return host.center_crop(np.asarray(image.convert('RGB')), p['resize'], p['crop'])
       if p['kind'] != 'resize':
         raise ValueError(f'unknown preprocessing {p["kind"]!r} in {FILE}')
       image = image.convert('L' if p['channels'] == 1 else 'RGB').resize((p['width'], p['height']),
