@@ -15,8 +15,7 @@ from ltjax import predict
 from ltjax.data import saved
 from ltjax.data.arrays import ArrayDataset
 from ltjax.data.digits import load_digits_lt
-from ltjax.data.host import HostDataset, center_crop
-from ltjax.errors import MissingCheckpointError, PredictInputError, WorkdirConflictError
+from ltjax.errors import MissingCheckpointError, PredictInputError, WorkdirConflictError, WorkdirWriteError
 
 
 def test_top_k_is_the_softmax_in_order():
@@ -62,19 +61,30 @@ def test_a_digit_file_becomes_the_same_input_as_the_dataset_image(tmp_path):
   np.testing.assert_array_equal(loaded.prepare(str(tmp_path / 'big.jpg')), np.full((8, 8, 1), 16, np.uint8))
 
 
-def test_a_photo_is_centre_cropped_as_the_host_datasets_test_images(tmp_path):
-  ds = HostDataset(name='folder', title='t', train_source=None, train_records=np.arange(2),
-                   train_labels=np.array([0, 1]), test_source=None, test_records=np.arange(0),
-                   test_labels=np.array([], np.int32), num_classes=2, imbalance_factor=1.0,
-                   class_names=['a', 'b'], image_size=24, resize_size=28)
+def test_a_photo_becomes_the_input_an_image_folder_evaluates(tmp_path):
+  """Host datasets: a file prepared from dataset.json alone equals the row the dataset's
+  own evaluation batches hold for it (decode, resize, centre crop), for images of several
+  sizes and modes."""
+  from configs import folder_lt
+  from ltjax.data import registry
+
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 3), ('test', 2)):
+    for c in ('a', 'b'):
+      (tmp_path / split / c).mkdir(parents=True)
+      for i in range(n):
+        h, w = rng.integers(20, 60, 2)
+        mode = ('RGB', 'L', 'RGBA')[i % 3]
+        shape = (h, w) if mode == 'L' else (h, w, len(mode))
+        Image.fromarray(rng.integers(0, 256, shape, np.uint8), mode).save(tmp_path / split / c / f'{i}.png')
+  ds = registry.load(folder_lt.get_config(f'train={tmp_path / "train"},test={tmp_path / "test"},smoke'))
   saved.write(str(tmp_path), ds)
   loaded = saved.SavedDataset.read(str(tmp_path / saved.FILE))
-  assert loaded.preprocessing == {'kind': 'centre_crop', 'resize': 28, 'crop': 24}
-  rgba = np.random.default_rng(0).integers(0, 256, (50, 70, 4), np.uint8)
-  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'x.png')
-  want = center_crop(np.asarray(Image.open(tmp_path / 'x.png').convert('RGB')), 28, 24)
-  np.testing.assert_array_equal(loaded.prepare(str(tmp_path / 'x.png')), want)
-  assert loaded.example_images(1).shape == (1, 24, 24, 3)
+  assert loaded.preprocessing == {'kind': 'centre_crop', 'resize': 36, 'crop': 32}
+  assert loaded.num_classes == 2 and loaded.example_images(1).shape == (1, 32, 32, 3)
+  evaluated = next(iter(ds.test_batches(8)))['images']
+  for i, path in enumerate(ds.test_source.files):
+    np.testing.assert_array_equal(loaded.prepare(path), evaluated[i])
 
 
 def test_a_workdir_records_its_dataset_once(tmp_path):
@@ -140,7 +150,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
   with pytest.raises(PredictInputError, match='--batch_size >= 0'):
     predict.run(str(tmp_path), [str(tmp_path)], batch_size=-8)
   (tmp_path / 'file').write_text('not a folder')
-  with pytest.raises(PredictInputError, match=f'cannot write --out={tmp_path}/file/p.csv'):
+  with pytest.raises(WorkdirWriteError, match=f'cannot write --out={tmp_path}/file/p.csv .*Fix: choose a path'):
     predict.run(str(tmp_path), [str(tmp_path)], out=str(tmp_path / 'file' / 'p.csv'))
   p = subprocess.run([sys.executable, '-m', 'ltjax.predict', '--workdir', str(tmp_path), '--top_k=abc',
                       str(tmp_path)], capture_output=True, text=True, timeout=120)

@@ -200,7 +200,7 @@ def test_predict_on_a_copied_workdir_matches_the_runs_own_evaluation(trained, fo
   assert (tmp_path / 't.csv').read_text().count('\n') == 31
   # A dataset.json that no longer fits the checkpoint (a class removed by hand): named, not a traceback.
   record = json.load(open(copy / 'dataset.json'))
-  record.update(num_classes=4, class_names=CLASSES[:4], class_counts=TRAIN_COUNTS[:4])
+  record.update(class_names=CLASSES[:4], class_counts=TRAIN_COUNTS[:4])
   (copy / 'dataset.json').write_text(json.dumps(record))
   with pytest.raises(MissingCheckpointError, match='does not fit the model .*4 classes'):
     predict.Predictor(str(copy))
