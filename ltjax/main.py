@@ -42,9 +42,9 @@ def _fail(message: str, code: int):
 
 def _fail_disk(message: str):
   """A disk that cannot be written (full, read-only): the message, then exit at once.
-  The libraries' exit handlers would try that disk again (tensorboardX's final flush,
-  tensorstore's pending writes) and bury the message under their tracebacks; what they
-  hold was not written anyway, and every finished checkpoint is intact."""
+  The libraries' exit handlers would try that disk again (tensorboardX's final flush)
+  and bury the message under their tracebacks; what they hold was not written anyway, and
+  every finished checkpoint is intact."""
   sys.stderr.write(f'ltjax: error: {message}\n')
   sys.stdout.flush()
   sys.stderr.flush()
