@@ -166,7 +166,11 @@ def save_state(workdir: str, state: dict) -> None:
 
 
 def git_commit() -> tuple[str | None, bool | None]:
-  """HEAD of the repository and whether tracked files differ from it."""
+  """HEAD of the repository and whether tracked files differ from it; where no ``.git``
+  travelled (a lent machine gets the working tree only), ``LTJAX_COMMIT`` and
+  ``LTJAX_DIRTY`` (true/false) as bench/gpu_prepare.sh wrote them here."""
+  if os.environ.get('LTJAX_COMMIT'):
+    return os.environ['LTJAX_COMMIT'], os.environ.get('LTJAX_DIRTY', '').lower() == 'true'
   try:
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout.strip()

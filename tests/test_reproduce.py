@@ -108,11 +108,12 @@ def test_dry_run_prints_the_plan_in_order_with_references(tmp_path):
   for name, paper in expected_papers.items():
     assert plan[name]['paper'].startswith(paper), (name, plan[name]['paper'])
   schedules = {'ce': 'ldam', 'ldam_drw': 'ldam', 'bsce': 'bag', 'dive': 'bbn', 'crt': 'bbn', 'ssd': 'bbn'}
+  python = load_script()._shown(sys.executable)  # relative inside the repository, else absolute
   for name, v in plan.items():
     method = re.match(r'cifar10_if\d+_(\w+)_s\d', name).group(1)
     imb, seed = re.match(r'cifar10_if(\d+)_.*_s(\d)', name).groups()
     assert v['schedule'] == schedules[method]
-    assert v['command'].startswith(f'{os.path.relpath(sys.executable, REPO)} -m ltjax.main --config '
+    assert v['command'].startswith(f'{python} -m ltjax.main --config '
                                    f'configs/cifar_lt.py:dataset=cifar10,imb={imb},method={method},'
                                    f'schedule={schedules[method]},seed={seed} --workdir {runs / name}')
     assert v['command'].endswith('--config.dive.temperature=2') == (method == 'dive')
@@ -369,3 +370,17 @@ def test_smoke_row_end_to_end_on_cifar10_lt(tmp_path, cifar10_dir):
   p = subprocess.run([sys.executable, '-m', 'ltjax.report', '--reproduction', str(results)],
                      capture_output=True, text=True, cwd=REPO, timeout=120)
   assert p.returncode == 0 and '| cifar10_if100_ce (smoke) | ldam | 0 |' in p.stdout, p.stderr
+
+
+def test_commit_from_the_environment_where_no_git_travelled(monkeypatch):
+  """A lent machine gets the working tree without .git: bench/gpu_reproduce.sh passes the
+  commit that bench/gpu_prepare.sh wrote here."""
+  script = load_script()
+  monkeypatch.setenv('LTJAX_COMMIT', 'f' * 40)
+  monkeypatch.setenv('LTJAX_DIRTY', 'false')
+  assert script.git_commit() == ('f' * 40, False)
+  monkeypatch.setenv('LTJAX_DIRTY', 'true')
+  assert script.git_commit() == ('f' * 40, True)
+  monkeypatch.delenv('LTJAX_COMMIT')
+  head, _ = script.git_commit()
+  assert head is None or len(head) == 40

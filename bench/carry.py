@@ -1,0 +1,289 @@
+"""The decoded CIFAR-LT caches, packed small enough to travel to a lent GPU machine, and
+unpacked there into the very arrays ltjax caches here (checked by SHA-256).
+
+A lent machine gets the working tree and at most 64 MiB of carried paths, and no
+``../shared``. ltjax's own cache (``--config.run.cache_dir``, one ``.npz`` per imbalance
+factor, zlib) is 60 MiB at IF 100 and 163 MiB at IF 1: zlib saves only 10% on these
+JPEG-re-encoded pixels. Here the images are stored as a lossless prediction residual
+(green, red - green, blue - green; each pixel of a plane minus left + upper - upper-left,
+lossless JPEG's predictor 4, i.e. a 2-D difference that two cumulative sums undo) and LZMA-compressed: 43% of the raw bytes (IF 100: 28 MiB; IF 10: 38 MiB;
+IF 1: 76 MiB). A cache larger than ``--part-mib`` is split into parts that go to
+separate folders, ``OUT/1``, ``OUT/2``, ...: each folder is carried by its own call to
+the warm machine (a carried folder stays there for the next call), and ``unpack`` joins
+them once every part is there.
+
+Here:   python bench/carry.py pack --data-dir ../shared/tfds --imb 100 --out .carry
+There:  python3 bench/carry.py unpack .carry --into .device_cache
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import lzma
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FORMAT = 'ltjax-carry-1'
+IMAGE_CODEC = 'gcc-gradient-planar'  # colour decorrelation, 2-D difference, planes first
+LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+
+
+# ---------------------------------------------------------------- the image codec
+def encode_images(x: np.ndarray) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> (3, N, H, W) uint8 residual, lossless (arithmetic mod 256)."""
+  g = x[..., 1]
+  planes = np.stack([g, x[..., 0] - g, x[..., 2] - g])  # uint8: wraps mod 256
+  rows = planes.copy()
+  rows[..., 1:, :] = planes[..., 1:, :] - planes[..., :-1, :]
+  res = rows.copy()
+  res[..., :, 1:] = rows[..., :, 1:] - rows[..., :, :-1]
+  return res
+
+
+def decode_images(res: np.ndarray) -> np.ndarray:
+  """The inverse of ``encode_images``."""
+  planes = np.cumsum(np.cumsum(res, axis=-1, dtype=np.uint8), axis=-2, dtype=np.uint8)
+  g = planes[0]
+  return np.stack([planes[1] + g, g, planes[2] + g], axis=-1)
+
+
+def is_image_array(a: np.ndarray) -> bool:
+  return a.dtype == np.uint8 and a.ndim == 4 and a.shape[-1] == 3
+
+
+def digest(a: np.ndarray) -> str:
+  h = hashlib.sha256(f'{a.dtype.str}{a.shape}'.encode())
+  h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+# ---------------------------------------------------------------- pack
+def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+  """One LZMA blob of an ``.npz`` of the encoded arrays, and what each array was."""
+  encoded, meta = {}, {}
+  for key, a in arrays.items():
+    codec = IMAGE_CODEC if is_image_array(a) else 'raw'
+    encoded[key] = encode_images(a) if codec == IMAGE_CODEC else a
+    meta[key] = {'codec': codec, 'dtype': a.dtype.str, 'shape': list(a.shape), 'sha256': digest(a)}
+  buf = io.BytesIO()
+  np.savez(buf, **encoded)
+  return lzma.compress(buf.getvalue(), preset=LZMA_PRESET), meta
+
+
+def unpack_arrays(blob: bytes, meta: dict) -> dict[str, np.ndarray]:
+  with np.load(io.BytesIO(lzma.decompress(blob)), allow_pickle=False) as z:
+    out = {}
+    for key, m in meta.items():
+      a = decode_images(z[key]) if m['codec'] == IMAGE_CODEC else z[key]
+      if a.dtype.str != m['dtype'] or list(a.shape) != m['shape'] or digest(a) != m['sha256']:
+        raise SystemExit(f'carry: error: {key} does not unpack to the array that was packed '
+                         f'(dtype/shape/SHA-256 differ); pack it again here')
+      out[key] = a
+  return out
+
+
+def pack(npz_paths: list[str], out: str, part_mib: float) -> list[str]:
+  """Writes each cache as ``NAME.carry.json`` + ``NAME.partK`` files into ``out/1``,
+  ``out/2``, ...: a folder holds at most ``part_mib`` MiB. Returns the folders."""
+  limit = int(part_mib * 2**20)
+  folders: list[tuple[str, int]] = []  # (folder, bytes in it)
+
+  def place(size: int) -> str:
+    if folders and folders[-1][1] + size <= limit:
+      folder, used = folders[-1]
+      folders[-1] = (folder, used + size)
+      return folder
+    folder = os.path.join(out, str(len(folders) + 1))
+    os.makedirs(folder, exist_ok=True)
+    folders.append((folder, size))
+    return folder
+
+  for path in npz_paths:
+    name = os.path.basename(path)[:-len('.npz')]
+    t0 = time.time()
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+    blob, meta = pack_arrays(arrays)
+    raw = sum(a.nbytes for a in arrays.values())
+    step = limit - 4096  # room for the manifest beside the first part
+    chunks = [blob[i:i + step] for i in range(0, len(blob), step)]
+    parts = []
+    for k, chunk in enumerate(chunks, 1):
+      folder = place(len(chunk) + (4096 if k == 1 else 0))
+      part = os.path.join(folder, f'{name}.part{k}')
+      _write(part, chunk)
+      parts.append({'file': os.path.basename(part), 'folder': os.path.basename(folder), 'bytes': len(chunk),
+                    'sha256': hashlib.sha256(chunk).hexdigest()})
+    manifest = {'format': FORMAT, 'name': name, 'npz': os.path.basename(path), 'arrays': meta, 'parts': parts}
+    first = os.path.join(out, parts[0]['folder'])
+    _write(os.path.join(first, f'{name}.carry.json'), json.dumps(manifest, indent=1).encode())
+    print(f'{path}: {raw / 2**20:.1f} MiB of arrays -> {len(blob) / 2**20:.1f} MiB in {len(parts)} part(s) '
+          f'({", ".join(p["folder"] for p in parts)}), {time.time() - t0:.0f} s', flush=True)
+  return [f for f, _ in folders]
+
+
+def _write(path: str, data: bytes) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- unpack
+def unpack(root: str, into: str) -> list[str]:
+  """Every cache packed under ``root`` (any folder depth) whose parts are all there, as
+  ``into/NAME.npz``; a cache with a part missing is an error that names the part."""
+  manifests = sorted(glob.glob(os.path.join(root, '**', '*.carry.json'), recursive=True))
+  if not manifests:
+    raise SystemExit(f'carry: error: no packed cache (*.carry.json) under {root}; pack one here with '
+                     f'python bench/carry.py pack --data-dir ../shared/tfds --imb 100 --out {root}')
+  found = {os.path.basename(p): p for p in glob.glob(os.path.join(root, '**', '*.part*'), recursive=True)}
+  written = []
+  for path in manifests:
+    with open(path) as f:
+      m = json.load(f)
+    if m.get('format') != FORMAT:
+      raise SystemExit(f'carry: error: {path} is not a {FORMAT} manifest')
+    target = os.path.join(into, m['npz'])
+    if os.path.exists(target):
+      print(f'{target}: there already', flush=True)
+      written.append(target)
+      continue
+    missing = [p for p in m['parts'] if p['file'] not in found]
+    if missing:
+      raise SystemExit(f'carry: error: {m["name"]} lacks ' + ', '.join(
+          f'{p["file"]} (packed into {p["folder"]}/)' for p in missing) + ': carry those folders too')
+    chunks = []
+    for p in m['parts']:
+      with open(found[p['file']], 'rb') as f:
+        chunk = f.read()
+      if hashlib.sha256(chunk).hexdigest() != p['sha256']:
+        raise SystemExit(f'carry: error: {found[p["file"]]} is damaged (SHA-256 differs); pack it again')
+      chunks.append(chunk)
+    t0 = time.time()
+    arrays = unpack_arrays(b''.join(chunks), m['arrays'])
+    os.makedirs(into, exist_ok=True)
+    tmp = f'{target}.tmp{os.getpid()}.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, target)
+    print(f'{target}: unpacked and checked ({time.time() - t0:.1f} s)', flush=True)
+    written.append(target)
+  return written
+
+
+# ---------------------------------------------------------------- what comes back
+def _newest_checkpoints_only(root: str):
+  """A tarfile filter that leaves out every checkpoint of a phase but its newest (the one
+  a resume restores; a finished phase's is its final one, which later phases read)."""
+  keep: dict[str, str] = {}
+  for ckpts in glob.glob(os.path.join(root, '**', 'checkpoints'), recursive=True):
+    steps = [d for d in os.listdir(ckpts) if d.isdigit()]
+    if steps:
+      keep[os.path.normpath(ckpts).lstrip(os.sep)] = max(steps, key=int)  # as tarfile names it
+
+  def keep_member(info):
+    parent, name = os.path.split(os.path.normpath(info.name))
+    if parent in keep and name != keep[parent] and name[:1].isdigit():
+      return None  # an older step, a damaged one set aside (STEP.damaged), an unfinished write
+    return info
+  return keep_member
+
+
+def send_back(workroot: str, results: str, out: str, max_mib: float) -> list[str]:
+  """What a later session needs, as files in ``out``: ``results.tgz`` (every row's JSON,
+  and each row's attempts, log, config and per-phase results and metrics) and one
+  ``workdir_ROW.tgz`` per unfinished row (its workdir with each phase's newest checkpoint:
+  carried back to the next lent machine, the row resumes). A file over ``max_mib`` MiB
+  is left out with a warning (a lent machine sends back files of at most 16 MiB)."""
+  import tarfile
+
+  os.makedirs(out, exist_ok=True)
+  rows = sorted(d for d in os.listdir(workroot) if os.path.isdir(os.path.join(workroot, d))) \
+      if os.path.isdir(workroot) else []
+  written = [os.path.join(out, 'results.tgz')]
+  with tarfile.open(written[0], 'w:gz') as tar:
+    for f in sorted(glob.glob(os.path.join(results, '*.json'))) + glob.glob(os.path.join(workroot, 'gpu.csv')):
+      tar.add(f)
+    for row in rows:
+      for pattern in ('reproduce.json', 'reproduce.log', 'config.json', 'dataset.json', '*/results.json',
+                      '*/metrics.jsonl'):
+        for f in sorted(glob.glob(os.path.join(workroot, row, pattern))):
+          tar.add(f)
+  for row in rows:
+    if os.path.exists(os.path.join(results, f'{row}.json')):
+      continue
+    path = os.path.join(out, f'workdir_{row}.tgz')
+    with tarfile.open(path, 'w:gz') as tar:
+      tar.add(os.path.join(workroot, row), filter=_newest_checkpoints_only(os.path.join(workroot, row)))
+    size = os.path.getsize(path) / 2**20
+    if size > max_mib:
+      os.remove(path)
+      print(f'carry: warning: {row} packs to {size:.1f} MiB, over {max_mib:g}: left out', file=sys.stderr,
+            flush=True)
+      continue
+    print(f'{path}: {size:.1f} MiB', flush=True)
+    written.append(path)
+  return written
+
+
+# ---------------------------------------------------------------- the caches themselves
+def build_caches(data_dir: str, imbs: list[float], cache_dir: str, dataset: str = 'cifar10') -> list[str]:
+  """ltjax's own cache of each imbalance factor (made from TFDS if not there yet)."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  from ltjax.data import cifar, registry
+
+  spec = registry.get(dataset)
+  paths = []
+  for imb in imbs:
+    cifar.load_cifar_lt(spec, imb, data_dir=data_dir, cache_dir=cache_dir)
+    paths.append(cifar.cache_path(cache_dir, dataset, imb, 0))
+  return paths
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest='cmd', required=True)
+  p = sub.add_parser('pack', help='here: caches -> OUT/1, OUT/2, ... (each at most --part-mib)')
+  p.add_argument('npz', nargs='*', help='ltjax cache files to pack (or use --imb)')
+  p.add_argument('--imb', help='comma-separated imbalance factors: make (or reuse) their caches first')
+  p.add_argument('--data-dir', help='TFDS data_dir for --imb (e.g. ../shared/tfds)')
+  p.add_argument('--cache-dir', default='.device_cache', help='ltjax cache folder for --imb (default .device_cache)')
+  p.add_argument('--out', default='.carry')
+  p.add_argument('--part-mib', type=float, default=56.0,
+                 help='most MiB in one folder (a call carries 64 MiB with the working tree; default 56)')
+  u = sub.add_parser('unpack', help='there: every fully carried cache under ROOT -> INTO/NAME.npz')
+  u.add_argument('root')
+  u.add_argument('--into', default='.device_cache')
+  b = sub.add_parser('send-back', help='there: results.tgz and each unfinished row\'s workdir_ROW.tgz -> OUT')
+  b.add_argument('--workroot', default='runs/reproduce')
+  b.add_argument('--results', default='results/cifar_lt')
+  b.add_argument('--out', required=True)
+  b.add_argument('--max-mib', type=float, default=16.0)
+  args = ap.parse_args(argv)
+  if args.cmd == 'pack':
+    paths = list(args.npz)
+    if args.imb:
+      paths += build_caches(args.data_dir, [float(s) for s in args.imb.split(',')], args.cache_dir)
+    if not paths:
+      ap.error('pack: name cache files or --imb')
+    for folder in pack(paths, args.out, args.part_mib):
+      size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(folder, '*')))
+      print(f'{folder}: {size / 2**20:.1f} MiB', flush=True)
+  elif args.cmd == 'unpack':
+    unpack(args.root, args.into)
+  else:
+    send_back(args.workroot, args.results, args.out, args.max_mib)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

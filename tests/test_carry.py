@@ -1,0 +1,141 @@
+"""bench/carry.py: the caches packed for a lent GPU machine unpack to the very arrays, in
+parts across carried folders; what comes back holds each unfinished row's newest checkpoints."""
+import importlib.util
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / 'bench' / 'carry.py'
+
+
+@pytest.fixture(scope='module')
+def carry():
+  spec = importlib.util.spec_from_file_location('carry_under_test', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_image_codec_is_lossless_and_is_the_stated_predictor(carry):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (20, 7, 5, 3), dtype=np.uint8)
+  x[0] = 255  # wrap-around at both ends
+  x[1] = 0
+  x[2, :, :, 1] = 255
+  res = carry.encode_images(x)
+  assert res.shape == (3, 20, 7, 5) and res.dtype == np.uint8
+  np.testing.assert_array_equal(carry.decode_images(res), x)
+  # the residual by hand: planes G, R-G, B-G; pixel - left - up + upper-left (mod 256)
+  p = x.astype(np.int64)
+  planes = np.stack([p[..., 1], p[..., 0] - p[..., 1], p[..., 2] - p[..., 1]])
+  pad = np.pad(planes, ((0, 0), (0, 0), (1, 0), (1, 0)))
+  want = (pad[..., 1:, 1:] - pad[..., 1:, :-1] - pad[..., :-1, 1:] + pad[..., :-1, :-1]) % 256
+  np.testing.assert_array_equal(res, want)
+
+
+def _cache(path, n=300, seed=0):
+  rng = np.random.default_rng(seed)
+  # smooth images (as photos are), so that the residual compresses
+  base = rng.integers(0, 256, (n, 1, 1, 3))
+  ramp = np.arange(32)[None, :, None, None] + np.arange(32)[None, None, :, None]
+  images = ((base + ramp + rng.integers(0, 3, (n, 32, 32, 3))) % 256).astype(np.uint8)
+  arrays = dict(train_images=images, train_labels=rng.integers(0, 10, n).astype(np.int32),
+                test_images=images[:50], test_labels=np.arange(50, dtype=np.int32) % 10,
+                num_classes=np.array(10), class_names=np.array(['airplane', 'car']),
+                train_index=np.arange(n))
+  np.savez_compressed(path, **arrays)
+  return arrays
+
+
+def test_pack_in_parts_and_unpack_exactly(carry, tmp_path):
+  arrays = _cache(tmp_path / 'cifar10_lt_if100_seed0.npz')
+  raw = sum(a.nbytes for a in arrays.values())
+  folders = carry.pack([str(tmp_path / 'cifar10_lt_if100_seed0.npz')], str(tmp_path / 'carry'), part_mib=0.05)
+  assert [os.path.basename(f) for f in folders] == [str(i) for i in range(1, len(folders) + 1)]
+  assert len(folders) > 1  # split across folders, one per call
+  packed = sum(os.path.getsize(os.path.join(f, n)) for f in folders for n in os.listdir(f))
+  assert packed < 0.5 * raw
+  for f in folders:
+    assert sum(os.path.getsize(os.path.join(f, n)) for n in os.listdir(f)) <= 0.05 * 2**20
+
+  # a machine that got only some folders says which it lacks
+  there = tmp_path / 'there'
+  os.makedirs(there)
+  os.rename(folders[0], there / '1')
+  with pytest.raises(SystemExit, match=r'lacks cifar10_lt_if100_seed0\.part2 \(packed into 2/\)'):
+    carry.unpack(str(there), str(tmp_path / 'cache'))
+  for f in folders[1:]:
+    os.rename(f, there / os.path.basename(f))
+  written = carry.unpack(str(there), str(tmp_path / 'cache'))
+  assert written == [str(tmp_path / 'cache' / 'cifar10_lt_if100_seed0.npz')]
+  with np.load(written[0]) as z:
+    assert sorted(z.files) == sorted(arrays)
+    for k, a in arrays.items():
+      assert z[k].dtype == a.dtype and np.array_equal(z[k], a), k
+
+
+def test_a_damaged_part_is_named(carry, tmp_path):
+  _cache(tmp_path / 'x.npz', n=40)
+  (folder,) = carry.pack([str(tmp_path / 'x.npz')], str(tmp_path / 'carry'), part_mib=10)
+  with open(os.path.join(folder, 'x.part1'), 'r+b') as f:
+    f.seek(100)
+    f.write(b'\0' * 8)
+  with pytest.raises(SystemExit, match=r'x\.part1 is damaged'):
+    carry.unpack(str(tmp_path / 'carry'), str(tmp_path / 'cache'))
+  with pytest.raises(SystemExit, match='no packed cache'):
+    carry.unpack(str(tmp_path / 'cache'), str(tmp_path / 'cache2'))
+
+
+def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  root, results = 'runs/reproduce', 'results/cifar_lt'
+  os.makedirs(results)
+
+  def phase(row, name, steps, finished):
+    d = os.path.join(root, row, name)
+    for s in steps:
+      os.makedirs(os.path.join(d, 'checkpoints', str(s)))
+      with open(os.path.join(d, 'checkpoints', str(s), 'state'), 'w') as f:
+        f.write(str(s))
+    os.makedirs(os.path.join(d, 'checkpoints', f'{steps[0]}.damaged'))
+    with open(os.path.join(d, 'checkpoints', 'descriptor.json'), 'w') as f:
+      f.write('{}')
+    with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:
+      f.write('{"step": 1}\n')
+    if finished:
+      with open(os.path.join(d, 'results.json'), 'w') as f:
+        f.write('{}')
+
+  phase('cifar10_if100_dive_s0', 'teacher', [100, 200], finished=True)
+  phase('cifar10_if100_dive_s0', 'student', [50, 150], finished=False)
+  phase('cifar10_if100_ce_s0', 'ce', [100, 200], finished=True)
+  for row in ('cifar10_if100_dive_s0', 'cifar10_if100_ce_s0'):
+    for name in ('reproduce.json', 'reproduce.log', 'config.json'):
+      with open(os.path.join(root, row, name), 'w') as f:
+        f.write('{}')
+  with open(os.path.join(results, 'cifar10_if100_ce_s0.json'), 'w') as f:
+    json.dump({'result': {'top1': 70.0}}, f)
+  with open(os.path.join(root, 'gpu.csv'), 'w') as f:
+    f.write('t, 90 %, 1000 MiB\n')
+
+  written = carry.send_back(root, results, 'out', max_mib=16)
+  assert [os.path.basename(p) for p in written] == ['results.tgz', 'workdir_cifar10_if100_dive_s0.tgz']
+  with tarfile.open('out/results.tgz') as t:
+    names = set(t.getnames())
+  assert {'results/cifar_lt/cifar10_if100_ce_s0.json', 'runs/reproduce/gpu.csv',
+          'runs/reproduce/cifar10_if100_dive_s0/reproduce.log',
+          'runs/reproduce/cifar10_if100_dive_s0/teacher/results.json',
+          'runs/reproduce/cifar10_if100_ce_s0/ce/metrics.jsonl'} <= names
+  assert not any('checkpoints' in n for n in names)
+  with tarfile.open('out/workdir_cifar10_if100_dive_s0.tgz') as t:
+    ckpts = {n.split('checkpoints/')[1] for n in t.getnames() if 'checkpoints/' in n}
+  assert ckpts == {'200', '200/state', '150', '150/state', 'descriptor.json'}  # newest of each phase
+
+  # too large to come back: left out with a warning, the rest still comes back
+  written = carry.send_back(root, results, 'out2', max_mib=1e-6)
+  assert [os.path.basename(p) for p in written] == ['results.tgz']
