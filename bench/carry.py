@@ -12,8 +12,14 @@ separate folders, ``OUT/1``, ``OUT/2``, ...: each folder is carried by its own c
 the warm machine (a carried folder stays there for the next call), and ``unpack`` joins
 them once every part is there.
 
+What comes back: ``send-back`` writes the rows' results and logs, and each unfinished
+row's workdir (its phases' newest checkpoints), into the machine's $OUT; ``receive``
+unpacks them here, into results/ and runs/, to commit and to carry to the next machine.
+
 Here:   python bench/carry.py pack --data-dir ../shared/tfds --imb 100 --out .carry
 There:  python3 bench/carry.py unpack .carry --into .device_cache
+        python3 bench/carry.py send-back --out $OUT
+Here:   python bench/carry.py receive FILES_AT
 """
 from __future__ import annotations
 
@@ -201,8 +207,9 @@ def send_back(workroot: str, results: str, out: str, max_mib: float) -> list[str
   """What a later session needs, as files in ``out``: ``results.tgz`` (every row's JSON,
   and each row's attempts, log, config and per-phase results and metrics) and one
   ``workdir_ROW.tgz`` per unfinished row (its workdir with each phase's newest checkpoint:
-  carried back to the next lent machine, the row resumes). A file over ``max_mib`` MiB
-  is left out with a warning (a lent machine sends back files of at most 16 MiB)."""
+  carried back to the next lent machine, the row resumes), in pieces ``.1``, ``.2``, ...
+  where it is over ``max_mib`` MiB (a lent machine sends back files of at most 16 MiB).
+  ``receive`` unpacks them here."""
   import tarfile
 
   os.makedirs(out, exist_ok=True)
@@ -223,15 +230,60 @@ def send_back(workroot: str, results: str, out: str, max_mib: float) -> list[str
     path = os.path.join(out, f'workdir_{row}.tgz')
     with tarfile.open(path, 'w:gz') as tar:
       tar.add(os.path.join(workroot, row), filter=_newest_checkpoints_only(os.path.join(workroot, row)))
-    size = os.path.getsize(path) / 2**20
-    if size > max_mib:
-      os.remove(path)
-      print(f'carry: warning: {row} packs to {size:.1f} MiB, over {max_mib:g}: left out', file=sys.stderr,
-            flush=True)
-      continue
-    print(f'{path}: {size:.1f} MiB', flush=True)
-    written.append(path)
+    pieces = _split(path, int(max_mib * 2**20))
+    size = sum(map(os.path.getsize, pieces)) / 2**20
+    print(f'{path}: {size:.1f} MiB' + (f' in {len(pieces)} pieces' if len(pieces) > 1 else ''), flush=True)
+    written += pieces
+  if len(written) > MAX_FILES_BACK - 1:  # log.txt is one of them
+    print(f'carry: warning: {len(written)} files and log.txt: a lent machine sends back {MAX_FILES_BACK}; '
+          f'run fewer rows side by side', file=sys.stderr, flush=True)
   return written
+
+
+MAX_FILES_BACK = 8
+
+
+def _split(path: str, limit: int) -> list[str]:
+  """``path`` itself, or ``path.1``, ``path.2``, ... of at most ``limit`` bytes each."""
+  if os.path.getsize(path) <= limit:
+    return [path]
+  pieces = []
+  with open(path, 'rb') as f:
+    while chunk := f.read(limit):
+      pieces.append(f'{path}.{len(pieces) + 1}')
+      _write(pieces[-1], chunk)
+  os.remove(path)
+  return pieces
+
+
+def receive(files_at: str, repo: str = '.') -> list[str]:
+  """Here, after the call: results.tgz and every workdir_ROW.tgz (or its pieces) from a
+  lent machine's $OUT, unpacked into the repository (results/..., runs/...)."""
+  import tarfile
+
+  archives = sorted(glob.glob(os.path.join(files_at, '*.tgz')))
+  for first in sorted(glob.glob(os.path.join(files_at, '*.tgz.1'))):
+    whole = first[:-2]
+    pieces = sorted(glob.glob(f'{whole}.[0-9]*'), key=lambda p: int(p.rsplit('.', 1)[1]))
+    if [int(p.rsplit('.', 1)[1]) for p in pieces] != list(range(1, len(pieces) + 1)):
+      raise SystemExit(f'carry: error: pieces of {os.path.basename(whole)} are missing: {pieces}')
+    joined = os.path.join(repo, '.carry', 'received', os.path.basename(whole))
+    os.makedirs(os.path.dirname(joined), exist_ok=True)
+    with open(joined, 'wb') as out:
+      for p in pieces:
+        with open(p, 'rb') as f:
+          out.write(f.read())
+    archives.append(joined)
+  done = []
+  for archive in archives:
+    with tarfile.open(archive) as tar:
+      bad = [m.name for m in tar.getmembers() if not m.name.split('/')[0] in ('results', 'runs')]
+      if bad:
+        raise SystemExit(f'carry: error: {archive} holds paths outside results/ and runs/: {bad[:3]}')
+      tar.extractall(repo, filter='data')
+    print(f'{archive}: unpacked into {os.path.abspath(repo)}', flush=True)
+    done.append(archive)
+  return done
 
 
 # ---------------------------------------------------------------- the caches themselves
@@ -267,7 +319,9 @@ def main(argv=None) -> int:
   b.add_argument('--workroot', default='runs/reproduce')
   b.add_argument('--results', default='results/cifar_lt')
   b.add_argument('--out', required=True)
-  b.add_argument('--max-mib', type=float, default=16.0)
+  b.add_argument('--max-mib', type=float, default=15.5, help='largest file (a lent machine sends 16 MiB)')
+  r = sub.add_parser('receive', help='here: the files a call brought back -> results/, runs/')
+  r.add_argument('files_at')
   args = ap.parse_args(argv)
   if args.cmd == 'pack':
     paths = list(args.npz)
@@ -280,8 +334,10 @@ def main(argv=None) -> int:
       print(f'{folder}: {size / 2**20:.1f} MiB', flush=True)
   elif args.cmd == 'unpack':
     unpack(args.root, args.into)
-  else:
+  elif args.cmd == 'send-back':
     send_back(args.workroot, args.results, args.out, args.max_mib)
+  else:
+    receive(args.files_at)
   return 0
 
 

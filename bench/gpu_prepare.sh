@@ -42,5 +42,6 @@ The call (device run; a folder of .carry per call, the caches' last folder with 
   command:   DEADLINE=420 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
   carry:     [".whl", ".carry/1"$( [[ -d runs/reproduce ]] && echo ', "runs/reproduce"'), ".carry/commit"]
   timeout_s: 540
-Afterwards, here: tar xzf <files_at>/results.tgz; for f in <files_at>/workdir_*.tgz; do tar xzf \$f; done
+Afterwards, here: $PY bench/carry.py receive <files_at>   (results/ and runs/reproduce/),
+then commit results/cifar_lt/*.json and render: $PY -m ltjax.report --reproduction results/cifar_lt --readme README.md
 EOF

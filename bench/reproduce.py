@@ -323,6 +323,14 @@ def run_rows(rows: list[Row], opts) -> int:
   commit, dirty = git_commit()
   info = {'commit': commit, 'dirty': dirty,
           **probe_device({**env, 'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'})}
+  if opts.parallel > 1 and info['device'].get('platform') == 'cpu':
+    # Each row already spreads its batch over every core (8 CPU devices); rows side by
+    # side starve each other's device threads, and XLA's CPU all-reduce aborts the row
+    # when a thread has waited 40 s (seen with 2 rows on 2 cores).
+    print(f'reproduce: error: --parallel {opts.parallel} on a CPU: each row already uses every core, '
+          f'and rows side by side can abort in XLA\'s CPU all-reduce; use --parallel 1 (the default) '
+          f'here, --parallel N on one accelerator', file=sys.stderr, flush=True)
+    return 1
   print(f'reproduce: {len(todo)} row(s) to run on {info["device"].get("device_kind")} '
         f'({info["device"].get("platform")}), commit {(commit or "?")[:10]}{" (dirty)" if dirty else ""}, '
         f'{opts.parallel} at a time', flush=True)
@@ -405,7 +413,8 @@ def main(argv=None) -> int:
   ap.add_argument('--data-dir', help='TFDS data_dir (--config.run.data_dir)')
   ap.add_argument('--cache-dir', help='decoded-subset cache (--config.run.cache_dir)')
   ap.add_argument('--parallel', type=int, default=1,
-                  help='rows run side by side (separate processes, XLA_PYTHON_CLIENT_PREALLOCATE=false)')
+                  help='rows run side by side on one accelerator (separate processes, '
+                       'XLA_PYTHON_CLIENT_PREALLOCATE=false); refused on a CPU')
   ap.add_argument('--timeout', type=float, default=0,
                   help='seconds: no row starts after this, and running rows are stopped then '
                        '(they resume from their checkpoints next time)')

@@ -136,6 +136,30 @@ def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypa
     ckpts = {n.split('checkpoints/')[1] for n in t.getnames() if 'checkpoints/' in n}
   assert ckpts == {'200', '200/state', '150', '150/state', 'descriptor.json'}  # newest of each phase
 
-  # too large to come back: left out with a warning, the rest still comes back
-  written = carry.send_back(root, results, 'out2', max_mib=1e-6)
-  assert [os.path.basename(p) for p in written] == ['results.tgz']
+  # Larger than a file that comes back: in pieces, which receive joins; here a fresh
+  # checkout gets the results and the unfinished row's workdir.
+  size = os.path.getsize('out/workdir_cifar10_if100_dive_s0.tgz')
+  written = carry.send_back(root, results, 'out2', max_mib=size / 3 / 2**20)
+  pieces = [os.path.basename(p) for p in written[1:]]
+  assert pieces == [f'workdir_cifar10_if100_dive_s0.tgz.{i}' for i in range(1, len(pieces) + 1)]
+  assert len(pieces) >= 3
+  os.makedirs('here')
+  monkeypatch.chdir('here')
+  carry.receive('../out2')
+  assert json.load(open('results/cifar_lt/cifar10_if100_ce_s0.json')) == {'result': {'top1': 70.0}}
+  student = 'runs/reproduce/cifar10_if100_dive_s0/student/checkpoints'
+  assert sorted(os.listdir(student)) == ['150', 'descriptor.json']
+  assert open(f'{student}/150/state').read() == '150'
+  assert os.path.exists('runs/reproduce/cifar10_if100_dive_s0/teacher/checkpoints/200/state')
+
+
+def test_receive_refuses_paths_outside_results_and_runs(carry, tmp_path, monkeypatch):
+  import tarfile
+  monkeypatch.chdir(tmp_path)
+  os.makedirs('at')
+  with open('evil', 'w') as f:
+    f.write('x')
+  with tarfile.open('at/results.tgz', 'w:gz') as t:
+    t.add('evil')
+  with pytest.raises(SystemExit, match='outside results/ and runs/'):
+    carry.receive('at')

@@ -384,3 +384,15 @@ def test_commit_from_the_environment_where_no_git_travelled(monkeypatch):
   monkeypatch.delenv('LTJAX_COMMIT')
   head, _ = script.git_commit()
   assert head is None or len(head) == 40
+
+
+def test_rows_side_by_side_are_refused_on_a_cpu(tmp_path, fake_script, monkeypatch, capsys):
+  """Two rows of 8 CPU devices each on one CPU starve each other's device threads (XLA's
+  CPU all-reduce aborts a row after 40 s): --parallel is for an accelerator."""
+  mod = fake_script
+  monkeypatch.setattr(mod, 'probe_device', lambda env: {'versions': {}, 'device': {'platform': 'cpu',
+                                                                                     'device_kind': 'cpu'}})
+  common = ['--results', str(tmp_path / 'results'), '--workroot', str(tmp_path / 'runs')]
+  assert mod.main(['--rows', 'cifar10_if100_ce_s0,cifar10_if100_bsce_s0', '--parallel', '2', *common]) == 1
+  assert '--parallel 2 on a CPU' in capsys.readouterr().err
+  assert not (tmp_path / 'runs' / 'cifar10_if100_ce_s0').exists()
