@@ -128,16 +128,19 @@ class HostFeed:
       self._batches.close()  # grain's reader threads
 
 
-def make_feed(dataset, sampler: Sampler, config, mesh, total_steps: int, two_views: bool = False):
+def make_feed(dataset, sampler: Sampler, config, mesh, total_steps: int, two_views: bool = False,
+              seed: int | None = None):
   """The feed of ``dataset``: a ``HostFeed`` for the large datasets, else a ``DeviceFeed``,
-  with the training augmentation that ``config.data.augment`` names."""
+  with the training augmentation that ``config.data.augment`` names. ``seed``: the host
+  pipeline's (default ``config.seed``; a device feed draws from the step's key)."""
   aug = config.data.augment
   if isinstance(dataset, HostDataset):
     def host_augment(key, images):  # the host cropped and flipped
       return augment.host_batch_augment(key, images, jitter=aug.jitter, mean=aug.mean, std=aug.std,
                                         scale=dataset.pixel_scale)
 
-    return HostFeed(sampler, host_augment, mesh, dataset, config.seed, total_steps, two_views)
+    return HostFeed(sampler, host_augment, mesh, dataset, config.seed if seed is None else seed,
+                    total_steps, two_views)
 
   def device_augment(key, images):
     return augment.train_augment(key, images, pad=aug.pad, flip=aug.flip, mean=aug.mean,

@@ -159,7 +159,7 @@ def _run(config, workdir: str, lock) -> dict:
   normalize = lambda x: augment.normalize(x, aug.mean, aug.std, dataset.pixel_scale)
   eval_batch = config.run.eval_batch_size
   results = {}
-  for phase in phases:
+  for stream, phase in enumerate(phases):
     phase_dir = os.path.join(workdir, phase.name)
     path = os.path.join(phase_dir, 'results.json')
     if os.path.exists(path):
@@ -186,7 +186,7 @@ def _run(config, workdir: str, lock) -> dict:
     if phase.teacher is not None:
       teacher_variables = _load_teacher(phase, workdir, dataset, normalize)
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
-                                          init_variables, teacher_variables)
+                                          init_variables, teacher_variables, stream=stream)
     t = time.perf_counter()
     res = evaluate_fn(variables)
     for head, output in phase.extra_heads:

@@ -294,9 +294,27 @@ def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variable
   return jax.device_put(state, parallel.replicated(mesh))
 
 
+def phase_keys(seed: int, stream: int = 0) -> tuple[jax.Array, jax.Array]:
+  """The keys of a phase: its initial weights' (from the seed alone) and its steps'
+  (batch order and augmentation: its own for each ``stream`` > 0; stream 0 is the seed's)."""
+  init_key, step_rng = jax.random.split(jax.random.key(seed))
+  return init_key, (jax.random.fold_in(step_rng, stream) if stream else step_rng)
+
+
+def host_seed(seed: int, stream: int = 0) -> int:
+  """The host pipeline's seed of a phase's stream (stream 0: the seed itself)."""
+  return seed + (stream << 32)
+
+
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
-                init_variables=None, teacher_variables=None):
+                init_variables=None, teacher_variables=None, stream: int = 0):
   """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
+
+  ``stream`` (the phase's position in its recipe) gives each phase its own batch order
+  and augmentation: a later phase does not replay the first one's (the reference codes
+  run a DiVE student, or SSD's phases, as separate runs whose data orders differ). The
+  initial weights come from ``config.seed`` alone, the same in every phase, as in
+  BagofTricks-LT, whose teacher and student runs both seed 42 before building the model.
 
   ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
   scalars are logged. Returns the final variables (``params``, ``batch_stats``) and
@@ -315,9 +333,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)
   feed = feeds.make_feed(dataset, sampler, config, mesh, total_steps,
-                         two_views=phase.hooks is not None and phase.hooks.two_views)
-  rng = jax.random.key(config.seed)
-  init_key, step_rng = jax.random.split(rng)
+                         two_views=phase.hooks is not None and phase.hooks.two_views,
+                         seed=host_seed(config.seed, stream))
+  init_key, step_rng = phase_keys(config.seed, stream)
   state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
   replicated = parallel.replicated(mesh)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)
@@ -364,59 +382,68 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     bar.set_postfix(epoch=f'{step_done / steps_per_epoch:.1f}', loss=f'{metrics["loss"]:.3f}',
                     img_s=f'{ips:.0f}', refresh=False)
 
-  t_loop = time.perf_counter()
-  first_step_seconds = None
-  for step in range(start, total_steps):
-    state, metrics = step_fn(state, feed.next(), step_rng, teacher_variables)
-    feed.prefetch()  # the host reads and copies the next batch while the device works
-    if first_step_seconds is None:
-      jax.block_until_ready(metrics)
-      first_step_seconds = time.perf_counter() - t_loop
-    # Read a step's metrics one step late, so the host never waits on the device.
-    if pending is not None:
-      flush(pending, step)
-      pending = None
-    if (step + 1) % log_every == 0 or step + 1 == total_steps:
-      pending = (step + 1, metrics)
-    bar.update(1)
-    if (step + 1) % steps_per_epoch == 0:
-      epoch = (step + 1) // steps_per_epoch
-      last = step + 1 == total_steps
-      if last or mgr.should_save(step + 1):  # orbax's policies (checkpoint.manager)
-        # Never save a diverged state: NaN parameters would poison every resume.
-        check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
-        checkpoint.save(mgr, step + 1, state, feed.data_state)
-      if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
-        res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
-        logger.write(step + 1, {'epoch': epoch, **{k: v for k, v in res.items()
-                                                   if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}},
-                     prefix='test/')
-        if is_main:
-          bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
-    if step + 1 < total_steps and preemption.reached(step + 1):
-      # A SIGTERM / SIGINT: every process stops at this same step, saves and exits.
+  clean = False  # the loop finished, or stopped on purpose with its checkpoint written
+  try:
+    t_loop = time.perf_counter()
+    first_step_seconds = None
+    for step in range(start, total_steps):
+      state, metrics = step_fn(state, feed.next(), step_rng, teacher_variables)
+      feed.prefetch()  # the host reads and copies the next batch while the device works
+      if first_step_seconds is None:
+        jax.block_until_ready(metrics)
+        first_step_seconds = time.perf_counter() - t_loop
+      # Read a step's metrics one step late, so the host never waits on the device.
       if pending is not None:
-        flush(pending, step + 1)
-      check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
-      if mgr.latest_step() != step + 1:
-        checkpoint.save(mgr, step + 1, state, feed.data_state)
-      checkpoint.finish(mgr)
-      for closable in (mgr, feed, bar, logger):
+        flush(pending, step)
+        pending = None
+      if (step + 1) % log_every == 0 or step + 1 == total_steps:
+        pending = (step + 1, metrics)
+      bar.update(1)
+      if (step + 1) % steps_per_epoch == 0:
+        epoch = (step + 1) // steps_per_epoch
+        last = step + 1 == total_steps
+        if last or mgr.should_save(step + 1):  # orbax's policies (checkpoint.manager)
+          # Never save a diverged state: NaN parameters would poison every resume.
+          check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
+          checkpoint.save(mgr, step + 1, state, feed.data_state)
+        if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
+          res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
+          logger.write(step + 1, {'epoch': epoch, **{k: v for k, v in res.items()
+                                                     if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}},
+                       prefix='test/')
+          if is_main:
+            bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+      if step + 1 < total_steps and preemption.reached(step + 1):
+        # A SIGTERM / SIGINT: every process stops at this same step, saves and exits.
+        if pending is not None:
+          flush(pending, step + 1)
+        check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
+        if mgr.latest_step() != step + 1:
+          checkpoint.save(mgr, step + 1, state, feed.data_state)
+        checkpoint.finish(mgr)
+        clean = True
+        raise Preempted(
+            f'[{phase.name}] stopped by {preemption.received() or "a preemption notice"} at step {step + 1} '
+            f'of {total_steps} (epoch {(step + 1) / steps_per_epoch:.2f}); a checkpoint of that step is in '
+            f'{phase_dir}/checkpoints. Rerun the same command to resume from it.')
+    if pending is not None:
+      flush(pending, total_steps)
+    jax.block_until_ready(state)
+    stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
+             'first_step_seconds': first_step_seconds}
+    if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
+      checkpoint.save(mgr, total_steps, state, feed.data_state)
+    checkpoint.finish(mgr)
+    clean = True
+  finally:
+    # Also when the loop stops on an error (a diverged loss, a full disk, ...): the host
+    # pipeline's reader threads, the progress bar and the log files are let go, best
+    # effort, never hiding the error. The checkpoint manager is closed only after a clean
+    # end: after a failed write, closing it would wait on that write again.
+    for closable in ((mgr, feed, bar, logger) if clean else (feed, bar, logger)):
+      try:
         closable.close()
-      raise Preempted(
-          f'[{phase.name}] stopped by {preemption.received() or "a preemption notice"} at step {step + 1} '
-          f'of {total_steps} (epoch {(step + 1) / steps_per_epoch:.2f}); a checkpoint of that step is in '
-          f'{phase_dir}/checkpoints. Rerun the same command to resume from it.')
-  if pending is not None:
-    flush(pending, total_steps)
-  jax.block_until_ready(state)
-  stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
-           'first_step_seconds': first_step_seconds}
-  if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
-    checkpoint.save(mgr, total_steps, state, feed.data_state)
-  checkpoint.finish(mgr)
-  mgr.close()
-  feed.close()
-  bar.close()
-  logger.close()
+      except Exception:  # noqa: BLE001
+        if clean:
+          raise
   return {'params': state.params, 'batch_stats': state.batch_stats}, stats

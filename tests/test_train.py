@@ -69,7 +69,8 @@ def _train(tmp_path, num_devices, **train_overrides):
   d = tmp_path / f'dev{num_devices}'
   variables, stats = train.train_phase(phase, dataset, config, str(d), mesh)
   assert stats['steps_run'] == 7 and stats['train_seconds'] > 0
-  losses = [json.loads(l)['train/loss'] for l in open(d / 'metrics.jsonl')]
+  with open(d / 'metrics.jsonl') as f:
+    losses = [json.loads(l)['train/loss'] for l in f]
   return losses, variables
 
 
@@ -138,9 +139,7 @@ def _index_step(num_examples, batch, num_devices, kind='instance'):
                          **Sampler.arrays(labels, num_classes)}, rep)
   step = jax.jit(train.make_train_step(phase, schedule, feeds.DeviceFeed(sampler, lambda k, x: x.astype(jnp.float32), mesh)),
                  in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep))
-  rng = jax.random.key(5)
-
-  def run(state, steps):
+  def run(state, steps, rng=jax.random.key(5)):
     out = []
     for _ in range(steps):
       state, metrics = step(state, data, rng, {})
@@ -172,3 +171,26 @@ def test_instance_sampling_through_the_step_is_one_pass_per_epoch(num_devices):
     _, one = run1(state0.replace(step=jnp.int32(0)), 7)
     for a, b in zip(batches[:7], one):
       np.testing.assert_array_equal(a, b)
+
+
+def test_each_phase_of_a_recipe_draws_its_own_batch_order_from_the_same_initial_weights():
+  """A DiVE student (stream 1) neither replays its teacher's (stream 0) batches nor its
+  augmentation, as the reference's separate runs do not; both start from the seed's
+  initial weights (BagofTricks-LT seeds both runs alike). Stream 0 is the seed's own
+  stream, so one-phase runs are unchanged; the host pipeline's streams differ too."""
+  from ltjax.data.samplers import Sampler
+
+  init0, step0 = train.phase_keys(0, 0)
+  init1, step1 = train.phase_keys(0, 1)
+  old_init, old_step = jax.random.split(jax.random.key(0))
+  assert np.array_equal(jax.random.key_data(init0), jax.random.key_data(old_init))
+  assert np.array_equal(jax.random.key_data(step0), jax.random.key_data(old_step))
+  assert np.array_equal(jax.random.key_data(init1), jax.random.key_data(init0))
+  sampler, state0, run = _index_step(100, 16, 1)
+  _, teacher = run(state0, 7, rng=step0)
+  _, student = run(state0, 7, rng=step1)
+  assert not np.array_equal(np.concatenate(teacher), np.concatenate(student))
+  assert sorted(np.concatenate(student)[:100]) == list(range(100))  # still one pass an epoch
+  assert (train.host_seed(3, 0), train.host_seed(3, 1)) == (3, 3 + 2**32)
+  s = Sampler('instance', 100, 16, (25, 25, 25, 25), 3)
+  assert not np.array_equal(s.host_indices({}, train.host_seed(0, 0), 0), s.host_indices({}, train.host_seed(0, 1), 0))
