@@ -13,14 +13,16 @@ that go to separate folders, ``OUT/1``, ``OUT/2``, ...: each folder is carried b
 call to the warm machine (a carried folder stays there for the next call while the
 machine is held), and ``unpack`` joins them once every part is there.
 
-What comes back: ``send-back`` writes the rows' results and logs, and each unfinished
-row's workdir (its phases' newest checkpoints), into the machine's $OUT; ``receive``
-unpacks them here, into results/ and runs/, to commit and to carry to the next machine.
+What comes back: ``send-back`` writes the rows' results and logs, and the unfinished rows'
+workdirs (their phases' newest checkpoints), into the machine's $OUT; ``receive`` unpacks
+them here, into results/ and runs/; ``workdirs`` packs the unfinished rows again (newest
+checkpoints only) for the next machine, where gpu_reproduce.sh unpacks them.
 
 Here:   python bench/carry.py pack --data-dir ../shared/tfds --imb 100 --out .carry
 There:  python3 bench/carry.py unpack .carry --into .device_cache
         python3 bench/carry.py send-back --out $OUT
 Here:   python bench/carry.py receive FILES_AT
+        python bench/carry.py workdirs --out .carry/workdirs.tgz
 """
 from __future__ import annotations
 
@@ -101,6 +103,10 @@ def pack(npz_paths: list[str], out: str, part_mib: float) -> list[str]:
   """Writes each cache as ``NAME.carry.json`` + ``NAME.partK`` files into ``out/1``,
   ``out/2``, ...: a folder holds at most ``part_mib`` MiB. Returns the folders."""
   limit = int(part_mib * 2**20)
+  old = glob.glob(os.path.join(out, '[0-9]*'))
+  if old:
+    raise SystemExit(f'carry: error: {out} already holds packed folders ({", ".join(sorted(old))}); '
+                     f'remove {out} first (the caches themselves are not in it)')
   folders: list[tuple[str, int]] = []  # (folder, bytes in it)
 
   def place(size: int) -> str:
@@ -186,31 +192,52 @@ def unpack(root: str, into: str) -> list[str]:
   return written
 
 
-# ---------------------------------------------------------------- what comes back
+# ---------------------------------------------------------------- rows that go on elsewhere
 def _newest_checkpoints_only(root: str):
-  """A tarfile filter that leaves out every checkpoint of a phase but its newest (the one
-  a resume restores; a finished phase's is its final one, which later phases read)."""
+  """A tarfile filter that keeps, of each phase's ``checkpoints/``, only its newest step
+  (the one a resume restores; a finished phase's final one, which later phases read) and
+  the manager's own files, never an unfinished write or a damaged step set aside."""
   keep: dict[str, str] = {}
   for ckpts in glob.glob(os.path.join(root, '**', 'checkpoints'), recursive=True):
     steps = [d for d in os.listdir(ckpts) if d.isdigit()]
-    if steps:
-      keep[os.path.normpath(ckpts).lstrip(os.sep)] = max(steps, key=int)  # as tarfile names it
+    keep[os.path.normpath(ckpts).lstrip(os.sep)] = max(steps, key=int) if steps else ''  # as tarfile names it
 
   def keep_member(info):
     parent, name = os.path.split(os.path.normpath(info.name))
-    if parent in keep and name != keep[parent] and name[:1].isdigit():
-      return None  # an older step, a damaged one set aside (STEP.damaged), an unfinished write
+    if parent in keep and name[:1].isdigit() and name != keep[parent]:
+      return None  # an older step, STEP.damaged, STEP.orbax-checkpoint-tmp-...
     return info
   return keep_member
 
 
+def unfinished_rows(workroot: str, results: str) -> list[str]:
+  """The rows with a workdir under ``workroot`` and no ``results/ROW.json``."""
+  if not os.path.isdir(workroot):
+    return []
+  return sorted(d for d in os.listdir(workroot) if os.path.isdir(os.path.join(workroot, d))
+                and not os.path.exists(os.path.join(results, f'{d}.json')))
+
+
+def pack_workdirs(workroot: str, results: str, path: str) -> list[str]:
+  """One ``.tgz`` of every unfinished row's workdir, each phase with its newest checkpoint
+  alone: what a row needs to resume on another machine. Returns the rows in it."""
+  import tarfile
+
+  rows = unfinished_rows(workroot, results)
+  if rows:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with tarfile.open(path, 'w:gz') as tar:
+      for row in rows:
+        tar.add(os.path.join(workroot, row), filter=_newest_checkpoints_only(os.path.join(workroot, row)))
+  return rows
+
+
 def send_back(workroot: str, results: str, out: str, max_mib: float) -> list[str]:
-  """What a later session needs, as files in ``out``: ``results.tgz`` (every row's JSON,
-  and each row's attempts, log, config and per-phase results and metrics) and one
-  ``workdir_ROW.tgz`` per unfinished row (its workdir with each phase's newest checkpoint:
-  carried back to the next lent machine, the row resumes), in pieces ``.1``, ``.2``, ...
-  where it is over ``max_mib`` MiB (a lent machine sends back files of at most 16 MiB).
-  ``receive`` unpacks them here."""
+  """There, at the end: what a later session needs, as files in ``out`` (a lent machine
+  sends back 8 files of at most 16 MiB): ``results.tgz`` (every row's JSON; each row's
+  attempts, log, config and per-phase results and metrics; ``WORKROOT/gpu.csv``, the
+  GPU's load, if there) and ``workdirs.tgz`` (``pack_workdirs``), in pieces
+  ``workdirs.tgz.1of3``, ... where it is over ``max_mib``. ``receive`` unpacks them here."""
   import tarfile
 
   os.makedirs(out, exist_ok=True)
@@ -225,19 +252,17 @@ def send_back(workroot: str, results: str, out: str, max_mib: float) -> list[str
                       '*/metrics.jsonl'):
         for f in sorted(glob.glob(os.path.join(workroot, row, pattern))):
           tar.add(f)
-  for row in rows:
-    if os.path.exists(os.path.join(results, f'{row}.json')):
-      continue
-    path = os.path.join(out, f'workdir_{row}.tgz')
-    with tarfile.open(path, 'w:gz') as tar:
-      tar.add(os.path.join(workroot, row), filter=_newest_checkpoints_only(os.path.join(workroot, row)))
+  path = os.path.join(out, 'workdirs.tgz')
+  unfinished = pack_workdirs(workroot, results, path)
+  if unfinished:
     pieces = _split(path, int(max_mib * 2**20))
     size = sum(map(os.path.getsize, pieces)) / 2**20
-    print(f'{path}: {size:.1f} MiB' + (f' in {len(pieces)} pieces' if len(pieces) > 1 else ''), flush=True)
+    print(f'{path}: {", ".join(unfinished)}: {size:.1f} MiB'
+          + (f' in {len(pieces)} pieces' if len(pieces) > 1 else ''), flush=True)
     written += pieces
-  if len(written) > MAX_FILES_BACK - 1:  # log.txt is one of them
-    print(f'carry: warning: {len(written)} files and log.txt: a lent machine sends back {MAX_FILES_BACK}; '
-          f'run fewer rows side by side', file=sys.stderr, flush=True)
+  if len(written) > MAX_FILES_BACK - 1:  # and log.txt
+    print(f'carry: warning: {len(written)} files and log.txt: a lent machine sends back {MAX_FILES_BACK}',
+          file=sys.stderr, flush=True)
   return written
 
 
@@ -245,43 +270,70 @@ MAX_FILES_BACK = 8
 
 
 def _split(path: str, limit: int) -> list[str]:
-  """``path`` itself, or ``path.1``, ``path.2``, ... of at most ``limit`` bytes each."""
-  if os.path.getsize(path) <= limit:
+  """``path`` itself, or ``path.1ofN``, ``path.2ofN``, ... of at most ``limit`` bytes each."""
+  size = os.path.getsize(path)
+  if size <= limit:
     return [path]
+  count = -(-size // limit)
   pieces = []
   with open(path, 'rb') as f:
-    while chunk := f.read(limit):
-      pieces.append(f'{path}.{len(pieces) + 1}')
-      _write(pieces[-1], chunk)
+    for k in range(1, count + 1):
+      pieces.append(f'{path}.{k}of{count}')
+      _write(pieces[-1], f.read(limit))
   os.remove(path)
   return pieces
 
 
+def _join(files_at: str, name: str, into: str) -> str | None:
+  """``files_at/name``, or its pieces joined into ``into/name`` (all of them, or an error)."""
+  whole = os.path.join(files_at, name)
+  if os.path.exists(whole):
+    return whole
+  pieces = glob.glob(f'{whole}.*of*')
+  if not pieces:
+    return None
+  counts = {p.rsplit('of', 1)[1] for p in pieces}
+  count = int(counts.pop()) if len(counts) == 1 else 0
+  want = [f'{whole}.{k}of{count}' for k in range(1, count + 1)]
+  if not count or sorted(pieces) != sorted(want):
+    raise SystemExit(f'carry: error: {name} came back incomplete: {sorted(map(os.path.basename, pieces))}')
+  joined = os.path.join(into, name)
+  os.makedirs(into, exist_ok=True)
+  with open(joined, 'wb') as out:
+    for p in want:
+      with open(p, 'rb') as f:
+        out.write(f.read())
+  return joined
+
+
+def _safe_members(tar, archive: str):
+  """Every member, if each is a plain file or folder under results/ or runs/ (no link, no
+  absolute path, no ``..``); else an error."""
+  members = tar.getmembers()
+  for m in members:
+    parts = m.name.split('/')
+    if (not (m.isfile() or m.isdir()) or m.name.startswith('/') or '..' in parts
+        or parts[0] not in ('results', 'runs')):
+      raise SystemExit(f'carry: error: {archive} holds {m.name!r}, which is not a plain file or folder '
+                       f'under results/ or runs/: nothing unpacked from it')
+  return members
+
+
 def receive(files_at: str, repo: str = '.') -> list[str]:
-  """Here, after the call: results.tgz and every workdir_ROW.tgz (or its pieces) from a
-  lent machine's $OUT, unpacked into the repository (results/..., runs/...)."""
+  """Here, after the call: ``results.tgz`` and ``workdirs.tgz`` (or its pieces) from a lent
+  machine's $OUT, unpacked into the repository: results/, and runs/ (the unfinished rows'
+  workdirs, to carry to the next machine; nothing here is removed)."""
   import tarfile
 
-  archives = sorted(glob.glob(os.path.join(files_at, '*.tgz')))
-  for first in sorted(glob.glob(os.path.join(files_at, '*.tgz.1'))):
-    whole = first[:-2]
-    pieces = sorted(glob.glob(f'{whole}.[0-9]*'), key=lambda p: int(p.rsplit('.', 1)[1]))
-    if [int(p.rsplit('.', 1)[1]) for p in pieces] != list(range(1, len(pieces) + 1)):
-      raise SystemExit(f'carry: error: pieces of {os.path.basename(whole)} are missing: {pieces}')
-    joined = os.path.join(repo, '.carry', 'received', os.path.basename(whole))
-    os.makedirs(os.path.dirname(joined), exist_ok=True)
-    with open(joined, 'wb') as out:
-      for p in pieces:
-        with open(p, 'rb') as f:
-          out.write(f.read())
-    archives.append(joined)
   done = []
-  for archive in archives:
+  for name in ('results.tgz', 'workdirs.tgz'):
+    archive = _join(files_at, name, os.path.join(repo, '.carry', 'received'))
+    if archive is None:
+      if name == 'results.tgz':
+        raise SystemExit(f'carry: error: no results.tgz in {files_at}')
+      continue
     with tarfile.open(archive) as tar:
-      bad = [m.name for m in tar.getmembers() if not m.name.split('/')[0] in ('results', 'runs')]
-      if bad:
-        raise SystemExit(f'carry: error: {archive} holds paths outside results/ and runs/: {bad[:3]}')
-      tar.extractall(repo, filter='data')
+      tar.extractall(repo, members=_safe_members(tar, archive), filter='data')
     print(f'{archive}: unpacked into {os.path.abspath(repo)}', flush=True)
     done.append(archive)
   return done
@@ -323,6 +375,10 @@ def main(argv=None) -> int:
   b.add_argument('--max-mib', type=float, default=15.5, help='largest file (a lent machine sends 16 MiB)')
   r = sub.add_parser('receive', help='here: the files a call brought back -> results/, runs/')
   r.add_argument('files_at')
+  w = sub.add_parser('workdirs', help="here: the unfinished rows' workdirs (newest checkpoints) -> OUT.tgz")
+  w.add_argument('--workroot', default='runs/reproduce')
+  w.add_argument('--results', default='results/cifar_lt')
+  w.add_argument('--out', required=True)
   args = ap.parse_args(argv)
   if args.cmd == 'pack':
     paths = list(args.npz)
@@ -337,6 +393,9 @@ def main(argv=None) -> int:
     unpack(args.root, args.into)
   elif args.cmd == 'send-back':
     send_back(args.workroot, args.results, args.out, args.max_mib)
+  elif args.cmd == 'workdirs':
+    rows = pack_workdirs(args.workroot, args.results, args.out)
+    print(f'{args.out}: {", ".join(rows)}' if rows else f'no unfinished row under {args.workroot}', flush=True)
   else:
     receive(args.files_at)
   return 0

@@ -6,8 +6,10 @@
 #    jax, flax, optax, orbax are there), at the versions of this venv;
 # 2. .carry/1, .carry/2, ...: the packed CIFAR-LT caches (bench/carry.py pack), each
 #    folder at most 56 MiB; one call carries one folder (IF 100 fits in one, IF 1 needs two);
-# 3. .carry/commit: HEAD and whether tracked files differ (no .git travels);
-# 4. the size of what travels, and the call.
+# 3. .carry/workdirs.tgz: the rows cut in an earlier session (runs/reproduce, received
+#    with bench/carry.py receive), each phase's newest checkpoint, to resume there;
+# 4. .carry/commit: HEAD and whether tracked files differ (no .git travels);
+# 5. the size of what travels, and the call.
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 IMB=${1:-100}
@@ -21,7 +23,18 @@ for pkg in ml-collections tensorboardX; do
 done
 echo "wheels: $(ls .whl | tr '\n' ' ')"
 
-$PY bench/carry.py pack --imb "$IMB" --data-dir "$DATA_DIR" --cache-dir .device_cache --out .carry
+# The packed caches, unless .carry holds exactly these factors already (a rerun after a
+# commit or a call only refreshes the commit and the cut rows).
+want=$(tr ',' '\n' <<<"$IMB" | sed 's/.*/cifar10_lt_if&_seed0.carry.json/' | sort | tr '\n' ' ')
+have=$(find .carry -name '*.carry.json' -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')
+if [[ $want != "$have" ]]; then
+  rm -rf .carry  # the caches themselves stay in .device_cache
+  $PY bench/carry.py pack --imb "$IMB" --data-dir "$DATA_DIR" --cache-dir .device_cache --out .carry
+else
+  echo "packed caches: $have(there already)"
+fi
+rm -f .carry/workdirs.tgz
+$PY bench/carry.py workdirs --workroot runs/reproduce --results results/cifar_lt --out .carry/workdirs.tgz
 dirty=false
 [[ -z $(git status --porcelain --untracked-files=no) ]] || dirty=true
 echo "$(git rev-parse HEAD) $dirty" > .carry/commit
@@ -29,19 +42,30 @@ echo "$(git rev-parse HEAD) $dirty" > .carry/commit
 
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 whl=$(du -sb .whl | cut -f1)
-runs=$( [[ -d runs/reproduce ]] && du -sb runs/reproduce | cut -f1 || echo 0)
+runs=$( [[ -f .carry/workdirs.tgz ]] && du -sb .carry/workdirs.tgz | cut -f1 || echo 0)
 echo
 for folder in .carry/[0-9]*; do
   size=$(du -sb "$folder" | cut -f1)
   total=$(( tree + whl + size + runs + 4096 ))
-  echo "$folder: $(( size >> 20 )) MiB; a call carrying it with .whl$( [[ $runs != 0 ]] && echo ' and runs/reproduce'): $(( total >> 20 )) MiB of 64"
+  echo "$folder: $(( size >> 20 )) MiB; a call carrying it with .whl$( [[ $runs != 0 ]] && echo ' and the cut rows'): $(( total >> 20 )) MiB of 64"
 done
+folders=(.carry/[0-9]*)
+last=${folders[-1]}
+runs_carry=$( [[ -f .carry/workdirs.tgz ]] && echo ', ".carry/workdirs.tgz"')
+echo
+if (( ${#folders[@]} > 1 )); then
+  echo "First, back to back (a carried folder stays on the machine while it is held, 30 s after a call):"
+  for folder in "${folders[@]:0:${#folders[@]}-1}"; do
+    echo "  command: 'ls -l $folder'   carry: [\"$folder\"]   timeout_s: 120"
+  done
+  echo "then the run:"
+fi
 cat <<EOF
-
-The call (device run; a folder of .carry per call, the caches' last folder with the run):
+The call (device run):
   command:   DEADLINE=420 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
-  carry:     [".whl", ".carry/1"$( [[ -d runs/reproduce ]] && echo ', "runs/reproduce"'), ".carry/commit"]
+  carry:     [".whl", "$last"$runs_carry, ".carry/commit"]
   timeout_s: 540
 Afterwards, here: $PY bench/carry.py receive <files_at>   (results/ and runs/reproduce/),
-then commit results/cifar_lt/*.json and render: $PY -m ltjax.report --reproduction results/cifar_lt --readme README.md
+commit results/cifar_lt/*.json, render: $PY -m ltjax.report --reproduction results/cifar_lt --readme README.md,
+and run this script again before the next call (the cut rows, the new commit).
 EOF

@@ -3,30 +3,52 @@
 # there; prepared here by bench/gpu_prepare.sh, rehearsed on a CPU with SMOKE=1, see
 # bench/README.md "On a lent GPU"):
 #   1. the carried wheels into /tmp/site (bench/gpu_common.sh), versions and GPU logged;
-#   2. the carried caches (.carry/N/, bench/carry.py pack) unpacked into .device_cache/;
+#   2. the carried caches (.carry/N/, bench/carry.py pack) unpacked into .device_cache/,
+#      and the rows cut in an earlier session (.carry/workdirs.tgz) put back in place;
 #   3. bench/reproduce.py runs the rows PARALLEL at a time, side by side on the one GPU;
 #      at DEADLINE seconds it cuts the running rows (SIGTERM: each saves a checkpoint);
-#   4. bench/carry.py send-back: $OUT/results.tgz (row JSONs, logs, metrics) and one
-#      $OUT/workdir_ROW.tgz per unfinished row, which the next session carries back as
-#      runs/reproduce/ROW so that the row resumes where it was cut.
+#   4. on the way out, also after an error or a SIGTERM to this script, bench/carry.py
+#      send-back: $OUT/results.tgz (row JSONs, logs, metrics) and $OUT/workdirs.tgz (the
+#      unfinished rows, newest checkpoints; in pieces over 15.5 MiB), which
+#      `carry.py receive` unpacks here.
 # Settings (environment): ROWS (patterns, default 'cifar10_if100_*_s0'), PARALLEL (6),
-# DEADLINE (seconds, 450), EXTRA (more ltjax flags, e.g. --config.run.eval_every_epochs=5),
-# SMOKE=1 (smoke rows into results/smoke, runs/reproduce_smoke: the CPU rehearsal).
+# DEADLINE (seconds, 420: with timeout_s 540 that leaves 2 minutes for the set-up, the
+# rows' 30 s stop and the send-back), EXTRA (ltjax flags, space-separated, e.g.
+# '--config.run.eval_every_epochs=5'), SMOKE=1 (smoke rows into results/smoke and
+# runs/reproduce_smoke: the CPU rehearsal).
 source bench/gpu_common.sh
-ROWS=${ROWS:-'cifar10_if100_*_s0'} PARALLEL=${PARALLEL:-6} DEADLINE=${DEADLINE:-450}
+ROWS=${ROWS:-'cifar10_if100_*_s0'} PARALLEL=${PARALLEL:-6} DEADLINE=${DEADLINE:-420}
 if [[ ${SMOKE:-0} == 1 ]]; then
   RESULTS=results/smoke WORKROOT=runs/reproduce_smoke SMOKE_FLAG=--smoke
 else
   RESULTS=results/cifar_lt WORKROOT=runs/reproduce SMOKE_FLAG=
 fi
+EXTRA_FLAGS=(--extra=--config.run.log_every_steps=200)
+read -ra extra <<<"${EXTRA:-}"
+for flag in "${extra[@]}"; do EXTRA_FLAGS+=("--extra=$flag"); done
+
+finish() {
+  local status=$?
+  [[ -n ${SMI:-} ]] && kill "$SMI" 2>/dev/null
+  log "send back"
+  python3 bench/carry.py send-back --workroot "$WORKROOT" --results "$RESULTS" --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
+  local sent=${PIPESTATUS[0]}
+  log "done: exit status $status (0: all done, 2: rows cut at the deadline, 1: a row failed), send-back $sent"
+  (( sent == 0 )) || exit 3
+  exit "$status"
+}
+trap finish EXIT
+trap 'log "SIGTERM: the rows stop and save; then the send-back"' TERM
+
 # No .git travels: the commit is the one gpu_prepare.sh wrote beside the caches.
 if [[ -f .carry/commit ]] && ! git rev-parse HEAD >/dev/null 2>&1; then
   read -r LTJAX_COMMIT LTJAX_DIRTY < .carry/commit; export LTJAX_COMMIT LTJAX_DIRTY
 fi
 log "commit ${LTJAX_COMMIT:-$(git rev-parse HEAD 2>/dev/null)} rows '$ROWS' parallel $PARALLEL deadline $DEADLINE s"
+mkdir -p "$WORKROOT"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
-  mkdir -p "$WORKROOT"  # its gpu.csv goes back in results.tgz ($OUT takes 8 files)
+  # into results.tgz ($OUT takes 8 files)
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 15 >"$WORKROOT/gpu.csv" 2>&1 &
   SMI=$!
 fi
@@ -35,18 +57,15 @@ python3 -c "import importlib.metadata as m; print(*(f'{p} {m.version(p)}' for p 
 log "unpack the carried caches"
 python3 bench/carry.py unpack .carry --into .device_cache 2>&1 | tee -a "$OUT/log.txt"
 [[ ${PIPESTATUS[0]} == 0 ]] || { log "no caches: nothing run"; exit 1; }
+if [[ -f .carry/workdirs.tgz ]]; then
+  log "the rows cut earlier: $(tar tzf .carry/workdirs.tgz | cut -d/ -f3 | sort -u | tr '\n' ' ')"
+  tar xzf .carry/workdirs.tgz || exit 1
+fi
 
 log "reproduce"
 python3 bench/reproduce.py $SMOKE_FLAG --rows "$ROWS" --parallel "$PARALLEL" --timeout "$DEADLINE" \
-  --cache-dir .device_cache --results "$RESULTS" --workroot "$WORKROOT" \
-  --extra=--config.run.log_every_steps=200 ${EXTRA:+--extra="$EXTRA"} 2>&1 | tee -a "$OUT/log.txt"
+  --cache-dir .device_cache --results "$RESULTS" --workroot "$WORKROOT" "${EXTRA_FLAGS[@]}" 2>&1 | tee -a "$OUT/log.txt"
 status=${PIPESTATUS[0]}
-log "reproduce exit status $status (0: all done, 2: rows cut at the deadline, 1: a row failed)"
 python3 bench/reproduce.py $SMOKE_FLAG --dry-run --rows "$ROWS" --cache-dir .device_cache \
   --results "$RESULTS" --workroot "$WORKROOT" 2>&1 | grep -E '^ *[0-9]+\.' | tee -a "$OUT/log.txt"
-
-[[ -n ${SMI:-} ]] && kill "$SMI" 2>/dev/null
-log "send back"
-python3 bench/carry.py send-back --workroot "$WORKROOT" --results "$RESULTS" --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
-log done
 exit "$status"

@@ -85,15 +85,16 @@ def test_a_damaged_part_is_named(carry, tmp_path):
   with open(os.path.join(folder, 'x.part1'), 'r+b') as f:
     f.seek(100)
     f.write(b'\0' * 8)
+  with pytest.raises(SystemExit, match='already holds packed folders'):  # never mixed with an old pack
+    carry.pack([str(tmp_path / 'x.npz')], str(tmp_path / 'carry'), part_mib=10)
   with pytest.raises(SystemExit, match=r'x\.part1 is damaged'):
     carry.unpack(str(tmp_path / 'carry'), str(tmp_path / 'cache'))
   with pytest.raises(SystemExit, match='no packed cache'):
     carry.unpack(str(tmp_path / 'cache'), str(tmp_path / 'cache2'))
 
 
-def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  root, results = 'runs/reproduce', 'results/cifar_lt'
+def _rows(root, results):
+  """Two rows' workdirs: DiVE cut in its student (teacher finished), CE finished."""
   os.makedirs(results)
 
   def phase(row, name, steps, finished):
@@ -103,6 +104,7 @@ def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypa
       with open(os.path.join(d, 'checkpoints', str(s), 'state'), 'w') as f:
         f.write(str(s))
     os.makedirs(os.path.join(d, 'checkpoints', f'{steps[0]}.damaged'))
+    os.makedirs(os.path.join(d, 'checkpoints', f'{steps[-1] + 50}.orbax-checkpoint-tmp-123'))
     with open(os.path.join(d, 'checkpoints', 'descriptor.json'), 'w') as f:
       f.write('{}')
     with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:
@@ -114,6 +116,7 @@ def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypa
   phase('cifar10_if100_dive_s0', 'teacher', [100, 200], finished=True)
   phase('cifar10_if100_dive_s0', 'student', [50, 150], finished=False)
   phase('cifar10_if100_ce_s0', 'ce', [100, 200], finished=True)
+  os.makedirs(os.path.join(root, 'cifar10_if100_ssd_s0', 'selfsup', 'checkpoints', '7.orbax-checkpoint-tmp-1'))
   for row in ('cifar10_if100_dive_s0', 'cifar10_if100_ce_s0'):
     for name in ('reproduce.json', 'reproduce.log', 'config.json'):
       with open(os.path.join(root, row, name), 'w') as f:
@@ -123,8 +126,15 @@ def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypa
   with open(os.path.join(root, 'gpu.csv'), 'w') as f:
     f.write('t, 90 %, 1000 MiB\n')
 
+
+def test_send_back_and_receive_the_unfinished_rows_with_their_newest_checkpoints(carry, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  root, results = 'runs/reproduce', 'results/cifar_lt'
+  _rows(root, results)
+  assert carry.unfinished_rows(root, results) == ['cifar10_if100_dive_s0', 'cifar10_if100_ssd_s0']
+
   written = carry.send_back(root, results, 'out', max_mib=16)
-  assert [os.path.basename(p) for p in written] == ['results.tgz', 'workdir_cifar10_if100_dive_s0.tgz']
+  assert [os.path.basename(p) for p in written] == ['results.tgz', 'workdirs.tgz']
   with tarfile.open('out/results.tgz') as t:
     names = set(t.getnames())
   assert {'results/cifar_lt/cifar10_if100_ce_s0.json', 'runs/reproduce/gpu.csv',
@@ -132,19 +142,27 @@ def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypa
           'runs/reproduce/cifar10_if100_dive_s0/teacher/results.json',
           'runs/reproduce/cifar10_if100_ce_s0/ce/metrics.jsonl'} <= names
   assert not any('checkpoints' in n for n in names)
-  with tarfile.open('out/workdir_cifar10_if100_dive_s0.tgz') as t:
-    ckpts = {n.split('checkpoints/')[1] for n in t.getnames() if 'checkpoints/' in n}
-  assert ckpts == {'200', '200/state', '150', '150/state', 'descriptor.json'}  # newest of each phase
+  with tarfile.open('out/workdirs.tgz') as t:
+    names = t.getnames()
+  assert not any('cifar10_if100_ce_s0' in n for n in names)  # finished: its JSON is the row
+  ckpts = {n.split('dive_s0/')[1] for n in names if 'dive_s0' in n and 'checkpoints/' in n}
+  assert ckpts == {'teacher/checkpoints/200', 'teacher/checkpoints/200/state', 'teacher/checkpoints/descriptor.json',
+                   'student/checkpoints/150', 'student/checkpoints/150/state',
+                   'student/checkpoints/descriptor.json'}  # the newest of each phase, no tmp, no damaged
+  assert not any('orbax-checkpoint-tmp' in n for n in names)  # also where no step is finished yet
 
-  # Larger than a file that comes back: in pieces, which receive joins; here a fresh
-  # checkout gets the results and the unfinished row's workdir.
-  size = os.path.getsize('out/workdir_cifar10_if100_dive_s0.tgz')
+  # Larger than a file that comes back: in pieces that say how many; receive joins them.
+  size = os.path.getsize('out/workdirs.tgz')
   written = carry.send_back(root, results, 'out2', max_mib=size / 3 / 2**20)
   pieces = [os.path.basename(p) for p in written[1:]]
-  assert pieces == [f'workdir_cifar10_if100_dive_s0.tgz.{i}' for i in range(1, len(pieces) + 1)]
-  assert len(pieces) >= 3
+  n = len(pieces)
+  assert n >= 3 and pieces == [f'workdirs.tgz.{k}of{n}' for k in range(1, n + 1)]
   os.makedirs('here')
   monkeypatch.chdir('here')
+  os.rename(f'../out2/workdirs.tgz.{n}of{n}', '../last_piece')
+  with pytest.raises(SystemExit, match='came back incomplete'):
+    carry.receive('../out2')
+  os.rename('../last_piece', f'../out2/workdirs.tgz.{n}of{n}')
   carry.receive('../out2')
   assert json.load(open('results/cifar_lt/cifar10_if100_ce_s0.json')) == {'result': {'top1': 70.0}}
   student = 'runs/reproduce/cifar10_if100_dive_s0/student/checkpoints'
@@ -152,14 +170,29 @@ def test_send_back_keeps_each_phases_newest_checkpoint(carry, tmp_path, monkeypa
   assert open(f'{student}/150/state').read() == '150'
   assert os.path.exists('runs/reproduce/cifar10_if100_dive_s0/teacher/checkpoints/200/state')
 
+  # Here, for the next machine: the unfinished rows again, as gpu_prepare.sh packs them.
+  rows = carry.pack_workdirs('runs/reproduce', 'results/cifar_lt', '.carry/workdirs.tgz')
+  assert rows == ['cifar10_if100_dive_s0', 'cifar10_if100_ssd_s0']
 
-def test_receive_refuses_paths_outside_results_and_runs(carry, tmp_path, monkeypatch):
-  import tarfile
+
+@pytest.mark.parametrize('evil', ['top', 'dotdot', 'symlink', 'absolute'])
+def test_receive_unpacks_only_plain_files_under_results_and_runs(carry, tmp_path, monkeypatch, evil):
   monkeypatch.chdir(tmp_path)
   os.makedirs('at')
-  with open('evil', 'w') as f:
+  os.makedirs('runs')
+  with open('payload', 'w') as f:
     f.write('x')
   with tarfile.open('at/results.tgz', 'w:gz') as t:
-    t.add('evil')
-  with pytest.raises(SystemExit, match='outside results/ and runs/'):
-    carry.receive('at')
+    if evil == 'top':
+      t.add('payload')
+    elif evil == 'dotdot':
+      t.add('payload', arcname='runs/../README.md')
+    elif evil == 'symlink':
+      os.symlink('../ltjax', 'runs/lnk')
+      t.add('runs/lnk')
+    else:
+      t.add('payload', arcname='/etc/evil')
+  os.makedirs('repo')
+  with pytest.raises(SystemExit, match='not a plain file or folder under results/ or runs/'):
+    carry.receive('at', 'repo')
+  assert os.listdir('repo') == []
