@@ -51,7 +51,7 @@ for folder in .carry/[0-9]*; do
 done
 folders=(.carry/[0-9]*)
 last=${folders[-1]}
-runs_carry=$( [[ -f .carry/workdirs.tgz ]] && echo ', ".carry/workdirs.tgz"')
+runs_carry=$( [[ -f .carry/workdirs.tgz ]] && echo ', ".carry/workdirs.tgz"' || true)
 echo
 if (( ${#folders[@]} > 1 )); then
   echo "First, back to back (a carried folder stays on the machine while it is held, 30 s after a call):"
