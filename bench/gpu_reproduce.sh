@@ -38,7 +38,8 @@ finish() {
   exit "$status"
 }
 trap finish EXIT
-trap 'log "SIGTERM: the rows stop and save; then the send-back"' TERM
+pid=
+trap 'log "SIGTERM: the rows stop and save, then the send-back"; [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null' TERM
 
 # No .git travels: the commit is the one gpu_prepare.sh wrote beside the caches.
 if [[ -f .carry/commit ]] && ! git rev-parse HEAD >/dev/null 2>&1; then
@@ -63,9 +64,17 @@ if [[ -f .carry/workdirs.tgz ]]; then
 fi
 
 log "reproduce"
+# In the background, so that a SIGTERM to this script reaches the trap at once (bash runs
+# a trap only after its foreground command) and is passed on: the rows stop and save.
 python3 bench/reproduce.py $SMOKE_FLAG --rows "$ROWS" --parallel "$PARALLEL" --timeout "$DEADLINE" \
-  --cache-dir .device_cache --results "$RESULTS" --workroot "$WORKROOT" "${EXTRA_FLAGS[@]}" 2>&1 | tee -a "$OUT/log.txt"
-status=${PIPESTATUS[0]}
+  --cache-dir .device_cache --results "$RESULTS" --workroot "$WORKROOT" "${EXTRA_FLAGS[@]}" \
+  > >(tee -a "$OUT/log.txt") 2>&1 &
+pid=$!
+status=
+while [[ -z $status ]]; do
+  wait "$pid"; rc=$?
+  kill -0 "$pid" 2>/dev/null || status=$rc  # still running: the wait was cut by the trap
+done
 python3 bench/reproduce.py $SMOKE_FLAG --dry-run --rows "$ROWS" --cache-dir .device_cache \
   --results "$RESULTS" --workroot "$WORKROOT" 2>&1 | grep -E '^ *[0-9]+\.' | tee -a "$OUT/log.txt"
 exit "$status"

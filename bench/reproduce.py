@@ -389,6 +389,7 @@ def run_rows(rows: list[Row], opts) -> int:
       if running:
         time.sleep(0.2)
   except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (terminated): the rows run in sessions of their own
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short
     stop_all(running)
     for r in running:
       r.finish()
