@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ssd.distill_temperature = 2.0  # phase III: T of the soft head's T^2 KL
   c.ssd.lambda1 = 1.0  # phase III: lambda1 * hard CE + lambda2 * soft KD
   c.ssd.lambda2 = 1.0
-  c.ssd.student_selfsup = True  # phase III keeps the self-supervised loss
+  c.ssd.student_selfsup = False  # phase III: hard + soft only, as the official stage III (True: + L_self)
   c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
   c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
   c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's

@@ -131,7 +131,10 @@ def test_one_step_updates_the_momentum_encoder_and_enqueues_the_batch(digits):
 @pytest.mark.parametrize('selfsup', ['rotation', 'contrastive'])
 def test_all_phases_end_to_end(tmp_path, selfsup):
   workdir = str(tmp_path / selfsup)
-  config = _config(selfsup=selfsup, queue_size=256)
+  # Phase III: hard + soft only by default (the official stage III); MoCo's run keeps the
+  # self-supervised loss in phase III too (student_selfsup), so both paths run end to end.
+  student_selfsup = selfsup == 'contrastive'
+  config = _config(selfsup=selfsup, queue_size=256, student_selfsup=student_selfsup)
   results = pipeline.run(config, workdir)
   assert list(results) == ['selfsup', 'teacher', 'student', 'student_lws']
   assert results['student']['main_head'] == 'hard'
@@ -143,6 +146,7 @@ def test_all_phases_end_to_end(tmp_path, selfsup):
   assert same(one['params']['head'], two['params']['head']['linear'])
   assert not np.allclose(two['params']['head']['scales'], 1.0)
   assert 'selfsup_head' in one['params'] and 'soft_head' in three['params']
+  assert ('selfsup_head' in three['params']) == student_selfsup
   # Phase IV: LWS on the phase-III backbone and hard classifier.
   assert same(three['params']['backbone'], four['params']['backbone'])
   assert same(three['params']['head'], four['params']['head']['linear'])
