@@ -12,8 +12,9 @@
 - ``student`` (III): a new network from scratch with a hard head (``CE``) and a soft head
   (``T^2 KL(teacher || soft)`` at ``distill_temperature``) on one backbone, weights
   ``lambda1`` and ``lambda2`` (as the official code's stage III: no self-supervision;
-  ``student_selfsup`` adds phase I's ``alpha2 * L_self``); the frozen phase-II teacher runs inside the step on the same augmented batch. Both heads
-  are evaluated (rows ``student (hard)`` and ``student (soft)``).
+  ``student_selfsup`` adds phase I's ``alpha2 * L_self``); the frozen phase-II teacher
+  runs inside the step on the same augmented batch. Both heads are evaluated (rows
+  ``student (hard)`` and ``student (soft)``).
 - ``student_lws`` (IV, ``config.ssd.phase4``): LWS on the phase-III backbone and the
   ``phase4_head`` classifier.
 
