@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.sampler = 'class'
   c.stage2.epochs = 10
+  c.stage2.batch_size = 0  # 0: the main phase's (train.batch_size)
   c.stage2.lr = 0.1
   c.stage2.schedule = 'cosine'
   c.stage2.warmup_epochs = 0.0

@@ -53,6 +53,7 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
     c.train.batch_size = 256
     c.train.lr = 0.1
     c.stage2.epochs = 5
+    c.stage2.batch_size = 512  # the official stage II's, twice phase I's
   if args.epochs:
     c.train.epochs = args.epochs
   if args.smoke or args.mock:
@@ -65,6 +66,7 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
     # Linear scaling of the learning rates to the small batch (random labels diverge at 0.2).
     c.train.lr *= 16 / c.train.batch_size
     c.stage2.lr *= 16 / 512
+    c.stage2.batch_size = 0  # the smoke batch below
     c.train.batch_size = 16
     c.run.eval_batch_size = 32
     c.stage2.epochs = 1

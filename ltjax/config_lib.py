@@ -153,7 +153,7 @@ RULES = {
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
     'ssd.key_view.random_order': _ANY,
     **{f'train.{k}': v for k, v in _SCHEDULE.items() if k != 'sampler'},
-    **{f'stage2.{k}': v for k, v in _SCHEDULE.items()},
+    **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
 }
 
 

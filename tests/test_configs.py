@@ -137,6 +137,14 @@ def test_ssd_large_configs_have_the_official_recipe():
   assert (c.train.epochs, c.train.batch_size, c.train.lr, c.train.schedule) == (135, 256, 0.1, 'cosine')
   assert (c.ssd.selfsup, c.ssd.queue_size, c.ssd.moco_momentum, c.ssd.moco_temperature) == ('contrastive', 115_712, 0.999, 0.2)
   assert c.ssd.generator == 'lws' and c.stage2.epochs == 5 and c.stage2.lr == 0.2
+  # Phase II (and IV) at the official stage II's batch 512, phase I at 256; elsewhere the
+  # classifier stage takes the main phase's batch (stage2.batch_size 0).
+  from ltjax.recipes import decoupled
+
+  assert (decoupled.stage2_train_config(c).batch_size, c.train.batch_size) == (512, 256)
+  assert decoupled.stage2_train_config(imagenet_lt.get_config('method=crt')).batch_size == 512
+  assert decoupled.stage2_train_config(imagenet_lt.get_config('method=ssd,smoke')).batch_size == 16
+  assert decoupled.stage2_train_config(cifar_lt.get_config('method=crt')).batch_size == 128
   assert inat18.get_config('method=ssd').train.epochs == 90  # SSD's "1x"
   assert inat18.get_config('method=dive,epochs=200').train.epochs == 200
 

@@ -26,7 +26,7 @@ def stage2_train_config(config):
   tc = config.train.copy_and_resolve_references()
   with tc.unlocked():
     for key, value in config.stage2.items():
-      if key != 'sampler':
+      if key != 'sampler' and not (key == 'batch_size' and value == 0):  # 0: the main phase's batch
         tc[key] = value
   return tc
 
