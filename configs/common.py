@@ -122,6 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.sampler = 'class'
   c.stage2.epochs = 10
   c.stage2.batch_size = 0  # 0: the main phase's (train.batch_size)
+  # The frozen backbone's BatchNorm while the classifier is refit: 'train' (batch
+  # statistics; running statistics re-estimated on this stage's class-balanced batches),
+  # as Kang et al.'s code (model.train() on every network) and SSD's stage II; or 'eval'.
+  c.stage2.backbone_bn = 'train'
   c.stage2.lr = 0.1
   c.stage2.schedule = 'cosine'
   c.stage2.warmup_epochs = 0.0

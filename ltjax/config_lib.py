@@ -98,7 +98,7 @@ def _choices():
           'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
           'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': ('step', 'cosine', 'constant'),
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
-          'target': ('t_tau', 't_tilde')}
+          'target': ('t_tau', 't_tilde'), 'backbone_bn': ('train', 'eval')}
 
 
 def _pick(kind):
@@ -154,6 +154,7 @@ RULES = {
     'ssd.key_view.random_order': _ANY,
     **{f'train.{k}': v for k, v in _SCHEDULE.items() if k != 'sampler'},
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
+    'stage2.backbone_bn': _pick('backbone_bn'),
 }
 
 

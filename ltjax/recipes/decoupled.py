@@ -26,7 +26,7 @@ def stage2_train_config(config):
   tc = config.train.copy_and_resolve_references()
   with tc.unlocked():
     for key, value in config.stage2.items():
-      if key != 'sampler' and not (key == 'batch_size' and value == 0):  # 0: the main phase's batch
+      if key not in ('sampler', 'backbone_bn') and not (key == 'batch_size' and value == 0):  # 0: the main phase's batch
         tc[key] = value
   return tc
 
@@ -44,14 +44,16 @@ def classifier_phase(config, dataset, name, kind, init_from, head_key='head'):
   """Phase ``name``: the classifier refit on the frozen backbone of phase ``init_from``
   with ``config.stage2``'s sampler and schedule; ``kind`` ``crt`` (a new linear
   classifier) or ``lws`` (learned scales over that phase's ``head_key`` classifier,
-  which stays frozen). SSD's phases II and IV are such phases too."""
+  which stays frozen). SSD's phases II and IV are such phases too. The backbone's
+  weights stay frozen; its BatchNorm runs as ``config.stage2.backbone_bn`` says."""
+  backbone_train = config.stage2.backbone_bn == 'train'
   if kind == 'lws':
-    model = build_model(config.model, dataset.num_classes, head='lws', backbone_train=False)
+    model = build_model(config.model, dataset.num_classes, head='lws', backbone_train=backbone_train)
     init = lambda fresh, earlier: _backbone_from(
         earlier, {'scales': fresh['params']['head']['scales'], 'linear': earlier['params'][head_key]})
     trainable = lambda path: path[:2] == ('head', 'scales')
   elif kind == 'crt':
-    model = build_model(config.model, dataset.num_classes, backbone_train=False)
+    model = build_model(config.model, dataset.num_classes, backbone_train=backbone_train)
     init = lambda fresh, earlier: _backbone_from(earlier, fresh['params']['head'])
     trainable = lambda path: path[0] == 'head'
   else:
