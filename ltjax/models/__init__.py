@@ -22,7 +22,7 @@ class Classifier(nn.Module):
   backbone: nn.Module
   head: nn.Module
   # False: the backbone always runs in evaluation mode (BatchNorm running statistics),
-  # as when a classifier is refit on a frozen backbone.
+  # e.g. for tau-norm, or a classifier refit with ``stage2.backbone_bn=eval``.
   backbone_train: bool = True
   soft_head: nn.Module | None = None
   selfsup_head: nn.Module | None = None

@@ -22,12 +22,13 @@ from ltjax.train import Phase
 
 
 def stage2_train_config(config):
-  """``config.train`` with the classifier stage's own schedule (``config.stage2``)."""
+  """``config.train`` with the classifier stage's own schedule: every field of
+  ``config.stage2`` that ``config.train`` has (not its sampler or ``backbone_bn``, which
+  say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
   tc = config.train.copy_and_resolve_references()
-  with tc.unlocked():
-    for key, value in config.stage2.items():
-      if key not in ('sampler', 'backbone_bn') and not (key == 'batch_size' and value == 0):  # 0: the main phase's batch
-        tc[key] = value
+  for key, value in config.stage2.items():
+    if key in tc and not (key == 'batch_size' and value == 0):
+      tc[key] = value
   return tc
 
 
