@@ -40,6 +40,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from ltjax.files import write_atomic  # noqa: E402  (no JAX: this runs before any training)
+from ltjax.data.tfds_io import save_npz  # noqa: E402
+
+MAX_FILES_BACK = 8  # a lent machine sends back 8 files of at most 16 MiB
 FORMAT = 'ltjax-carry-1'
 IMAGE_CODEC = 'gcc-gradient-planar'  # colour decorrelation, 2-D difference, planes first
 LZMA_PRESET = 9 | lzma.PRESET_EXTREME
@@ -132,22 +139,15 @@ def pack(npz_paths: list[str], out: str, part_mib: float) -> list[str]:
     for k, chunk in enumerate(chunks, 1):
       folder = place(len(chunk) + (4096 if k == 1 else 0))
       part = os.path.join(folder, f'{name}.part{k}')
-      _write(part, chunk)
+      write_atomic(part, chunk)
       parts.append({'file': os.path.basename(part), 'folder': os.path.basename(folder), 'bytes': len(chunk),
                     'sha256': hashlib.sha256(chunk).hexdigest()})
     manifest = {'format': FORMAT, 'name': name, 'npz': os.path.basename(path), 'arrays': meta, 'parts': parts}
     first = os.path.join(out, parts[0]['folder'])
-    _write(os.path.join(first, f'{name}.carry.json'), json.dumps(manifest, indent=1).encode())
+    write_atomic(os.path.join(first, f'{name}.carry.json'), json.dumps(manifest, indent=1))
     print(f'{path}: {raw / 2**20:.1f} MiB of arrays -> {len(blob) / 2**20:.1f} MiB in {len(parts)} part(s) '
           f'({", ".join(p["folder"] for p in parts)}), {time.time() - t0:.0f} s', flush=True)
   return [f for f, _ in folders]
-
-
-def _write(path: str, data: bytes) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- unpack
@@ -183,10 +183,7 @@ def unpack(root: str, into: str) -> list[str]:
       chunks.append(chunk)
     t0 = time.time()
     arrays = unpack_arrays(b''.join(chunks), m['arrays'])
-    os.makedirs(into, exist_ok=True)
-    tmp = f'{target}.tmp{os.getpid()}.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, target)
+    save_npz(target, **arrays)  # atomic, uncompressed: fast to read there
     print(f'{target}: unpacked and checked ({time.time() - t0:.1f} s)', flush=True)
     written.append(target)
   return written
@@ -266,8 +263,6 @@ def send_back(workroot: str, results: str, out: str, max_mib: float) -> list[str
   return written
 
 
-MAX_FILES_BACK = 8
-
 
 def _split(path: str, limit: int) -> list[str]:
   """``path`` itself, or ``path.1ofN``, ``path.2ofN``, ... of at most ``limit`` bytes each."""
@@ -279,7 +274,7 @@ def _split(path: str, limit: int) -> list[str]:
   with open(path, 'rb') as f:
     for k in range(1, count + 1):
       pieces.append(f'{path}.{k}of{count}')
-      _write(pieces[-1], f.read(limit))
+      write_atomic(pieces[-1], f.read(limit))
   os.remove(path)
   return pieces
 
@@ -342,8 +337,6 @@ def receive(files_at: str, repo: str = '.') -> list[str]:
 # ---------------------------------------------------------------- the caches themselves
 def build_caches(data_dir: str, imbs: list[float], cache_dir: str, dataset: str = 'cifar10') -> list[str]:
   """ltjax's own cache of each imbalance factor (made from TFDS if not there yet)."""
-  if REPO not in sys.path:
-    sys.path.insert(0, REPO)
   from ltjax.data import cifar, registry
 
   spec = registry.get(dataset)
