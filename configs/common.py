@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
   c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
   c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's
+  # Phase III teacher's BatchNorm: 'train' (the step's batch statistics, as the official
+  # stage III, whose model.train() reaches the frozen teacher) or 'eval' (running statistics).
+  c.ssd.teacher_bn = 'train'
   # The MoCo v2 key view (contrastive; ltjax/data/augment.py moco_colour), official values
   # in torchvision's float implementation (MoCo v2 blurred with PIL's box approximation):
   # RandomApply(ColorJitter(jitter x3, hue), jitter_p) in torchvision's random order,

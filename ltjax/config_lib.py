@@ -147,7 +147,7 @@ RULES = {
     'ssd.moco_momentum': _PROB, 'ssd.queue_size': _POS_INT, 'ssd.moco_temperature': _POS,
     'ssd.mask_same_label': _ANY, 'ssd.generator': _pick('generator'), 'ssd.distill_temperature': _POS,
     'ssd.lambda1': _NONNEG, 'ssd.lambda2': _NONNEG, 'ssd.student_selfsup': _ANY, 'ssd.phase4': _ANY,
-    'ssd.phase4_head': _pick('phase4_head'), 'ssd.teacher_dir': _ANY,
+    'ssd.phase4_head': _pick('phase4_head'), 'ssd.teacher_dir': _ANY, 'ssd.teacher_bn': _pick('backbone_bn'),
     'ssd.key_view.jitter': _NONNEG, 'ssd.key_view.hue': _number(0, 0.5), 'ssd.key_view.jitter_p': _PROB,
     'ssd.key_view.grayscale_p': _PROB, 'ssd.key_view.blur_p': _PROB,
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,

@@ -38,13 +38,31 @@ class Teacher:
   """A frozen network that runs inside a phase's jitted step (DiVE's and SSD's teacher).
 
   Its final variables come from an earlier phase of the recipe (``workdir/<phase>``)
-  or, with ``path``, from a phase folder or checkpoint folder of another run.
+  or, with ``path``, from a phase folder or checkpoint folder of another run. Its
+  weights never change; ``batch_norm`` says which statistics its BatchNorm uses:
+  ``eval``, the running statistics (BagofTricks-LT's DiVE teacher), or ``train``, those
+  of the step's batch (SSD's official stage III, where ``model.train()`` also puts the
+  frozen teacher in training mode); running statistics updated there are discarded.
   """
   phase: str
   model: Any
   path: str = ''
   # The config field that sets ``path``, named in error messages.
   path_field: str = ''
+  batch_norm: str = 'eval'
+
+  def __post_init__(self):
+    if self.batch_norm not in ('eval', 'train'):
+      raise ConfigError(f'teacher BatchNorm {self.batch_norm!r}; choose eval (running statistics) '
+                        f'or train (the batch\'s statistics).')
+
+  def apply(self, variables, x):
+    """The teacher's outputs on ``x``, without gradient."""
+    if self.batch_norm == 'train':
+      outputs, _ = self.model.apply(variables, x, train=True, mutable=['batch_stats'])
+    else:
+      outputs = self.model.apply(variables, x, train=False)
+    return jax.lax.stop_gradient(outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +97,8 @@ class Phase:
   dict (``logits``, ``features``) in training mode and the current epoch (a traced
   int, for schedules such as DRW); ``train`` holds the optimizer and schedule fields
   of the config (``config.train``). With a ``teacher``, ``outputs['teacher']`` holds the
-  frozen teacher's outputs (evaluation mode, no gradient) on the same augmented batch.
+  frozen teacher's outputs (no gradient; BatchNorm as ``Teacher.batch_norm`` says) on the
+  same augmented batch.
   """
   name: str
   model: Any
@@ -250,8 +269,7 @@ def make_train_step(phase: Phase, schedule, feed):
       # be the teacher's view of the very image the student sees. It costs one forward
       # pass (about a third of a training step) and no disk; its variables are
       # replicated like the student's parameters, so the batch sharding is all it needs.
-      teacher_outputs = jax.lax.stop_gradient(
-          phase.teacher.model.apply(teacher_variables, x, train=False))
+      teacher_outputs = phase.teacher.apply(teacher_variables, x)
 
     def loss_fn(params):
       outputs, updates = phase.model.apply(

@@ -13,8 +13,10 @@
   (``T^2 KL(teacher || soft)`` at ``distill_temperature``) on one backbone, weights
   ``lambda1`` and ``lambda2`` (as the official code's stage III: no self-supervision;
   ``student_selfsup`` adds phase I's ``alpha2 * L_self``); the frozen phase-II teacher
-  runs inside the step on the same augmented batch. Both heads are evaluated (rows
-  ``student (hard)`` and ``student (soft)``).
+  runs inside the step on the same augmented batch, its BatchNorm on that batch's
+  statistics (``teacher_bn='train'``: the official stage III, whose ``model.train()``
+  reaches the teacher too) or on its running statistics (``'eval'``). Both heads are
+  evaluated (rows ``student (hard)`` and ``student (soft)``).
 - ``student_lws`` (IV, ``config.ssd.phase4``): LWS on the phase-III backbone and the
   ``phase4_head`` classifier.
 
@@ -172,7 +174,9 @@ def ssd(config, dataset):
                               selfsup=sc.selfsup if sc.student_selfsup else None, proj_dim=sc.proj_dim)
   student = Phase(
       name='student', model=student_model, loss=phase3_loss(config), sampler='instance', train=config.train,
-      teacher=Teacher(phase='teacher', model=teacher.model, path=sc.teacher_dir, path_field='ssd.teacher_dir'),
+      # The teacher's BatchNorm as ssd.teacher_bn says, whatever stage2.backbone_bn was.
+      teacher=Teacher(phase='teacher', model=teacher.model.clone(backbone_train=True), path=sc.teacher_dir,
+                      path_field='ssd.teacher_dir', batch_norm=sc.teacher_bn),
       hooks=selfsup_hooks(config, dataset, student_model) if sc.student_selfsup else None,
       main_head='hard', extra_heads=(('soft', 'soft_logits'),))
   phases = [first, teacher, student]

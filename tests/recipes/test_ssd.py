@@ -48,6 +48,33 @@ def test_soft_head_never_sees_labels_and_hard_head_never_sees_the_teacher(digits
   assert float(jnp.abs(g['soft_head']['Dense_0']['kernel']).max()) > 0
 
 
+@pytest.mark.parametrize('teacher_bn', ['train', 'eval'])
+def test_phase3_teacher_batchnorm_uses_the_batch_or_its_running_statistics(digits, teacher_bn):
+  """The official stage III puts the frozen teacher in training mode with the student
+  (``model.train()``): its BatchNorm normalises with the batch's statistics, so its running
+  statistics cannot change the step; with ``eval`` they are all that it uses."""
+  config = _config(teacher_bn=teacher_bn)
+  student = recipes.phases(config, digits)[2]
+  assert student.teacher.batch_norm == teacher_bn and student.teacher.model.backbone_train
+  step, tx, data = make_step(student, digits, config, batch_size=32)
+  step = jax.jit(step)
+  x = jnp.asarray(digits.train_images[:2], jnp.float32)
+  state = train.new_state(student.model, student.model.init(jax.random.key(0), x, train=False), tx)
+  teacher = student.teacher.model.init(jax.random.key(1), x, train=False)
+  # Other running statistics: mean +3, variance x9 in every BatchNorm layer.
+  shifted = {**teacher, 'batch_stats': jax.tree_util.tree_map_with_path(
+      lambda path, v: v + 3.0 if path[-1].key == 'mean' else v * 9.0, teacher['batch_stats'])}
+  a, metrics_a = step(state, data, jax.random.key(2), teacher)
+  b, metrics_b = step(state, data, jax.random.key(2), shifted)
+  if teacher_bn == 'train':
+    assert same(a.params, b.params) and float(metrics_a['soft']) == float(metrics_b['soft'])
+  else:
+    assert not same(a.params['soft_head'], b.params['soft_head'])
+    assert float(metrics_a['soft']) != float(metrics_b['soft'])
+  # Only the soft head sees the teacher: the hard head's update is the same either way.
+  assert same(a.params['head'], b.params['head'])
+
+
 @pytest.mark.parametrize('field,value,match', [('selfsup', 'jigsaw', 'rotation'), ('generator', 'x', 'lws'),
                                                ('queue_size', 8, 'queue_size'), ('phase4_head', 'x', 'hard')])
 def test_bad_ssd_settings_are_refused(digits, field, value, match):
