@@ -84,7 +84,17 @@ def _config(**dive):
 
 
 @pytest.mark.slow  # over 9 s: not in the quick tier
-def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits):
+def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits, monkeypatch):
+  # Each phase trains on the data stream of its position in the recipe, whichever
+  # phases this run trains (train_phase's stream: tests/test_train.py).
+  streams = []
+  real_train_phase = train.train_phase
+
+  def spy(phase, *args, **kwargs):
+    streams.append((phase.name, kwargs['stream']))
+    return real_train_phase(phase, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'train_phase', spy)
   workdir = str(tmp_path / 'dive')
   # The teacher alone, then the whole recipe: the teacher is not trained again.
   config = _config()
@@ -94,6 +104,7 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
   before = os.stat(teacher_results).st_mtime_ns
   results = pipeline.run(_config(), workdir)
   assert list(results) == ['teacher', 'student']
+  assert streams == [('teacher', 0), ('student', 1)]
   assert os.stat(teacher_results).st_mtime_ns == before
   for name in ('teacher', 'student'):
     assert results[name]['top1'] is not None and os.path.exists(os.path.join(workdir, name, 'results.json'))
@@ -112,7 +123,7 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
     config = _config(teacher_dir=path)
     config.run.phases = 'student'
     results = pipeline.run(config, str(tmp_path / f'from_path{i}'))
-    assert list(results) == ['student']
+    assert list(results) == ['student'] and streams[-1] == ('student', 1)
   # A path without a checkpoint.
   config = _config(teacher_dir=str(tmp_path / 'nothing'))
   config.run.phases = 'student'
