@@ -35,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.split_seed = 0  # np.random.seed of the LDAM-DRW subset (0 in the reference)
   c.data.test_per_class = 0  # embedded datasets: balanced held-out images per class
   c.data.sampler = 'instance'  # instance | class | sqrt | progressive
+  # Images an epoch of a class-aware sampler draws: 'dataset' (the training set's size:
+  # SSD-LT, BagofTricks-LT) or 'max_class' (classes x the largest class: Kang et al.'s
+  # ClassAwareSampler). The instance sampler's epoch is one pass ('dataset').
+  c.data.epoch_size = 'dataset'
   c.data.drop_last = False  # drop each epoch's partial last batch (else it wraps around)
   c.data.many_above = 100  # shot groups: many > 100, few < 20 (METHODS.md)
   c.data.few_below = 20
@@ -123,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.sampler = 'class'
+  c.stage2.epoch_size = 'dataset'  # as data.epoch_size; Kang et al.'s own: 'max_class'
   c.stage2.epochs = 10
   c.stage2.batch_size = 0  # 0: the main phase's (train.batch_size)
   # The frozen backbone's BatchNorm while the classifier is refit: 'train' (batch
@@ -133,6 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.schedule = 'cosine'
   c.stage2.warmup_epochs = 0.0
   c.stage2.schedule_epochs = 0  # its own length: no scaling
+  c.stage2.first_epoch = 0  # as train.first_epoch (cosine_epoch: Kang et al.'s is 1)
   c.stage2.weight_decay = 2e-4
 
   c.train = ml_collections.ConfigDict()
@@ -142,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.momentum = 0.9
   c.train.nesterov = False
   c.train.weight_decay = 2e-4
-  c.train.schedule = 'step'  # step | cosine | constant
+  c.train.schedule = 'step'  # step | cosine (every step) | cosine_epoch (once an epoch) | constant
   c.train.warmup_epochs = 5.0
   # linear (every step, lr / steps -> lr) | ldam | bbn (per epoch, as the reference code:
   # ltjax/train.py make_schedule)
@@ -150,7 +156,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.lr_boundaries = (120, 160)  # epochs from which lr is x lr_decay (cumulative)
   c.train.lr_decay = 0.01
   # How the schedule's reference code numbers its first epoch: a boundary b decays from
-  # 0-based epoch b - first_epoch (BBN's WarmupMultiStepLR counts from 1).
+  # 0-based epoch b - first_epoch (BBN's WarmupMultiStepLR counts from 1); cosine_epoch
+  # sets 0-based epoch e to lr/2 (1 + cos(pi (e + first_epoch) / epochs)) (SSD-LT: 0;
+  # Kang et al.'s CosineAnnealingLR, stepped before each epoch: 1).
   c.train.first_epoch = 0
   # The run length that warmup_epochs, lr_boundaries and loss.drw_epoch are written for:
   # a run of another train.epochs scales them by train.epochs / schedule_epochs

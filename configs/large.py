@@ -8,10 +8,13 @@ LARGE_METHODS = ('ce', 'bsce', 'dive', 'ssd', 'crt', 'lws', 'tau_norm')
 LARGE_ARGS = {'method': 'ce', 'seed': 0, 'epochs': 0, 'smoke': False, 'mock': False}
 
 
-def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
+def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, crt_epochs: int = 10,
+                 lws_epochs: int = 5):
   """What the large-dataset configs (imagenet_lt.py, inat18.py) share: the host
   pipeline's augmentation, the decoupling recipe's optimiser, SSD's ImageNet-LT settings,
-  and the ``smoke`` / ``mock`` variants. ``args``: parsed ``LARGE_ARGS``."""
+  and the ``smoke`` / ``mock`` variants. ``args``: parsed ``LARGE_ARGS``; ``crt_epochs``
+  and ``lws_epochs``: Kang et al.'s classifier stages for this dataset (their
+  ``cls_crt.yaml`` / ``cls_lws.yaml``)."""
   if args.method not in LARGE_METHODS:
     raise ConfigError(f'method={args.method!r}; the large-dataset configs have {", ".join(LARGE_METHODS)}.')
   c = common.base_config()
@@ -27,33 +30,46 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
   c.model.name = model
   c.model.dtype = 'bfloat16'  # bf16 arithmetic, float32 parameters and losses
   # Kang et al. (decoupling), which the DiVE and BSCE large-scale numbers follow: batch
-  # 512, SGD 0.2 momentum 0.9, weight decay 5e-4, cosine to 0, no warm-up.
+  # 512, SGD 0.2 momentum 0.9, weight decay 5e-4, no warm-up, cosine to 0 set once an
+  # epoch by CosineAnnealingLR(T_max=epochs), stepped before each epoch (first_epoch 1).
   c.train.epochs = epochs
   c.train.batch_size = 512
   c.run.eval_batch_size = 512
   c.train.lr = 0.2
   c.train.weight_decay = 5e-4
-  c.train.schedule = 'cosine'
+  c.train.schedule = 'cosine_epoch'
+  c.train.first_epoch = 1
   c.train.warmup_epochs = 0.0
   c.train.lr_boundaries = ()
   c.run.checkpoint_min_seconds = 600.0
   c.run.log_every_steps = 50
-  # Classifier stage (cRT / LWS; SSD's phase II and IV): Kang et al. 10 epochs, class-balanced.
-  c.stage2.epochs = 10
+  # Classifier stage (cRT / LWS): Kang et al.'s cls_crt.yaml / cls_lws.yaml: batch 512
+  # (the main phase's), lr 0.2, the same per-epoch cosine, class-aware sampling whose
+  # epoch is the number of classes times the largest class (their ClassAwareSampler:
+  # 1,280,000 images on ImageNet-LT, 11x its training set).
+  c.stage2.epochs = lws_epochs if args.method == 'lws' else crt_epochs
   c.stage2.lr = 0.2
   c.stage2.weight_decay = 5e-4
+  c.stage2.schedule = 'cosine_epoch'
+  c.stage2.first_epoch = 1
+  c.stage2.epoch_size = 'max_class'
   if args.method == 'ssd':
     # SSD's official ImageNet-LT recipe (METHODS.md): MoCo v2 phase I, batch 256,
-    # lr 0.1 cosine, weight decay 5e-4, 1.5x the 90 epochs; LWS for 5 epochs, batch
-    # 512, lr 0.2 cosine as the soft-label generator.
+    # lr 0.1, weight decay 5e-4, 1.5x the 90 epochs; LWS for 5 epochs, batch 512, lr 0.2
+    # as the soft-label generator; cosine set once an epoch from 0-based epochs
+    # (adjust_learning_rate, --cos), and a class-aware epoch of the training set's size
+    # (its DistributedClassAwareSampler).
     c.ssd.selfsup = 'contrastive'
     c.ssd.queue_size = 115_712  # 452 x 256
     c.ssd.proj_dim = 128
     c.train.epochs = ssd_epochs
     c.train.batch_size = 256
     c.train.lr = 0.1
+    c.train.first_epoch = 0
     c.stage2.epochs = 5
     c.stage2.batch_size = 512  # the official stage II's, twice phase I's
+    c.stage2.first_epoch = 0
+    c.stage2.epoch_size = 'dataset'
   if args.epochs:
     c.train.epochs = args.epochs
   if args.smoke or args.mock:
@@ -70,6 +86,7 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int):
     c.train.batch_size = 16
     c.run.eval_batch_size = 32
     c.stage2.epochs = 1
+    c.stage2.epoch_size = 'dataset'  # not Kang's 11x: a smoke run stays short
     c.ssd.queue_size = 64
     c.run.log_every_steps = 1
     c.run.checkpoint_min_seconds = 0.0

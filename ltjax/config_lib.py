@@ -95,8 +95,9 @@ def _choices():
   from ltjax.models import BACKBONES, SELFSUP, heads, layers
 
   return {'method': sorted(recipes.RECIPES), 'dataset': list(registry.DATASETS), 'sampler': samplers.KINDS,
+          'epoch_size': samplers.EPOCH_SIZES,
           'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
-          'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': ('step', 'cosine', 'constant'),
+          'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
           'target': ('t_tau', 't_tilde'), 'backbone_bn': ('train', 'eval')}
 
@@ -115,6 +116,7 @@ _SCHEDULE = {
     'nesterov': _ANY, 'weight_decay': _NONNEG, 'schedule': _pick('schedule'), 'warmup_epochs': _NONNEG,
     'warmup': _pick('warmup'), 'lr_boundaries': _each(_NONNEG), 'lr_decay': _number(0, 1, low_open=True),
     'first_epoch': _number(0, 1, integer=True), 'schedule_epochs': _NONNEG_INT, 'sampler': _pick('sampler'),
+    'epoch_size': _pick('epoch_size'),
 }
 RULES = {
     'method': _pick('method'), 'seed': _NONNEG_INT,
@@ -127,7 +129,7 @@ RULES = {
     # >= 1 for a long tail drawn by ltjax (0: the dataset's own split); the loader says
     # more about a factor below 1 ("did you mean IF = 1 / x").
     'data.imbalance_factor': _NONNEG, 'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
-    'data.sampler': _pick('sampler'), 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
+    'data.sampler': _pick('sampler'), 'data.epoch_size': _pick('epoch_size'), 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
     'data.few_below': _NONNEG_INT, 'data.augment.pad': _NONNEG_INT, 'data.augment.flip': _ANY,
     'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),
     'data.augment.jitter': _NONNEG, 'data.image_size': _POS_INT, 'data.resize_size': _POS_INT,
@@ -152,7 +154,7 @@ RULES = {
     'ssd.key_view.grayscale_p': _PROB, 'ssd.key_view.blur_p': _PROB,
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
     'ssd.key_view.random_order': _ANY,
-    **{f'train.{k}': v for k, v in _SCHEDULE.items() if k != 'sampler'},
+    **{f'train.{k}': v for k, v in _SCHEDULE.items() if k not in ('sampler', 'epoch_size')},
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
     'stage2.backbone_bn': _pick('backbone_bn'),
 }

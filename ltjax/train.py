@@ -25,7 +25,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from ltjax import checkpoint, feeds, parallel, preemption
-from ltjax.data import augment
+from ltjax.data import augment, samplers
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, NonFiniteLossError, Preempted
 from ltjax.logs import MetricLogger
@@ -105,6 +105,8 @@ class Phase:
   loss: LossFn
   sampler: str
   train: Any
+  # How many images an epoch of a class-aware sampler draws (samplers.epoch_samples).
+  epoch_size: str = 'dataset'
   # Which head's logits are evaluated.
   eval_output: str = 'logits'
   # Hand-off: start from the final variables of an earlier phase of the recipe,
@@ -132,6 +134,8 @@ class TrainState(train_state.TrainState):
 
 
 WARMUPS = ('linear', 'ldam', 'bbn')
+# cosine: every step (optax); cosine_epoch: once an epoch (_epoch_cosine).
+SCHEDULES = ('step', 'cosine', 'cosine_epoch', 'constant')
 
 
 def _warmup_factor(shape: str, epoch, warmup_epochs: float):
@@ -150,6 +154,19 @@ def _warmup_factor(shape: str, epoch, warmup_epochs: float):
     return jnp.where(e1 <= warmup_epochs, e1 / warmup_epochs, 1.0)
   a = e1 / warmup_epochs
   return jnp.where(e1 < warmup_epochs, (1.0 / 3.0) * (1.0 - a) + a, 1.0)
+
+
+def _epoch_cosine(lr: float, epoch, epochs: int, first_epoch: int):
+  """Cosine decay set at the start of each (0-based) ``epoch`` of ``epochs``:
+  ``lr / 2 (1 + cos(pi (epoch + first_epoch) / epochs))``.
+
+  - ``first_epoch`` 0: SSD-LT's ``adjust_learning_rate(optimizer, epoch)`` (``--cos``),
+    epochs counted from 0: the first epoch at ``lr``, the last above 0.
+  - ``first_epoch`` 1: Kang et al.'s ``CosineAnnealingLR(T_max=epochs, eta_min=0)``,
+    stepped before each 1-based epoch: the first epoch already decayed, the last at 0.
+  """
+  e = jnp.asarray(epoch).astype(jnp.float32) + first_epoch
+  return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * e / epochs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +208,9 @@ def schedule_points(tc) -> SchedulePoints:
 def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   """The learning rate at each step: warm-up, then step decay (x ``lr_decay`` from each
   of the (possibly fractional) boundary epochs, cumulatively), cosine decay to zero at
-  the last step, or constant; the points as ``schedule_points`` resolves them.
+  the last step (``cosine``) or set once an epoch as the SSD-LT and Kang et al. codes do
+  (``cosine_epoch``, ``_epoch_cosine``), or constant; the points as ``schedule_points``
+  resolves them.
 
   ``tc.warmup`` is the warm-up's shape over ``warmup_epochs``: ``linear`` rises every
   step from ``lr / warm_steps`` to ``lr`` and the decay follows it; ``ldam`` and ``bbn``
@@ -211,10 +230,16 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
     main = optax.piecewise_constant_schedule(tc.lr, boundaries)
   elif tc.schedule == 'cosine':
     main = optax.cosine_decay_schedule(tc.lr, max(total - warm, 1))
+  elif tc.schedule == 'cosine_epoch':
+    # Set once an epoch, as the reference codes do: (step + shift) is the run's step
+    # (join_schedules below hands ``main`` the steps after a linear warm-up).
+    shift = 0 if per_epoch else warm
+    main = lambda step: _epoch_cosine(tc.lr, (jnp.asarray(step) + shift) // steps_per_epoch, tc.epochs,
+                                      tc.first_epoch)
   elif tc.schedule == 'constant':
     main = optax.constant_schedule(tc.lr)
   else:
-    raise ConfigError(f'unknown train.schedule {tc.schedule!r}; choose step, cosine or constant.')
+    raise ConfigError(f'unknown train.schedule {tc.schedule!r}; choose one of {SCHEDULES}.')
   if per_epoch:
     if points.warmup_epochs <= 0:
       return main
@@ -344,9 +369,11 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   if (phase.teacher is None) != (teacher_variables is None):
     raise ValueError(f'phase {phase.name!r}: teacher_variables must be given exactly when the phase has a teacher.')
   parallel.check_batch_size(tc.batch_size, mesh)
+  counts = tuple(int(c) for c in dataset.class_counts)
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
-                    batch_size=tc.batch_size, class_counts=tuple(int(c) for c in dataset.class_counts),
-                    total_epochs=tc.epochs, drop_last=config.data.drop_last)
+                    batch_size=tc.batch_size, class_counts=counts, total_epochs=tc.epochs,
+                    drop_last=config.data.drop_last,
+                    epoch_samples=samplers.epoch_samples(phase.sampler, phase.epoch_size, counts))
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)

@@ -127,14 +127,17 @@ def test_large_configs_have_the_decoupling_schedule(method):
     c = module.get_config(f'method={method}')
     assert (c.method, c.data.name, c.model.name, c.model.dtype) == (method, data, model, 'bfloat16')
     t = c.train
-    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.schedule, t.warmup_epochs) == (90, 512, 0.2, 5e-4, 'cosine', 0.0)
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_epochs) == (90, 512, 0.2, 5e-4, 0.0)
+    assert (t.schedule, t.first_epoch) == ('cosine_epoch', 1)  # CosineAnnealingLR stepped before each epoch
     assert (c.data.image_size, c.data.resize_size, c.data.augment.jitter, c.data.augment.pad) == (224, 256, 0.4, 0)
     assert c.data.mock_examples == 0
 
 
 def test_ssd_large_configs_have_the_official_recipe():
   c = imagenet_lt.get_config('method=ssd')
-  assert (c.train.epochs, c.train.batch_size, c.train.lr, c.train.schedule) == (135, 256, 0.1, 'cosine')
+  assert (c.train.epochs, c.train.batch_size, c.train.lr, c.train.schedule) == (135, 256, 0.1, 'cosine_epoch')
+  # adjust_learning_rate(epoch) from 0-based epochs; its class-aware epoch is the data's size.
+  assert c.train.first_epoch == 0 and c.stage2.first_epoch == 0 and c.stage2.epoch_size == 'dataset'
   assert (c.ssd.selfsup, c.ssd.queue_size, c.ssd.moco_momentum, c.ssd.moco_temperature) == ('contrastive', 115_712, 0.999, 0.2)
   assert c.ssd.generator == 'lws' and c.stage2.epochs == 5 and c.stage2.lr == 0.2
   # Phase II (and IV) at the official stage II's batch 512, phase I at 256; elsewhere the
@@ -147,6 +150,23 @@ def test_ssd_large_configs_have_the_official_recipe():
   assert decoupled.stage2_train_config(cifar_lt.get_config('method=crt')).batch_size == 128
   assert inat18.get_config('method=ssd').train.epochs == 90  # SSD's "1x"
   assert inat18.get_config('method=dive,epochs=200').train.epochs == 200
+
+
+def test_large_configs_have_kangs_classifier_stages():
+  """cls_crt.yaml / cls_lws.yaml: ImageNet-LT 10 / 5 epochs, iNaturalist 30 / 5, lr 0.2,
+  the per-epoch cosine, and ClassAwareSampler's epoch (classes x the largest class)."""
+  from ltjax.recipes import decoupled
+
+  for module, crt_epochs in ((imagenet_lt, 10), (inat18, 30)):
+    for method, epochs in (('crt', crt_epochs), ('lws', 5)):
+      c = module.get_config(f'method={method}')
+      t = decoupled.stage2_train_config(c)
+      assert (t.epochs, t.batch_size, t.lr, t.schedule, t.first_epoch) == (epochs, 512, 0.2, 'cosine_epoch', 1)
+      assert (c.stage2.sampler, c.stage2.epoch_size) == ('class', 'max_class')
+  assert imagenet_lt.get_config('method=crt,smoke').stage2.epoch_size == 'dataset'  # smoke stays short
+  # CIFAR's classifier stage is unchanged: the training set's size an epoch, cosine every step.
+  c = cifar_lt.get_config('method=crt')
+  assert (c.stage2.epoch_size, c.stage2.schedule, c.stage2.epochs) == ('dataset', 'cosine', 10)
 
 
 def test_large_config_variants_and_errors():

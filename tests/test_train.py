@@ -1,6 +1,7 @@
 """The generic trainer: schedules, the optimizer against PyTorch's SGD formula, and the
 same losses on 1 and 8 devices (BatchNorm statistics over the global batch)."""
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,43 @@ def test_cosine_schedule():
   np.testing.assert_allclose(s(0), 0.2, rtol=1e-6)
   np.testing.assert_allclose(s(50), 0.1, rtol=1e-5)
   np.testing.assert_allclose(s(100), 0.0, atol=1e-7)
+
+
+def _torch_cosine_annealing(base_lr, t_max, epochs):
+  """The lr of each epoch under PyTorch's CosineAnnealingLR(T_max, eta_min=0) stepped at
+  the start of every epoch, as Kang et al.'s run_networks.py does: its recursive form."""
+  lr, last, lrs = base_lr, 0, []
+  for _ in range(epochs):
+    last += 1
+    if (last - 1 - t_max) % (2 * t_max) == 0:
+      lr = lr + base_lr * (1 - math.cos(math.pi / t_max)) / 2
+    else:
+      lr = (1 + math.cos(math.pi * last / t_max)) / (1 + math.cos(math.pi * (last - 1) / t_max)) * lr
+    lrs.append(lr)
+  return lrs
+
+
+@pytest.mark.parametrize('warmup', ['none', 'linear', 'ldam'])
+def test_cosine_set_once_an_epoch_as_ssd_lt_and_kang(warmup):
+  """SSD-LT's adjust_learning_rate(--cos): lr/2 (1 + cos(pi e / E)) for 0-based epoch e;
+  Kang et al.: CosineAnnealingLR stepped before each epoch (first_epoch 1). Constant
+  within an epoch; a warm-up before it leaves the epochs after it unchanged."""
+  spe, epochs = 7, 5
+  steps = np.arange(epochs * spe)
+  ssd = [0.2 * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+  kang = _torch_cosine_annealing(0.2, epochs, epochs)
+  np.testing.assert_allclose(kang[-1], 0.0, atol=1e-12)  # Kang's last epoch trains at 0
+  warm = {'none': dict(warmup_epochs=0), 'linear': dict(warmup_epochs=2, warmup='linear'),
+          'ldam': dict(warmup_epochs=2, warmup='ldam')}[warmup]
+  for first, want in ((0, ssd), (1, kang)):
+    s = train.make_schedule(tc(lr=0.2, epochs=epochs, schedule='cosine_epoch', first_epoch=first, **warm), spe)
+    got = np.asarray(jax.vmap(s)(steps)).reshape(epochs, spe)
+    after = 0 if warmup == 'none' else 2
+    np.testing.assert_allclose(got[after:], np.repeat(np.asarray(want)[after:, None], spe, 1), rtol=1e-5, atol=1e-7)
+    if warmup == 'ldam':  # the per-epoch warm-up multiplies: (e + 1) / 2 in epoch 0
+      np.testing.assert_allclose(got[0], 0.5 * want[0], rtol=1e-5)
+    if warmup == 'linear':  # rises every step to lr
+      assert np.all(np.diff(got[:2].reshape(-1)) > 0) and np.isclose(got[1, -1], 0.2)
 
 
 def test_sgd_matches_pytorch_formula():

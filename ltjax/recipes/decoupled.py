@@ -23,8 +23,8 @@ from ltjax.train import Phase
 
 def stage2_train_config(config):
   """``config.train`` with the classifier stage's own schedule: every field of
-  ``config.stage2`` that ``config.train`` has (not its sampler or ``backbone_bn``, which
-  say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
+  ``config.stage2`` that ``config.train`` has (not its sampler, ``epoch_size`` or
+  ``backbone_bn``, which say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
   tc = config.train.copy_and_resolve_references()
   for key, value in config.stage2.items():
     if key in tc and not (key == 'batch_size' and value == 0):
@@ -60,6 +60,7 @@ def classifier_phase(config, dataset, name, kind, init_from, head_key='head'):
   else:
     raise ValueError(f'classifier refit {kind!r}; choose crt or lws.')
   return Phase(name=name, model=model, loss=ce_loss, sampler=config.stage2.sampler,
+               epoch_size=config.stage2.epoch_size,
                train=stage2_train_config(config), init_from=init_from, init=init, trainable=trainable)
 
 

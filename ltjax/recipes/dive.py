@@ -52,7 +52,8 @@ def dive(config, dataset):
   teacher = dataclasses.replace(supervised.bsce(config, dataset)[0], name='teacher')
   student = Phase(
       name='student', model=build_model(config.model, dataset.num_classes),
-      loss=student_loss(config, dataset), sampler=config.data.sampler, train=config.train,
+      loss=student_loss(config, dataset), sampler=config.data.sampler,
+      epoch_size=config.data.epoch_size, train=config.train,
       teacher=Teacher(phase='teacher', model=teacher.model, path=config.dive.teacher_dir,
                       path_field='dive.teacher_dir'))
   return [teacher, student]

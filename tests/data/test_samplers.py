@@ -95,3 +95,22 @@ def test_instance_drop_last_sees_distinct_images_and_no_partial_batch():
     assert len(set(host.tolist())) == 650
   with pytest.raises(ValueError, match='leaves no batch'):
     Sampler('instance', 40, 50, (40,), 1, drop_last=True)
+
+
+def test_epoch_size_dataset_or_classes_times_the_largest_class():
+  """Kang et al.'s ClassAwareSampler draws len(classes) * max(class sizes) images an epoch;
+  SSD-LT's and BagofTricks-LT's class-balanced epochs are the training set's size."""
+  counts = (5, 3, 0, 1)  # a class without images is not drawn, so it does not count
+  assert samplers.epoch_samples('class', 'dataset', counts) == 9
+  assert samplers.epoch_samples('class', 'max_class', counts) == 15
+  assert samplers.epoch_samples('sqrt', 'max_class', COUNTS) == 2000
+  with pytest.raises(samplers.ConfigError, match='instance sampler'):
+    samplers.epoch_samples('instance', 'max_class', counts)
+  with pytest.raises(samplers.ConfigError, match='max_class'):
+    samplers.epoch_samples('class', 'classes', counts)
+  s = Sampler('class', 9, 4, counts, 3, epoch_samples=15)
+  assert (s.samples_per_epoch, s.steps_per_epoch) == (15, 4)
+  assert Sampler('class', 9, 4, counts, 3, drop_last=True, epoch_samples=15).steps_per_epoch == 3
+  assert Sampler('class', 9, 4, counts, 3).steps_per_epoch == 3
+  with pytest.raises(samplers.ConfigError, match='once an epoch'):
+    Sampler('instance', 9, 4, counts, 3, epoch_samples=15)
