@@ -55,8 +55,7 @@ def get_config(arg=None):
   if schedule not in SCHEDULES:
     raise config_lib.ConfigError(f'schedule={schedule!r}: configs/cifar_lt.py has {", ".join(SCHEDULES)} '
                                  f'(ldam: LDAM-DRW; bbn: BBN and the DiVE paper; bag: BagofTricks-LT).')
-  c = common.base_config()
-  c.method = args.method
+  c = common.base_config(args.method)
   c.seed = args.seed
   c.data.name = args.dataset
   c.data.imbalance_factor = args.imb

@@ -5,11 +5,11 @@ defaults, the decoupled classifier stage): every dataset config starts from
 import ml_collections
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """The fields every run has, with the papers' values where a recipe has one; the
-  dataset configs set their own numbers over them."""
+def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
+  """The fields every run has, with the papers' values where a recipe has one (for
+  ``method`` where they differ); the dataset configs set their own numbers over them."""
   c = ml_collections.ConfigDict()
-  c.method = 'ce'
+  c.method = method
   c.seed = 0
 
   # How this run executes (config_lib.RUN_GROUP): may change when a workdir is resumed,
@@ -34,7 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.imbalance_factor = 100.0
   c.data.split_seed = 0  # np.random.seed of the LDAM-DRW subset (0 in the reference)
   c.data.test_per_class = 0  # embedded datasets: balanced held-out images per class
-  c.data.sampler = 'instance'  # instance | class | sqrt | progressive
+  # instance | class (with replacement) | class_aware (cycled: Kang et al., SSD-LT) | sqrt | progressive
+  c.data.sampler = 'instance'
+  # class_aware: consecutive images of a class at its turn (ClassAwareSampler's num_samples_cls).
+  c.data.samples_per_class = 4
   # Images an epoch of a class-aware sampler draws: 'dataset' (the training set's size:
   # SSD-LT, BagofTricks-LT) or 'max_class' (classes x the largest class: Kang et al.'s
   # ClassAwareSampler). The instance sampler's epoch is one pass ('dataset').
@@ -126,7 +129,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The classifier stage of crt / lws (Kang et al.: 10 epochs, class-balanced, cosine).
   c.stage2 = ml_collections.ConfigDict()
-  c.stage2.sampler = 'class'
+  # Kang et al.'s and SSD-LT's classifier stages cycle through the classes and through
+  # each class's images (ClassAwareSampler; ltjax/data/samplers.py), 4 (Kang) or 2 (SSD-LT's
+  # stage II) consecutive images of a class at its turn.
+  c.stage2.sampler = 'class_aware'
+  c.stage2.samples_per_class = 2 if method == 'ssd' else 4
   c.stage2.epoch_size = 'dataset'  # as data.epoch_size; Kang et al.'s own: 'max_class'
   c.stage2.epochs = 10
   c.stage2.batch_size = 0  # 0: the main phase's (train.batch_size)

@@ -13,8 +13,7 @@ from ltjax import config_lib
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, {'imb': 20.0, 'method': 'dive', 'seed': 0, 'smoke': False})
-  c = common.base_config()
-  c.method = args.method
+  c = common.base_config(args.method)
   c.seed = args.seed
   c.data.name = 'digits'
   c.data.imbalance_factor = args.imb

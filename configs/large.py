@@ -17,8 +17,7 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
   ``cls_crt.yaml`` / ``cls_lws.yaml``)."""
   if args.method not in LARGE_METHODS:
     raise ConfigError(f'method={args.method!r}; the large-dataset configs have {", ".join(LARGE_METHODS)}.')
-  c = common.base_config()
-  c.method = args.method
+  c = common.base_config(args.method)
   c.seed = args.seed
   c.data.name = dataset
   c.data.imbalance_factor = 0.0  # fixed by the dataset's own split; reported from its counts

@@ -116,8 +116,9 @@ _SCHEDULE = {
     'nesterov': _ANY, 'weight_decay': _NONNEG, 'schedule': _pick('schedule'), 'warmup_epochs': _NONNEG,
     'warmup': _pick('warmup'), 'lr_boundaries': _each(_NONNEG), 'lr_decay': _number(0, 1, low_open=True),
     'first_epoch': _number(0, 1, integer=True), 'schedule_epochs': _NONNEG_INT, 'sampler': _pick('sampler'),
-    'epoch_size': _pick('epoch_size'),
+    'epoch_size': _pick('epoch_size'), 'samples_per_class': _POS_INT,
 }
+_SAMPLING = ('sampler', 'epoch_size', 'samples_per_class')  # data.* and stage2.*, not train.*
 RULES = {
     'method': _pick('method'), 'seed': _NONNEG_INT,
     'run.phases': _ANY, 'run.num_devices': _NONNEG_INT, 'run.data_dir': _ANY, 'run.cache_dir': _ANY,
@@ -129,7 +130,7 @@ RULES = {
     # >= 1 for a long tail drawn by ltjax (0: the dataset's own split); the loader says
     # more about a factor below 1 ("did you mean IF = 1 / x").
     'data.imbalance_factor': _NONNEG, 'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
-    'data.sampler': _pick('sampler'), 'data.epoch_size': _pick('epoch_size'), 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
+    **{f'data.{k}': _SCHEDULE[k] for k in _SAMPLING}, 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
     'data.few_below': _NONNEG_INT, 'data.augment.pad': _NONNEG_INT, 'data.augment.flip': _ANY,
     'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),
     'data.augment.jitter': _NONNEG, 'data.image_size': _POS_INT, 'data.resize_size': _POS_INT,
@@ -154,7 +155,7 @@ RULES = {
     'ssd.key_view.grayscale_p': _PROB, 'ssd.key_view.blur_p': _PROB,
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
     'ssd.key_view.random_order': _ANY,
-    **{f'train.{k}': v for k, v in _SCHEDULE.items() if k not in ('sampler', 'epoch_size')},
+    **{f'train.{k}': v for k, v in _SCHEDULE.items() if k not in _SAMPLING},
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
     'stage2.backbone_bn': _pick('backbone_bn'),
 }

@@ -105,8 +105,10 @@ class Phase:
   loss: LossFn
   sampler: str
   train: Any
-  # How many images an epoch of a class-aware sampler draws (samplers.epoch_samples).
+  # How many images an epoch of a class-aware sampler draws (samplers.epoch_samples), and
+  # how many consecutive images of a class the class_aware sampler takes at its turn.
   epoch_size: str = 'dataset'
+  samples_per_class: int = 1
   # Which head's logits are evaluated.
   eval_output: str = 'logits'
   # Hand-off: start from the final variables of an earlier phase of the recipe,
@@ -123,6 +125,12 @@ class Phase:
   # pairs, stored in results['heads']; ``main_head`` names the eval_output's row.
   extra_heads: tuple[tuple[str, str], ...] = ()
   main_head: str = ''
+
+
+def sampling(group) -> dict:
+  """A ``Phase``'s sampler fields from a config group that has them (``config.data``,
+  ``config.stage2``)."""
+  return dict(sampler=group.sampler, epoch_size=group.epoch_size, samples_per_class=group.samples_per_class)
 
 
 class TrainState(train_state.TrainState):
@@ -372,7 +380,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   counts = tuple(int(c) for c in dataset.class_counts)
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
                     batch_size=tc.batch_size, class_counts=counts, total_epochs=tc.epochs,
-                    drop_last=config.data.drop_last,
+                    drop_last=config.data.drop_last, per_class=phase.samples_per_class,
                     epoch_samples=samplers.epoch_samples(phase.sampler, phase.epoch_size, counts))
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch

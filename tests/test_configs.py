@@ -138,6 +138,10 @@ def test_ssd_large_configs_have_the_official_recipe():
   assert (c.train.epochs, c.train.batch_size, c.train.lr, c.train.schedule) == (135, 256, 0.1, 'cosine_epoch')
   # adjust_learning_rate(epoch) from 0-based epochs; its class-aware epoch is the data's size.
   assert c.train.first_epoch == 0 and c.stage2.first_epoch == 0 and c.stage2.epoch_size == 'dataset'
+  assert (c.stage2.sampler, c.stage2.samples_per_class) == ('class_aware', 2)  # stage II's num_samples_cls
+  for config in (cifar_lt, digits_lt):
+    assert config.get_config('method=ssd').stage2.samples_per_class == 2
+    assert config.get_config('method=crt').stage2.samples_per_class == 4
   assert (c.ssd.selfsup, c.ssd.queue_size, c.ssd.moco_momentum, c.ssd.moco_temperature) == ('contrastive', 115_712, 0.999, 0.2)
   assert c.ssd.generator == 'lws' and c.stage2.epochs == 5 and c.stage2.lr == 0.2
   # Phase II (and IV) at the official stage II's batch 512, phase I at 256; elsewhere the
@@ -162,7 +166,7 @@ def test_large_configs_have_kangs_classifier_stages():
       c = module.get_config(f'method={method}')
       t = decoupled.stage2_train_config(c)
       assert (t.epochs, t.batch_size, t.lr, t.schedule, t.first_epoch) == (epochs, 512, 0.2, 'cosine_epoch', 1)
-      assert (c.stage2.sampler, c.stage2.epoch_size) == ('class', 'max_class')
+      assert (c.stage2.sampler, c.stage2.samples_per_class, c.stage2.epoch_size) == ('class_aware', 4, 'max_class')
   assert imagenet_lt.get_config('method=crt,smoke').stage2.epoch_size == 'dataset'  # smoke stays short
   # CIFAR's classifier stage is unchanged: the training set's size an epoch, cosine every step.
   c = cifar_lt.get_config('method=crt')

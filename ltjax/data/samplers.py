@@ -11,7 +11,15 @@ batches, and the instance sampler is one pass over the data per epoch.
   the epoch's first images (static shapes); with ``drop_last`` (BBN's and
   BagofTricks-LT's loaders) it is dropped instead and each epoch sees ``N - N mod B``
   images of a fresh permutation. With every sampler, an epoch is ``steps_per_epoch``.
-- ``class``: class-balanced, each class (with images) equally likely, then an image of it.
+- ``class``: class-balanced, each class (with images) equally likely, then an image of it
+  (both drawn with replacement: BagofTricks-LT's class-balanced sampling).
+- ``class_aware``: class-balanced by cycles, as the ``ClassAwareSampler`` of Kang et al. and
+  SSD-LT: rounds that visit every class once in a fresh random order, taking
+  ``per_class`` consecutive images of it (Kang: 4, SSD-LT: 2), each class's images in a
+  fresh random order that is used up before it is reshuffled (without replacement).
+  Every round, order and reshuffle is a pure function of the key, the epoch and the
+  position, so resumes and device counts draw the same batches; cycles restart each epoch
+  (as SSD-LT's sampler, built anew every epoch).
 - ``sqrt``: class c drawn with probability proportional to ``sqrt(n_c)``.
 - ``progressive``: ``(1 - t/T) * instance + t/T * class`` over epochs t of T.
 
@@ -33,7 +41,7 @@ import numpy as np
 
 from ltjax.errors import ConfigError
 
-KINDS = ('instance', 'class', 'sqrt', 'progressive')
+KINDS = ('instance', 'class', 'class_aware', 'sqrt', 'progressive')
 EPOCH_SIZES = ('dataset', 'max_class')
 
 
@@ -60,7 +68,7 @@ def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   balanced = present / present.sum()
   if kind == 'instance':
     return instance
-  if kind == 'class':
+  if kind in ('class', 'class_aware'):
     return balanced
   if kind == 'sqrt':
     return jnp.sqrt(counts) / jnp.sqrt(counts).sum()
@@ -82,11 +90,16 @@ class Sampler:
   # Images an epoch draws (``epoch_samples``); 0: ``num_examples``. The instance sampler's
   # epoch is always one pass.
   epoch_samples: int = 0
+  # class_aware: consecutive images taken from a class each time its turn comes.
+  per_class: int = 1
 
   def __post_init__(self):
     if self.kind == 'instance' and self.epoch_samples not in (0, self.num_examples):
       raise ConfigError(f'an instance sampler draws each of the {self.num_examples} images once an epoch, '
                         f'not {self.epoch_samples}.')
+    if self.per_class < 1:
+      raise ConfigError(f'samples_per_class={self.per_class}: a class-aware sampler takes at least one '
+                        f'image of a class at its turn (Kang et al.: 4, SSD-LT: 2).')
     if self.drop_last and self.samples_per_epoch < self.batch_size:
       raise ConfigError(f'data.drop_last with {self.num_examples} training images and batch '
                         f'{self.batch_size} leaves no batch: lower the batch size or set '
@@ -120,6 +133,8 @@ class Sampler:
       perm = jax.random.permutation(jax.random.fold_in(key, epoch), self.num_examples)
       pos = (step % self.steps_per_epoch) * self.batch_size + jnp.arange(self.batch_size)
       return perm[pos % self.num_examples]
+    if self.kind == 'class_aware':
+      return self._class_aware(arrays, jax.random.fold_in(key, epoch), step % self.steps_per_epoch)
     k_class, k_item = jax.random.split(jax.random.fold_in(key, step))
     probs = class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs)
     classes = jax.random.choice(k_class, len(self.class_counts), (self.batch_size,), p=probs)
@@ -127,6 +142,52 @@ class Sampler:
     within = jnp.floor(jax.random.uniform(k_item, (self.batch_size,)) * sizes).astype(jnp.int32)
     within = jnp.minimum(within, sizes - 1)
     return arrays['by_class'][arrays['class_offsets'][classes] + within]
+
+  def _cycle_positions(self, pos):
+    """Where the images at positions ``pos * batch_size + [0, batch_size)`` of an epoch
+    fall in the class-aware cycles: ``(round, turn in the round, draw of the class in
+    this epoch)``; every round visits each of the present classes once."""
+    xp = jnp if isinstance(pos, jax.Array) else np
+    m, k = self.per_class, len(self.present_classes)
+    p = pos * self.batch_size + xp.arange(self.batch_size)
+    slot = p // m
+    rounds, turn = slot // k, slot % k
+    return rounds, turn, rounds * m + p % m
+
+  @property
+  def present_classes(self) -> np.ndarray:
+    return np.flatnonzero(np.asarray(self.class_counts) > 0)
+
+  def _class_aware(self, arrays, key, pos):
+    k_round, k_item = jax.random.split(key)
+    rounds, turn, draw = self._cycle_positions(pos)
+    k, largest = len(self.present_classes), max(self.class_counts)
+    orders = jax.vmap(lambda r: jax.random.permutation(jax.random.fold_in(k_round, r), k))(rounds)
+    classes = jnp.asarray(self.present_classes, jnp.int32)[jnp.take_along_axis(orders, turn[:, None], 1)[:, 0]]
+    sizes = arrays['class_sizes'][classes]
+
+    def member(c, cycle, at, size):
+      # The class's order in this cycle: its images ranked by keyed uniforms (padding last).
+      u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(k_item, c), cycle), (largest,))
+      return jnp.argsort(jnp.where(jnp.arange(largest) < size, u, 2.0))[at]
+
+    within = jax.vmap(member)(classes, draw // sizes, draw % sizes, sizes)
+    return arrays['by_class'][arrays['class_offsets'][classes] + within]
+
+  def _host_class_aware(self, arrays, seed: int, epoch: int, pos: int) -> np.ndarray:
+    rounds, turn, draw = self._cycle_positions(pos)
+    present = self.present_classes
+    orders = {r: np.random.default_rng([seed, 4, epoch, r]).permutation(len(present)) for r in set(rounds.tolist())}
+    classes = np.array([present[orders[r][t]] for r, t in zip(rounds.tolist(), turn.tolist())])
+    sizes = np.asarray(arrays['class_sizes'])[classes]
+    cycles = {}
+    within = np.empty(self.batch_size, np.int64)
+    for i, (c, size, d) in enumerate(zip(classes.tolist(), sizes.tolist(), draw.tolist())):
+      order = cycles.get((c, d // size))
+      if order is None:
+        order = cycles[c, d // size] = np.random.default_rng([seed, 5, epoch, c, d // size]).permutation(size)
+      within[i] = order[d % size]
+    return np.asarray(arrays['by_class'])[np.asarray(arrays['class_offsets'])[classes] + within]
 
   def host_indices(self, arrays, seed: int, step: int) -> np.ndarray:
     """The same samplers in NumPy, for the host pipeline: indices ``[batch_size]`` of the
@@ -139,6 +200,8 @@ class Sampler:
       perm = _epoch_permutation(seed, epoch, self.num_examples)
       pos = (step % self.steps_per_epoch) * self.batch_size + np.arange(self.batch_size)
       return perm[pos % self.num_examples]
+    if self.kind == 'class_aware':
+      return self._host_class_aware(arrays, seed, epoch, step % self.steps_per_epoch)
     rng = np.random.default_rng([seed, 2, step])
     probs = np.asarray(class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs), np.float64)
     classes = rng.choice(len(self.class_counts), self.batch_size, p=probs / probs.sum())

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from ltjax import losses
 from ltjax.models import build_model
 from ltjax.recipes import supervised
-from ltjax.train import Phase
+from ltjax.train import Phase, sampling
 
 
 def stage2_train_config(config):
@@ -59,8 +59,7 @@ def classifier_phase(config, dataset, name, kind, init_from, head_key='head'):
     trainable = lambda path: path[0] == 'head'
   else:
     raise ValueError(f'classifier refit {kind!r}; choose crt or lws.')
-  return Phase(name=name, model=model, loss=ce_loss, sampler=config.stage2.sampler,
-               epoch_size=config.stage2.epoch_size,
+  return Phase(name=name, model=model, loss=ce_loss, **sampling(config.stage2),
                train=stage2_train_config(config), init_from=init_from, init=init, trainable=trainable)
 
 

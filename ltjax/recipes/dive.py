@@ -19,7 +19,7 @@ from ltjax import losses
 from ltjax.errors import ConfigError
 from ltjax.models import build_model
 from ltjax.recipes import supervised
-from ltjax.train import Phase, Teacher
+from ltjax.train import Phase, Teacher, sampling
 
 
 def check_config(dc):
@@ -52,8 +52,7 @@ def dive(config, dataset):
   teacher = dataclasses.replace(supervised.bsce(config, dataset)[0], name='teacher')
   student = Phase(
       name='student', model=build_model(config.model, dataset.num_classes),
-      loss=student_loss(config, dataset), sampler=config.data.sampler,
-      epoch_size=config.data.epoch_size, train=config.train,
+      loss=student_loss(config, dataset), train=config.train, **sampling(config.data),
       teacher=Teacher(phase='teacher', model=teacher.model, path=config.dive.teacher_dir,
                       path_field='dive.teacher_dir'))
   return [teacher, student]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ltjax import losses, train
 from ltjax.models import build_model
-from ltjax.train import Phase
+from ltjax.train import Phase, sampling
 
 
 def logits_loss(loss_value_fn):
@@ -31,8 +31,8 @@ def logits_loss(loss_value_fn):
 def _phase(config, dataset, name, loss_value_fn, head='linear'):
   loss = logits_loss(loss_value_fn)
   model = build_model(config.model, dataset.num_classes, head=head)
-  return [Phase(name=name, model=model, loss=loss, sampler=config.data.sampler,
-                epoch_size=config.data.epoch_size, train=config.train)]
+  return [Phase(name=name, model=model, loss=loss, train=config.train,
+                **sampling(config.data))]
 
 
 def _drw_weights(config, dataset):

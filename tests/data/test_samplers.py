@@ -114,3 +114,47 @@ def test_epoch_size_dataset_or_classes_times_the_largest_class():
   assert Sampler('class', 9, 4, counts, 3).steps_per_epoch == 3
   with pytest.raises(samplers.ConfigError, match='once an epoch'):
     Sampler('instance', 9, 4, counts, 3, epoch_samples=15)
+
+
+def _check_class_aware_cycles(labels, idx, counts, per_class):
+  """Kang et al.'s / SSD-LT's ClassAwareSampler: rounds of len(present) * per_class images
+  in which every present class takes one turn of ``per_class`` consecutive images; each
+  class's images used up in a random order before any repeats (then reshuffled)."""
+  present = [c for c, n in enumerate(counts) if n]
+  turn = per_class * len(present)
+  seq = labels[idx]
+  for start in range(0, len(seq) - turn + 1, turn):
+    block = seq[start:start + turn].reshape(len(present), per_class)
+    assert (block == block[:, :1]).all()  # a turn: consecutive images of one class
+    assert sorted(block[:, 0]) == present  # each class once a round
+  for c in present:
+    drawn = idx[seq == c]
+    members = np.flatnonzero(labels == c)
+    for start in range(0, len(drawn) - counts[c] + 1, counts[c]):
+      assert sorted(drawn[start:start + counts[c]]) == list(members)  # one whole cycle
+    rest = drawn[len(drawn) - len(drawn) % counts[c]:]
+    assert len(set(rest)) == len(rest)  # the cycle in progress repeats nothing
+
+
+@pytest.mark.parametrize('counts,per_class', [(COUNTS, 4), ((7, 3, 0, 2, 5), 2)])
+def test_class_aware_cycles_through_classes_and_images_on_device_and_host(counts, per_class):
+  labels = np.repeat(np.arange(len(counts)), counts)
+  labels = labels[np.random.default_rng(0).permutation(len(labels))]
+  s = Sampler('class_aware', len(labels), 20, counts, 3, per_class=per_class,
+              epoch_samples=samplers.epoch_samples('class_aware', 'max_class', counts))
+  arrays = Sampler.arrays(labels, len(counts))
+  device_arrays = jax.tree.map(jnp.asarray, arrays)
+  fn = jax.jit(lambda step: s(device_arrays, jax.random.key(7), step))
+  epochs = {}
+  for name, draw in (('device', lambda t: np.asarray(fn(jnp.int32(t)))), ('host', lambda t: s.host_indices(arrays, 7, t))):
+    for epoch in range(2):
+      idx = np.concatenate([draw(epoch * s.steps_per_epoch + t) for t in range(s.steps_per_epoch)])
+      assert len(idx) == s.steps_per_epoch * 20 >= s.samples_per_epoch
+      _check_class_aware_cycles(labels, idx, counts, per_class)
+      epochs[name, epoch] = idx
+    assert not np.array_equal(epochs[name, 0], epochs[name, 1])  # cycles restart, reshuffled
+  # A pure function of (key, step): the same batch whenever it is drawn (resumes, devices).
+  np.testing.assert_array_equal(np.asarray(fn(jnp.int32(1))), epochs['device', 0][20:40])
+  np.testing.assert_array_equal(s.host_indices(arrays, 7, 1), epochs['host', 0][20:40])
+  with pytest.raises(samplers.ConfigError, match='samples_per_class'):
+    Sampler('class_aware', len(labels), 20, counts, 3, per_class=0)
