@@ -158,3 +158,8 @@ def test_class_aware_cycles_through_classes_and_images_on_device_and_host(counts
   np.testing.assert_array_equal(s.host_indices(arrays, 7, 1), epochs['host', 0][20:40])
   with pytest.raises(samplers.ConfigError, match='samples_per_class'):
     Sampler('class_aware', len(labels), 20, counts, 3, per_class=0)
+  # The checker can fail: the with-replacement class sampler does not cycle.
+  iid = Sampler('class', len(labels), 20, counts, 3)
+  with pytest.raises(AssertionError):
+    _check_class_aware_cycles(labels, np.concatenate([iid.host_indices(arrays, 7, t) for t in range(4)]),
+                              counts, per_class)
