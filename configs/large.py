@@ -69,6 +69,7 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
     c.stage2.batch_size = 512  # the official stage II's, twice phase I's
     c.stage2.first_epoch = 0
     c.stage2.epoch_size = 'dataset'
+    c.data.drop_last = True  # every stage's DataLoader (452 steps of 256: the queue's 452 x 256)
   if args.epochs:
     c.train.epochs = args.epochs
   if args.smoke or args.mock:

@@ -139,6 +139,7 @@ def test_ssd_large_configs_have_the_official_recipe():
   # adjust_learning_rate(epoch) from 0-based epochs; its class-aware epoch is the data's size.
   assert c.train.first_epoch == 0 and c.stage2.first_epoch == 0 and c.stage2.epoch_size == 'dataset'
   assert (c.stage2.sampler, c.stage2.samples_per_class) == ('class_aware', 2)  # stage II's num_samples_cls
+  assert c.data.drop_last and not imagenet_lt.get_config('method=crt').data.drop_last  # Kang's loader keeps it
   for config in (cifar_lt, digits_lt):
     assert config.get_config('method=ssd').stage2.samples_per_class == 2
     assert config.get_config('method=crt').stage2.samples_per_class == 4
