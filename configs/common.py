@@ -38,10 +38,6 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.data.sampler = 'instance'
   # class_aware: consecutive images of a class at its turn (ClassAwareSampler's num_samples_cls).
   c.data.samples_per_class = 4
-  # Images an epoch of a class-aware sampler draws: 'dataset' (the training set's size:
-  # SSD-LT, BagofTricks-LT) or 'max_class' (classes x the largest class: Kang et al.'s
-  # ClassAwareSampler). The instance sampler's epoch is one pass ('dataset').
-  c.data.epoch_size = 'dataset'
   c.data.drop_last = False  # drop each epoch's partial last batch (else it wraps around)
   c.data.many_above = 100  # shot groups: many > 100, few < 20 (METHODS.md)
   c.data.few_below = 20
@@ -134,7 +130,6 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   # stage II) consecutive images of a class at its turn.
   c.stage2.sampler = 'class_aware'
   c.stage2.samples_per_class = 2 if method == 'ssd' else 4
-  c.stage2.epoch_size = 'dataset'  # as data.epoch_size; Kang et al.'s own: 'max_class'
   c.stage2.epochs = 10
   c.stage2.batch_size = 0  # 0: the main phase's (train.batch_size)
   # The frozen backbone's BatchNorm while the classifier is refit: 'train' (batch

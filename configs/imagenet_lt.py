@@ -8,7 +8,7 @@ ResNeXt-50 (32x4d) in bf16, the host pipeline (random resized crop 224, flip, co
 jitter 0.4; centre crop 224 of 256 for testing). Methods: ce, bsce, dive, ssd (and
 crt, lws, tau_norm). CE, BSCE and DiVE's teacher and student: 90 epochs, batch 512,
 lr 0.2 cosine (set once an epoch), weight decay 5e-4 (Kang et al.); their cRT / LWS: 10 /
-5 epochs of 1,280 x 1,000 class-aware samples. SSD: the official recipe, 135 epochs,
+5 epochs, class-aware cycles of 4 images a class. SSD: the official recipe, 135 epochs,
 batch 256, lr 0.1 cosine, MoCo v2 with a 115,712-key queue; LWS 5 epochs. Arguments:
 method, seed, epochs (override the phase length), smoke (tiny images and batches on
 the real data), mock (the same on TFDS's mock data: no dataset needed).

@@ -9,12 +9,12 @@ LARGE_ARGS = {'method': 'ce', 'seed': 0, 'epochs': 0, 'smoke': False, 'mock': Fa
 
 
 def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, crt_epochs: int = 10,
-                 lws_epochs: int = 5):
+                 lws_epochs: int = 5, weight_decay: float = 5e-4):
   """What the large-dataset configs (imagenet_lt.py, inat18.py) share: the host
   pipeline's augmentation, the decoupling recipe's optimiser, SSD's ImageNet-LT settings,
-  and the ``smoke`` / ``mock`` variants. ``args``: parsed ``LARGE_ARGS``; ``crt_epochs``
-  and ``lws_epochs``: Kang et al.'s classifier stages for this dataset (their
-  ``cls_crt.yaml`` / ``cls_lws.yaml``)."""
+  and the ``smoke`` / ``mock`` variants. ``args``: parsed ``LARGE_ARGS``; ``crt_epochs``,
+  ``lws_epochs`` and ``weight_decay``: Kang et al.'s for this dataset (their
+  ``feat_uniform.yaml``, ``cls_crt.yaml``, ``cls_lws.yaml``)."""
   if args.method not in LARGE_METHODS:
     raise ConfigError(f'method={args.method!r}; the large-dataset configs have {", ".join(LARGE_METHODS)}.')
   c = common.base_config(args.method)
@@ -29,13 +29,16 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
   c.model.name = model
   c.model.dtype = 'bfloat16'  # bf16 arithmetic, float32 parameters and losses
   # Kang et al. (decoupling), which the DiVE and BSCE large-scale numbers follow: batch
-  # 512, SGD 0.2 momentum 0.9, weight decay 5e-4, no warm-up, cosine to 0 set once an
-  # epoch by CosineAnnealingLR(T_max=epochs), stepped before each epoch (first_epoch 1).
+  # 512, SGD 0.2 momentum 0.9, weight decay 5e-4 (iNaturalist: 1e-4), no warm-up, cosine
+  # to 0 set once an epoch by CosineAnnealingLR(T_max=epochs), stepped before each epoch
+  # (first_epoch 1); an epoch is int(N / 512) steps (run_networks.py breaks there: the
+  # partial batch is dropped, and so is the class-aware sampler's longer "epoch").
   c.train.epochs = epochs
   c.train.batch_size = 512
   c.run.eval_batch_size = 512
   c.train.lr = 0.2
-  c.train.weight_decay = 5e-4
+  c.train.weight_decay = weight_decay
+  c.data.drop_last = True
   c.train.schedule = 'cosine_epoch'
   c.train.first_epoch = 1
   c.train.warmup_epochs = 0.0
@@ -43,33 +46,31 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
   c.run.checkpoint_min_seconds = 600.0
   c.run.log_every_steps = 50
   # Classifier stage (cRT / LWS): Kang et al.'s cls_crt.yaml / cls_lws.yaml: batch 512
-  # (the main phase's), lr 0.2, the same per-epoch cosine, class-aware sampling whose
-  # epoch is the number of classes times the largest class (their ClassAwareSampler:
-  # 1,280,000 images on ImageNet-LT, 11x its training set).
+  # (the main phase's), lr 0.2, the same per-epoch cosine and epoch length, class-aware
+  # cycles of 4 images a class (common.py).
   c.stage2.epochs = lws_epochs if args.method == 'lws' else crt_epochs
   c.stage2.lr = 0.2
-  c.stage2.weight_decay = 5e-4
+  c.stage2.weight_decay = weight_decay
   c.stage2.schedule = 'cosine_epoch'
   c.stage2.first_epoch = 1
-  c.stage2.epoch_size = 'max_class'
   if args.method == 'ssd':
     # SSD's official ImageNet-LT recipe (METHODS.md): MoCo v2 phase I, batch 256,
     # lr 0.1, weight decay 5e-4, 1.5x the 90 epochs; LWS for 5 epochs, batch 512, lr 0.2
     # as the soft-label generator; cosine set once an epoch from 0-based epochs
-    # (adjust_learning_rate, --cos), and a class-aware epoch of the training set's size
-    # (its DistributedClassAwareSampler).
+    # (adjust_learning_rate, --cos); every stage's DataLoader drops the partial batch
+    # (452 steps of 256: the queue's 452 x 256).
     c.ssd.selfsup = 'contrastive'
     c.ssd.queue_size = 115_712  # 452 x 256
     c.ssd.proj_dim = 128
     c.train.epochs = ssd_epochs
     c.train.batch_size = 256
     c.train.lr = 0.1
+    c.train.weight_decay = 5e-4
     c.train.first_epoch = 0
     c.stage2.epochs = 5
     c.stage2.batch_size = 512  # the official stage II's, twice phase I's
+    c.stage2.weight_decay = 5e-4
     c.stage2.first_epoch = 0
-    c.stage2.epoch_size = 'dataset'
-    c.data.drop_last = True  # every stage's DataLoader (452 steps of 256: the queue's 452 x 256)
   if args.epochs:
     c.train.epochs = args.epochs
   if args.smoke or args.mock:
@@ -86,7 +87,6 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
     c.train.batch_size = 16
     c.run.eval_batch_size = 32
     c.stage2.epochs = 1
-    c.stage2.epoch_size = 'dataset'  # not Kang's 11x: a smoke run stays short
     c.ssd.queue_size = 64
     c.run.log_every_steps = 1
     c.run.checkpoint_min_seconds = 0.0

@@ -95,7 +95,6 @@ def _choices():
   from ltjax.models import BACKBONES, SELFSUP, heads, layers
 
   return {'method': sorted(recipes.RECIPES), 'dataset': list(registry.DATASETS), 'sampler': samplers.KINDS,
-          'epoch_size': samplers.EPOCH_SIZES,
           'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
           'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
@@ -116,9 +115,9 @@ _SCHEDULE = {
     'nesterov': _ANY, 'weight_decay': _NONNEG, 'schedule': _pick('schedule'), 'warmup_epochs': _NONNEG,
     'warmup': _pick('warmup'), 'lr_boundaries': _each(_NONNEG), 'lr_decay': _number(0, 1, low_open=True),
     'first_epoch': _number(0, 1, integer=True), 'schedule_epochs': _NONNEG_INT, 'sampler': _pick('sampler'),
-    'epoch_size': _pick('epoch_size'), 'samples_per_class': _POS_INT,
+    'samples_per_class': _POS_INT,
 }
-_SAMPLING = ('sampler', 'epoch_size', 'samples_per_class')  # data.* and stage2.*, not train.*
+_SAMPLING = ('sampler', 'samples_per_class')  # data.* and stage2.*, not train.*
 RULES = {
     'method': _pick('method'), 'seed': _NONNEG_INT,
     'run.phases': _ANY, 'run.num_devices': _NONNEG_INT, 'run.data_dir': _ANY, 'run.cache_dir': _ANY,

@@ -25,7 +25,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from ltjax import checkpoint, feeds, parallel, preemption
-from ltjax.data import augment, samplers
+from ltjax.data import augment
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, NonFiniteLossError, Preempted
 from ltjax.logs import MetricLogger
@@ -105,9 +105,7 @@ class Phase:
   loss: LossFn
   sampler: str
   train: Any
-  # How many images an epoch of a class-aware sampler draws (samplers.epoch_samples), and
-  # how many consecutive images of a class the class_aware sampler takes at its turn.
-  epoch_size: str = 'dataset'
+  # How many consecutive images of a class the class_aware sampler takes at its turn.
   samples_per_class: int = 1
   # Which head's logits are evaluated.
   eval_output: str = 'logits'
@@ -130,7 +128,7 @@ class Phase:
 def sampling(group) -> dict:
   """A ``Phase``'s sampler fields from a config group that has them (``config.data``,
   ``config.stage2``)."""
-  return dict(sampler=group.sampler, epoch_size=group.epoch_size, samples_per_class=group.samples_per_class)
+  return dict(sampler=group.sampler, samples_per_class=group.samples_per_class)
 
 
 class TrainState(train_state.TrainState):
@@ -377,11 +375,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   if (phase.teacher is None) != (teacher_variables is None):
     raise ValueError(f'phase {phase.name!r}: teacher_variables must be given exactly when the phase has a teacher.')
   parallel.check_batch_size(tc.batch_size, mesh)
-  counts = tuple(int(c) for c in dataset.class_counts)
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
-                    batch_size=tc.batch_size, class_counts=counts, total_epochs=tc.epochs,
-                    drop_last=config.data.drop_last, per_class=phase.samples_per_class,
-                    epoch_samples=samplers.epoch_samples(phase.sampler, phase.epoch_size, counts))
+                    batch_size=tc.batch_size, class_counts=tuple(int(c) for c in dataset.class_counts),
+                    total_epochs=tc.epochs, drop_last=config.data.drop_last, per_class=phase.samples_per_class)
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)

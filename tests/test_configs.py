@@ -123,12 +123,14 @@ def test_digits_default_is_dive():
 
 @pytest.mark.parametrize('method', ['ce', 'bsce', 'dive'])
 def test_large_configs_have_the_decoupling_schedule(method):
-  for module, data, model in ((imagenet_lt, 'imagenet_lt', 'resnext50_32x4d'), (inat18, 'inat18', 'resnet50')):
+  for module, data, model, wd in ((imagenet_lt, 'imagenet_lt', 'resnext50_32x4d', 5e-4),
+                                  (inat18, 'inat18', 'resnet50', 1e-4)):
     c = module.get_config(f'method={method}')
     assert (c.method, c.data.name, c.model.name, c.model.dtype) == (method, data, model, 'bfloat16')
     t = c.train
-    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_epochs) == (90, 512, 0.2, 5e-4, 0.0)
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_epochs) == (90, 512, 0.2, wd, 0.0)
     assert (t.schedule, t.first_epoch) == ('cosine_epoch', 1)  # CosineAnnealingLR stepped before each epoch
+    assert c.data.drop_last  # int(N / 512) steps an epoch
     assert (c.data.image_size, c.data.resize_size, c.data.augment.jitter, c.data.augment.pad) == (224, 256, 0.4, 0)
     assert c.data.mock_examples == 0
 
@@ -137,9 +139,11 @@ def test_ssd_large_configs_have_the_official_recipe():
   c = imagenet_lt.get_config('method=ssd')
   assert (c.train.epochs, c.train.batch_size, c.train.lr, c.train.schedule) == (135, 256, 0.1, 'cosine_epoch')
   # adjust_learning_rate(epoch) from 0-based epochs; its class-aware epoch is the data's size.
-  assert c.train.first_epoch == 0 and c.stage2.first_epoch == 0 and c.stage2.epoch_size == 'dataset'
+  assert c.train.first_epoch == 0 and c.stage2.first_epoch == 0
+  assert (c.train.weight_decay, c.stage2.weight_decay) == (5e-4, 5e-4)
+  assert inat18.get_config('method=ssd').train.weight_decay == 5e-4  # SSD-LT's, on iNaturalist too
   assert (c.stage2.sampler, c.stage2.samples_per_class) == ('class_aware', 2)  # stage II's num_samples_cls
-  assert c.data.drop_last and not imagenet_lt.get_config('method=crt').data.drop_last  # Kang's loader keeps it
+  assert c.data.drop_last  # every stage's DataLoader
   for config in (cifar_lt, digits_lt):
     assert config.get_config('method=ssd').stage2.samples_per_class == 2
     assert config.get_config('method=crt').stage2.samples_per_class == 4
@@ -159,19 +163,21 @@ def test_ssd_large_configs_have_the_official_recipe():
 
 def test_large_configs_have_kangs_classifier_stages():
   """cls_crt.yaml / cls_lws.yaml: ImageNet-LT 10 / 5 epochs, iNaturalist 30 / 5, lr 0.2,
-  the per-epoch cosine, and ClassAwareSampler's epoch (classes x the largest class)."""
+  weight decay 5e-4 / 1e-4, the per-epoch cosine, ClassAwareSampler with 4 images a turn,
+  and int(N / 512) steps an epoch (run_networks.py's epoch_steps: drop_last)."""
   from ltjax.recipes import decoupled
 
-  for module, crt_epochs in ((imagenet_lt, 10), (inat18, 30)):
+  for module, crt_epochs, wd in ((imagenet_lt, 10, 5e-4), (inat18, 30, 1e-4)):
     for method, epochs in (('crt', crt_epochs), ('lws', 5)):
       c = module.get_config(f'method={method}')
       t = decoupled.stage2_train_config(c)
-      assert (t.epochs, t.batch_size, t.lr, t.schedule, t.first_epoch) == (epochs, 512, 0.2, 'cosine_epoch', 1)
-      assert (c.stage2.sampler, c.stage2.samples_per_class, c.stage2.epoch_size) == ('class_aware', 4, 'max_class')
-  assert imagenet_lt.get_config('method=crt,smoke').stage2.epoch_size == 'dataset'  # smoke stays short
-  # CIFAR's classifier stage is unchanged: the training set's size an epoch, cosine every step.
+      assert (t.epochs, t.batch_size, t.lr, t.weight_decay) == (epochs, 512, 0.2, wd)
+      assert (t.schedule, t.first_epoch) == ('cosine_epoch', 1)
+      assert (c.stage2.sampler, c.stage2.samples_per_class, c.data.drop_last) == ('class_aware', 4, True)
+      assert c.train.weight_decay == wd
+  # CIFAR's classifier stage: cosine every step, the reference codes' class-aware cycles.
   c = cifar_lt.get_config('method=crt')
-  assert (c.stage2.epoch_size, c.stage2.schedule, c.stage2.epochs) == ('dataset', 'cosine', 10)
+  assert (c.stage2.schedule, c.stage2.epochs, c.stage2.sampler) == ('cosine', 10, 'class_aware')
 
 
 def test_large_config_variants_and_errors():

@@ -17,17 +17,12 @@ batches, and the instance sampler is one pass over the data per epoch.
   SSD-LT: rounds that visit every class once in a fresh random order, taking
   ``per_class`` consecutive images of it (Kang: 4, SSD-LT: 2), each class's images in a
   fresh random order that is used up before it is reshuffled (without replacement).
-  Every round, order and reshuffle is a pure function of the key, the epoch and the
-  position, so resumes and device counts draw the same batches; cycles restart each epoch
-  (as SSD-LT's sampler, built anew every epoch).
+  The cycles run on across epochs, as Kang et al.'s sampler (built once; SSD-LT's is built
+  anew each epoch, from its process's shard of the data). Every round, order and
+  reshuffle is a pure function of the key and the position in the run, so resumes and
+  device counts draw the same batches.
 - ``sqrt``: class c drawn with probability proportional to ``sqrt(n_c)``.
 - ``progressive``: ``(1 - t/T) * instance + t/T * class`` over epochs t of T.
-
-How many images an epoch of a class-aware sampler draws (``epoch_samples``): by
-default as many as the training set has (SSD-LT's ``DistributedClassAwareSampler``,
-BagofTricks-LT's class-balanced sampling); Kang et al.'s ``ClassAwareSampler`` draws the
-number of classes times the largest class (``epoch_size='max_class'``: 11x the data on
-ImageNet-LT, 4x on CIFAR-10-LT IF 100), which makes their 10-epoch cRT that much longer.
 """
 from __future__ import annotations
 
@@ -42,23 +37,6 @@ import numpy as np
 from ltjax.errors import ConfigError
 
 KINDS = ('instance', 'class', 'class_aware', 'sqrt', 'progressive')
-EPOCH_SIZES = ('dataset', 'max_class')
-
-
-def epoch_samples(kind: str, epoch_size: str, class_counts) -> int:
-  """Images an epoch of sampler ``kind`` draws: ``dataset``, the training set's size;
-  ``max_class``, the classes (with images) times the largest class (Kang et al.)."""
-  counts = np.asarray(class_counts)
-  if epoch_size == 'dataset':
-    return int(counts.sum())
-  if epoch_size != 'max_class':
-    raise ConfigError(f'epoch_size={epoch_size!r}; choose one of {EPOCH_SIZES}.')
-  if kind == 'instance':
-    raise ConfigError("epoch_size='max_class' sizes the epoch of a class-aware sampler (Kang et al.'s "
-                      "ClassAwareSampler); the instance sampler's epoch is one pass over the data: "
-                      "set epoch_size='dataset' or a class-aware sampler (class, sqrt, progressive).")
-  return int(counts.max() * (counts > 0).sum())
-
 
 def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   """Probability of drawing each class under a sampler (the definitions above)."""
@@ -87,33 +65,23 @@ class Sampler:
   class_counts: tuple[int, ...]
   total_epochs: int
   drop_last: bool = False
-  # Images an epoch draws (``epoch_samples``); 0: ``num_examples``. The instance sampler's
-  # epoch is always one pass.
-  epoch_samples: int = 0
   # class_aware: consecutive images taken from a class each time its turn comes.
   per_class: int = 1
 
   def __post_init__(self):
-    if self.kind == 'instance' and self.epoch_samples not in (0, self.num_examples):
-      raise ConfigError(f'an instance sampler draws each of the {self.num_examples} images once an epoch, '
-                        f'not {self.epoch_samples}.')
     if self.per_class < 1:
       raise ConfigError(f'samples_per_class={self.per_class}: a class-aware sampler takes at least one '
                         f'image of a class at its turn (Kang et al.: 4, SSD-LT: 2).')
-    if self.drop_last and self.samples_per_epoch < self.batch_size:
+    if self.drop_last and self.num_examples < self.batch_size:
       raise ConfigError(f'data.drop_last with {self.num_examples} training images and batch '
                         f'{self.batch_size} leaves no batch: lower the batch size or set '
                         f'--config.data.drop_last=False.')
 
   @property
-  def samples_per_epoch(self) -> int:
-    return self.epoch_samples or self.num_examples
-
-  @property
   def steps_per_epoch(self) -> int:
     if self.drop_last:
-      return self.samples_per_epoch // self.batch_size
-    return math.ceil(self.samples_per_epoch / self.batch_size)
+      return self.num_examples // self.batch_size
+    return math.ceil(self.num_examples / self.batch_size)
 
   @staticmethod
   def arrays(labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
@@ -134,7 +102,7 @@ class Sampler:
       pos = (step % self.steps_per_epoch) * self.batch_size + jnp.arange(self.batch_size)
       return perm[pos % self.num_examples]
     if self.kind == 'class_aware':
-      return self._class_aware(arrays, jax.random.fold_in(key, epoch), step % self.steps_per_epoch)
+      return self._class_aware(arrays, key, step)
     k_class, k_item = jax.random.split(jax.random.fold_in(key, step))
     probs = class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs)
     classes = jax.random.choice(k_class, len(self.class_counts), (self.batch_size,), p=probs)
@@ -143,13 +111,13 @@ class Sampler:
     within = jnp.minimum(within, sizes - 1)
     return arrays['by_class'][arrays['class_offsets'][classes] + within]
 
-  def _cycle_positions(self, pos):
-    """Where the images at positions ``pos * batch_size + [0, batch_size)`` of an epoch
-    fall in the class-aware cycles: ``(round, turn in the round, draw of the class in
-    this epoch)``; every round visits each of the present classes once."""
-    xp = jnp if isinstance(pos, jax.Array) else np
+  def _cycle_positions(self, step):
+    """Where the images of the batch at ``step`` (positions ``step * batch_size + [0,
+    batch_size)`` of the run) fall in the class-aware cycles: ``(round, turn in the round,
+    draw of the class so far)``; every round visits each of the present classes once."""
+    xp = jnp if isinstance(step, jax.Array) else np
     m, k = self.per_class, len(self.present_classes)
-    p = pos * self.batch_size + xp.arange(self.batch_size)
+    p = step * self.batch_size + xp.arange(self.batch_size)
     slot = p // m
     rounds, turn = slot // k, slot % k
     return rounds, turn, rounds * m + p % m
@@ -158,9 +126,9 @@ class Sampler:
   def present_classes(self) -> np.ndarray:
     return np.flatnonzero(np.asarray(self.class_counts) > 0)
 
-  def _class_aware(self, arrays, key, pos):
+  def _class_aware(self, arrays, key, step):
     k_round, k_item = jax.random.split(key)
-    rounds, turn, draw = self._cycle_positions(pos)
+    rounds, turn, draw = self._cycle_positions(step)
     k, largest = len(self.present_classes), max(self.class_counts)
     orders = jax.vmap(lambda r: jax.random.permutation(jax.random.fold_in(k_round, r), k))(rounds)
     classes = jnp.asarray(self.present_classes, jnp.int32)[jnp.take_along_axis(orders, turn[:, None], 1)[:, 0]]
@@ -174,10 +142,10 @@ class Sampler:
     within = jax.vmap(member)(classes, draw // sizes, draw % sizes, sizes)
     return arrays['by_class'][arrays['class_offsets'][classes] + within]
 
-  def _host_class_aware(self, arrays, seed: int, epoch: int, pos: int) -> np.ndarray:
-    rounds, turn, draw = self._cycle_positions(pos)
+  def _host_class_aware(self, arrays, seed: int, step: int) -> np.ndarray:
+    rounds, turn, draw = self._cycle_positions(step)
     present = self.present_classes
-    orders = {r: np.random.default_rng([seed, 4, epoch, r]).permutation(len(present)) for r in set(rounds.tolist())}
+    orders = {r: np.random.default_rng([seed, 4, r]).permutation(len(present)) for r in set(rounds.tolist())}
     classes = np.array([present[orders[r][t]] for r, t in zip(rounds.tolist(), turn.tolist())])
     sizes = np.asarray(arrays['class_sizes'])[classes]
     cycles = {}
@@ -185,7 +153,7 @@ class Sampler:
     for i, (c, size, d) in enumerate(zip(classes.tolist(), sizes.tolist(), draw.tolist())):
       order = cycles.get((c, d // size))
       if order is None:
-        order = cycles[c, d // size] = np.random.default_rng([seed, 5, epoch, c, d // size]).permutation(size)
+        order = cycles[c, d // size] = np.random.default_rng([seed, 5, c, d // size]).permutation(size)
       within[i] = order[d % size]
     return np.asarray(arrays['by_class'])[np.asarray(arrays['class_offsets'])[classes] + within]
 
@@ -201,7 +169,7 @@ class Sampler:
       pos = (step % self.steps_per_epoch) * self.batch_size + np.arange(self.batch_size)
       return perm[pos % self.num_examples]
     if self.kind == 'class_aware':
-      return self._host_class_aware(arrays, seed, epoch, step % self.steps_per_epoch)
+      return self._host_class_aware(arrays, seed, step)
     rng = np.random.default_rng([seed, 2, step])
     probs = np.asarray(class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs), np.float64)
     classes = rng.choice(len(self.class_counts), self.batch_size, p=probs / probs.sum())

@@ -23,7 +23,7 @@ from ltjax.train import Phase, sampling
 
 def stage2_train_config(config):
   """``config.train`` with the classifier stage's own schedule: every field of
-  ``config.stage2`` that ``config.train`` has (not its sampler, ``epoch_size`` or
+  ``config.stage2`` that ``config.train`` has (not its sampler or
   ``backbone_bn``, which say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
   tc = config.train.copy_and_resolve_references()
   for key, value in config.stage2.items():

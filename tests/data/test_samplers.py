@@ -97,25 +97,6 @@ def test_instance_drop_last_sees_distinct_images_and_no_partial_batch():
     Sampler('instance', 40, 50, (40,), 1, drop_last=True)
 
 
-def test_epoch_size_dataset_or_classes_times_the_largest_class():
-  """Kang et al.'s ClassAwareSampler draws len(classes) * max(class sizes) images an epoch;
-  SSD-LT's and BagofTricks-LT's class-balanced epochs are the training set's size."""
-  counts = (5, 3, 0, 1)  # a class without images is not drawn, so it does not count
-  assert samplers.epoch_samples('class', 'dataset', counts) == 9
-  assert samplers.epoch_samples('class', 'max_class', counts) == 15
-  assert samplers.epoch_samples('sqrt', 'max_class', COUNTS) == 2000
-  with pytest.raises(samplers.ConfigError, match='instance sampler'):
-    samplers.epoch_samples('instance', 'max_class', counts)
-  with pytest.raises(samplers.ConfigError, match='max_class'):
-    samplers.epoch_samples('class', 'classes', counts)
-  s = Sampler('class', 9, 4, counts, 3, epoch_samples=15)
-  assert (s.samples_per_epoch, s.steps_per_epoch) == (15, 4)
-  assert Sampler('class', 9, 4, counts, 3, drop_last=True, epoch_samples=15).steps_per_epoch == 3
-  assert Sampler('class', 9, 4, counts, 3).steps_per_epoch == 3
-  with pytest.raises(samplers.ConfigError, match='once an epoch'):
-    Sampler('instance', 9, 4, counts, 3, epoch_samples=15)
-
-
 def _check_class_aware_cycles(labels, idx, counts, per_class):
   """Kang et al.'s / SSD-LT's ClassAwareSampler: rounds of len(present) * per_class images
   in which every present class takes one turn of ``per_class`` consecutive images; each
@@ -140,22 +121,19 @@ def _check_class_aware_cycles(labels, idx, counts, per_class):
 def test_class_aware_cycles_through_classes_and_images_on_device_and_host(counts, per_class):
   labels = np.repeat(np.arange(len(counts)), counts)
   labels = labels[np.random.default_rng(0).permutation(len(labels))]
-  s = Sampler('class_aware', len(labels), 20, counts, 3, per_class=per_class,
-              epoch_samples=samplers.epoch_samples('class_aware', 'max_class', counts))
+  s = Sampler('class_aware', len(labels), 20, counts, 3, per_class=per_class)
   arrays = Sampler.arrays(labels, len(counts))
   device_arrays = jax.tree.map(jnp.asarray, arrays)
   fn = jax.jit(lambda step: s(device_arrays, jax.random.key(7), step))
-  epochs = {}
+  runs = {}
+  steps = 3 * s.steps_per_epoch  # the cycles run on across epochs (Kang et al.'s sampler)
   for name, draw in (('device', lambda t: np.asarray(fn(jnp.int32(t)))), ('host', lambda t: s.host_indices(arrays, 7, t))):
-    for epoch in range(2):
-      idx = np.concatenate([draw(epoch * s.steps_per_epoch + t) for t in range(s.steps_per_epoch)])
-      assert len(idx) == s.steps_per_epoch * 20 >= s.samples_per_epoch
-      _check_class_aware_cycles(labels, idx, counts, per_class)
-      epochs[name, epoch] = idx
-    assert not np.array_equal(epochs[name, 0], epochs[name, 1])  # cycles restart, reshuffled
+    runs[name] = np.concatenate([draw(t) for t in range(steps)])
+    _check_class_aware_cycles(labels, runs[name], counts, per_class)
+  assert not np.array_equal(runs['device'], runs['host'])  # two streams, one law
   # A pure function of (key, step): the same batch whenever it is drawn (resumes, devices).
-  np.testing.assert_array_equal(np.asarray(fn(jnp.int32(1))), epochs['device', 0][20:40])
-  np.testing.assert_array_equal(s.host_indices(arrays, 7, 1), epochs['host', 0][20:40])
+  np.testing.assert_array_equal(np.asarray(fn(jnp.int32(steps - 1))), runs['device'][-20:])
+  np.testing.assert_array_equal(s.host_indices(arrays, 7, steps - 1), runs['host'][-20:])
   with pytest.raises(samplers.ConfigError, match='samples_per_class'):
     Sampler('class_aware', len(labels), 20, counts, 3, per_class=0)
   # The checker can fail: the with-replacement class sampler does not cycle.
