@@ -131,7 +131,9 @@ def test_large_configs_have_the_decoupling_schedule(method):
     assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_epochs) == (90, 512, 0.2, wd, 0.0)
     assert (t.schedule, t.first_epoch) == ('cosine_epoch', 1)  # CosineAnnealingLR stepped before each epoch
     assert c.data.drop_last  # int(N / 512) steps an epoch
-    assert (c.data.image_size, c.data.resize_size, c.data.augment.jitter, c.data.augment.pad) == (224, 256, 0.4, 0)
+    jitter, mean = (0.4, (0.485, 0.456, 0.406)) if data == 'imagenet_lt' else (0.0, (0.466, 0.471, 0.380))
+    assert (c.data.image_size, c.data.resize_size, c.data.augment.jitter, c.data.augment.pad) == (224, 256, jitter, 0)
+    assert tuple(c.data.augment.mean) == mean  # Kang et al.'s dataloader.py: iNaturalist's own, no jitter
     assert c.data.mock_examples == 0
 
 
