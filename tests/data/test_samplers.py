@@ -108,16 +108,24 @@ def _check_class_aware_cycles(labels, idx, counts, per_class):
     block = seq[start:start + turn].reshape(len(present), per_class)
     assert (block == block[:, :1]).all()  # a turn: consecutive images of one class
     assert sorted(block[:, 0]) == present  # each class once a round
+  # Each round in a fresh order: no fixed class order.
+  rounds = {tuple(seq[s:s + turn:per_class]) for s in range(0, len(seq) - turn + 1, turn)}
+  assert len(rounds) > 1
   for c in present:
     drawn = idx[seq == c]
     members = np.flatnonzero(labels == c)
-    for start in range(0, len(drawn) - counts[c] + 1, counts[c]):
-      assert sorted(drawn[start:start + counts[c]]) == list(members)  # one whole cycle
+    cycles = [tuple(drawn[s:s + counts[c]]) for s in range(0, len(drawn) - counts[c] + 1, counts[c])]
+    for cycle in cycles:
+      assert sorted(cycle) == list(members)  # one whole cycle
+    if counts[c] > 2 and len(cycles) > 2:
+      assert len(set(cycles)) > 1  # reshuffled between cycles
     rest = drawn[len(drawn) - len(drawn) % counts[c]:]
     assert len(set(rest)) == len(rest)  # the cycle in progress repeats nothing
 
 
-@pytest.mark.parametrize('counts,per_class', [(COUNTS, 4), ((7, 3, 0, 2, 5), 2)])
+# A class smaller than a turn (1 or 2 images, 4 a turn) crosses a reshuffle within it, as
+# Kang's zip over one cycling iterator does.
+@pytest.mark.parametrize('counts,per_class', [(COUNTS, 4), ((7, 3, 0, 2, 5), 2), ((9, 2, 1, 0, 6), 4)])
 def test_class_aware_cycles_through_classes_and_images_on_device_and_host(counts, per_class):
   labels = np.repeat(np.arange(len(counts)), counts)
   labels = labels[np.random.default_rng(0).permutation(len(labels))]
@@ -136,7 +144,13 @@ def test_class_aware_cycles_through_classes_and_images_on_device_and_host(counts
   np.testing.assert_array_equal(s.host_indices(arrays, 7, steps - 1), runs['host'][-20:])
   with pytest.raises(samplers.ConfigError, match='samples_per_class'):
     Sampler('class_aware', len(labels), 20, counts, 3, per_class=0)
-  # The checker can fail: the with-replacement class sampler does not cycle.
+  # The checker can fail: a fixed class order and never-reshuffled classes are refused ...
+  present = [c for c, n in enumerate(counts) if n]
+  fixed = [np.flatnonzero(labels == c)[(t * per_class + j) % counts[c]] for t in range(30) for c in present
+           for j in range(per_class)]
+  with pytest.raises(AssertionError):
+    _check_class_aware_cycles(labels, np.asarray(fixed), counts, per_class)
+  # ... and so is the with-replacement class sampler, which does not cycle.
   iid = Sampler('class', len(labels), 20, counts, 3)
   with pytest.raises(AssertionError):
     _check_class_aware_cycles(labels, np.concatenate([iid.host_indices(arrays, 7, t) for t in range(4)]),

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from recipe_testing import predict_matches_the_run, same
+from recipe_testing import digits, predict_matches_the_run, same  # noqa: F401 (digits: a fixture)
 from configs import digits_lt
-from ltjax import checkpoint, pipeline
+from ltjax import checkpoint, feeds, parallel, pipeline, recipes, train
 from ltjax.errors import MissingCheckpointError
 
 
@@ -34,6 +34,27 @@ def test_crt_retrains_only_a_new_classifier(tmp_path):
   assert not same(ce['batch_stats'], crt['batch_stats'])
   assert not same(ce['params']['head'], crt['params']['head'])
   assert results['crt']['top1'] is not None
+
+
+@pytest.mark.parametrize('method,samples_per_class', [('crt', 3), ('ssd', 2)])
+def test_the_trainer_samples_the_classifier_stage_as_configured(tmp_path, monkeypatch, digits, method,
+                                                               samples_per_class):
+  """The phase's sampler fields reach the Sampler that train_phase builds (SSD: 2 images
+  a turn, its stage II's num_samples_cls, unless set)."""
+  config = digits_lt.get_config(f'smoke,method={method}')
+  if method == 'crt':
+    config.stage2.samples_per_class = samples_per_class
+  phase = next(p for p in recipes.phases(config, digits) if p.name in ('crt', 'teacher'))
+  seen = {}
+
+  def stop(dataset, sampler, *args, **kwargs):
+    seen['sampler'] = sampler
+    raise RuntimeError('stop here')
+
+  monkeypatch.setattr(feeds, 'make_feed', stop)
+  with pytest.raises(RuntimeError, match='stop here'):
+    train.train_phase(phase, digits, config, str(tmp_path), parallel.make_mesh(1))
+  assert (seen['sampler'].kind, seen['sampler'].per_class) == ('class_aware', samples_per_class)
 
 
 def test_lws_learns_only_the_scales(tmp_path):
