@@ -47,6 +47,33 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
 # runs of one workdir (``pipeline.check_workdir``).
 RUN_GROUP = 'run'
 
+# Fields added after runs were recorded without them, with the value that gives what ltjax
+# computed before the field existed: a workdir's config.json that lacks one reads as if
+# it held this value (``pipeline.check_workdir`` when a run resumes, ``ltjax.predict``).
+# A callable takes the saved config (flattened, dotted keys).
+LEGACY_VALUES = {
+    'ssd.teacher_bn': 'eval',  # the phase-III teacher on its running statistics
+    'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
+    'stage2.batch_size': 0,  # the main phase's batch
+    'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
+}
+# Fields that nothing read before they were added (no class-aware cycles then): absent
+# from a saved config, they match whatever value they have now.
+LEGACY_UNREAD = {'data.samples_per_class': 4, 'stage2.samples_per_class': 4}
+
+
+def with_legacy_values(saved: dict, current: dict | None = None) -> dict:
+  """``saved`` (a recorded config, flattened with dotted keys) with the fields it lacks
+  that ``LEGACY_VALUES`` / ``LEGACY_UNREAD`` know (the latter as in ``current`` where given)."""
+  out = dict(saved)
+  for key, value in LEGACY_VALUES.items():
+    if key not in out:
+      out[key] = value(saved) if callable(value) else value
+  for key, value in LEGACY_UNREAD.items():
+    if key not in out:
+      out[key] = (current or {}).get(key, value)
+  return out
+
 
 # ---------------------------------------------------------------- checking every field
 # What each field of a config may hold beyond its type (ml_collections' locked config

@@ -32,13 +32,23 @@ def check_workdir(config, workdir: str) -> bool:
       saved = json.load(f)
     a, b = (traverse_util.flatten_dict({k: v for k, v in d.items() if k != config_lib.RUN_GROUP}, sep='.')
             for d in (saved, current))
+    # A field added to ltjax since that run reads as the value that ltjax then had.
+    legacy = config_lib.with_legacy_values(a, b)
+    added = set(legacy) - set(a)
+    a = legacy
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
-      lines = '\n'.join(f'  {k}: {a.get(k, "<absent>")!r} in the workdir, {b.get(k, "<absent>")!r} now'
-                        for k in diff)
+      def was(k):
+        return f'{a[k]!r} (before the field existed)' if k in added else repr(a.get(k, '<absent>'))
+
+      lines = '\n'.join(f'  {k}: {was(k)} in the workdir, {b.get(k, "<absent>")!r} now' for k in diff)
+      newer = ''
+      if any(k not in a or k in added for k in diff):
+        newer = (' (fields absent there or from before they existed came with a newer ltjax, which '
+                 'computes differently: only the version that started the run resumes it)')
       raise WorkdirConflictError(
           f'{workdir} holds a run of a different config:\n{lines}\n'
-          f'Fix: choose a new --workdir, or rerun with the config saved in {path}; '
+          f'Fix: choose a new --workdir, or rerun with the config saved in {path}{newer}; '
           f'nothing was changed in {workdir}.')
     return True
   return False

@@ -74,8 +74,9 @@ class Predictor:
   def __init__(self, workdir: str, phase: str = '', mesh=None):
     import jax
     import ml_collections
+    from flax import traverse_util
 
-    from ltjax import checkpoint, evaluate, parallel, recipes
+    from ltjax import checkpoint, config_lib, evaluate, parallel, recipes
     from ltjax.data import augment, saved
     from ltjax.errors import MissingCheckpointError
 
@@ -90,7 +91,10 @@ class Predictor:
           f'the predict command did not write it). Fix: rerun the training command once with this '
           f'--workdir: its finished phases are skipped and it writes {saved.FILE}.')
     with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+      recorded = traverse_util.flatten_dict(json.load(f), sep='.')
+    # Fields added to ltjax since that run read as the values it was trained with.
+    config = ml_collections.ConfigDict(traverse_util.unflatten_dict(
+        config_lib.with_legacy_values(recorded), sep='.'))
     self.dataset = saved.SavedDataset.read(dataset_path)
     phases = recipes.phases(config, self.dataset)
     names = [p.name for p in phases]

@@ -209,6 +209,37 @@ def test_workdir_check_lets_only_the_run_group_change(tmp_path):
     pipeline.check_workdir(c, str(tmp_path))
   assert 'train.lr: 0.1 in the workdir, 0.05 now' in str(e.value)
   assert 'data.augment.pad: 1 in the workdir, 2 now' in str(e.value) and 'run.' not in str(e.value)
+  assert 'newer ltjax' not in str(e.value)
+
+
+def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path):
+  """A run recorded before a field existed resumes under a newer ltjax when the field's
+  value now gives what ltjax computed then (config_lib.LEGACY_VALUES), and is refused,
+  saying why, when it does not."""
+  import json
+
+  from ltjax import config_lib, evaluate, pipeline
+  from ltjax.errors import WorkdirConflictError
+
+  def record(config, drop):
+    recorded = json.loads(config.to_json())
+    for key in drop:
+      group, field = key.split('.')
+      del recorded[group][field]
+    evaluate.write_results(str(tmp_path / 'config.json'), recorded)
+
+  old = digits_lt.get_config('smoke,method=ssd')
+  old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'  # what ltjax did before the fields
+  record(old, [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD])
+  assert pipeline.check_workdir(old, str(tmp_path))
+  with pytest.raises(WorkdirConflictError) as e:
+    pipeline.check_workdir(digits_lt.get_config('smoke,method=ssd'), str(tmp_path))  # today's defaults
+  assert "ssd.teacher_bn: 'eval' (before the field existed) in the workdir, 'train' now" in str(e.value)
+  assert 'stage2.samples_per_class' not in str(e.value) and 'newer ltjax' in str(e.value)
+  # A field added that has no recorded legacy value: absent, and said so.
+  record(old, ['data.holdout'])
+  with pytest.raises(WorkdirConflictError, match=r"(?s)data.holdout: '<absent>' in the workdir.*newer ltjax"):
+    pipeline.check_workdir(old, str(tmp_path))
 
 
 def test_configs_cannot_add_fields():

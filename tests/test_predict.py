@@ -140,6 +140,22 @@ def test_a_workdir_without_a_finished_phase_is_refused(tmp_path):
     predict.Predictor(str(tmp_path), 'ce')
 
 
+def test_a_workdir_from_before_newer_config_fields_still_builds_its_phases(tmp_path):
+  """A config.json written before fields were added (config_lib.LEGACY_VALUES /
+  LEGACY_UNREAD) reads with the values that ltjax then had, so its phases are rebuilt."""
+  from configs import digits_lt
+  from ltjax import config_lib
+
+  recorded = json.loads(digits_lt.get_config('method=ssd').to_json())
+  for key in [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD]:
+    group, field = key.split('.')
+    del recorded[group][field]
+  (tmp_path / 'config.json').write_text(json.dumps(recorded))
+  saved.write(str(tmp_path), load_digits_lt(20.0))
+  with pytest.raises(MissingCheckpointError, match=r"no finished run of any phase of 'ssd'"):
+    predict.Predictor(str(tmp_path))  # got as far as the phases (not an AttributeError)
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path):
   import subprocess
   import sys
