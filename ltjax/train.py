@@ -123,6 +123,9 @@ class Phase:
   # pairs, stored in results['heads']; ``main_head`` names the eval_output's row.
   extra_heads: tuple[tuple[str, str], ...] = ()
   main_head: str = ''
+  # Fresh weights from this phase's own stream instead of the seed's (phase_keys): a new
+  # network independent of the recipe's first phase (SSD's phase III).
+  own_init: bool = False
 
 
 def sampling(group) -> dict:
@@ -343,10 +346,13 @@ def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variable
   return jax.device_put(state, parallel.replicated(mesh))
 
 
-def phase_keys(seed: int, stream: int = 0) -> tuple[jax.Array, jax.Array]:
-  """The keys of a phase: its initial weights' (from the seed alone) and its steps'
-  (batch order and augmentation: its own for each ``stream`` > 0; stream 0 is the seed's)."""
+def phase_keys(seed: int, stream: int = 0, own_init: bool = False) -> tuple[jax.Array, jax.Array]:
+  """The keys of a phase: its initial weights' (from the seed alone, or with ``own_init``
+  from its stream too) and its steps' (batch order and augmentation: its own for each
+  ``stream`` > 0; stream 0 is the seed's)."""
   init_key, step_rng = jax.random.split(jax.random.key(seed))
+  if own_init and stream:
+    init_key = jax.random.fold_in(init_key, stream)
   return init_key, (jax.random.fold_in(step_rng, stream) if stream else step_rng)
 
 
@@ -384,7 +390,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   feed = feeds.make_feed(dataset, sampler, config, mesh, total_steps,
                          two_views=phase.hooks is not None and phase.hooks.two_views,
                          seed=host_seed(config.seed, stream))
-  init_key, step_rng = phase_keys(config.seed, stream)
+  init_key, step_rng = phase_keys(config.seed, stream, own_init=phase.own_init)
   state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
   replicated = parallel.replicated(mesh)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)

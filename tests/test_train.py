@@ -224,6 +224,11 @@ def test_each_phase_of_a_recipe_draws_its_own_batch_order_from_the_same_initial_
   assert np.array_equal(jax.random.key_data(init0), jax.random.key_data(old_init))
   assert np.array_equal(jax.random.key_data(step0), jax.random.key_data(old_step))
   assert np.array_equal(jax.random.key_data(init1), jax.random.key_data(init0))
+  # SSD's phase III is a new network (own_init): its weights from its own stream; phase 0 keeps the seed's.
+  own1, own_step1 = train.phase_keys(0, 1, own_init=True)
+  assert not np.array_equal(jax.random.key_data(own1), jax.random.key_data(init0))
+  assert np.array_equal(jax.random.key_data(own_step1), jax.random.key_data(step1))
+  assert np.array_equal(jax.random.key_data(train.phase_keys(0, 0, own_init=True)[0]), jax.random.key_data(init0))
   sampler, state0, run = _index_step(100, 16, 1)
   _, teacher = run(state0, 7, rng=step0)
   _, student = run(state0, 7, rng=step1)

@@ -9,7 +9,8 @@
   grayscale, blur).
 - ``teacher`` (II): phase I's backbone frozen, class-balanced sampling, the classifier
   refit by LWS (default) or cRT (``config.stage2`` schedule): the soft-label generator.
-- ``student`` (III): a new network from scratch with a hard head (``CE``) and a soft head
+- ``student`` (III): a new network from scratch (its own initial weights, not phase I's)
+  with a hard head (``CE``) and a soft head
   (``T^2 KL(teacher || soft)`` at ``distill_temperature``) on one backbone, weights
   ``lambda1`` and ``lambda2`` (as the official code's stage III: no self-supervision;
   ``student_selfsup`` adds phase I's ``alpha2 * L_self``); the frozen phase-II teacher
@@ -178,7 +179,8 @@ def ssd(config, dataset):
       teacher=Teacher(phase='teacher', model=teacher.model.clone(backbone_train=True), path=sc.teacher_dir,
                       path_field='ssd.teacher_dir', batch_norm=sc.teacher_bn),
       hooks=selfsup_hooks(config, dataset, student_model) if sc.student_selfsup else None,
-      main_head='hard', extra_heads=(('soft', 'soft_logits'),))
+      main_head='hard', extra_heads=(('soft', 'soft_logits'),),
+      own_init=True)  # a new network: the official stage III builds it unseeded, not as phase I's
   phases = [first, teacher, student]
   if sc.phase4:
     phases.append(classifier_phase(config, dataset, 'student_lws', 'lws', 'student',

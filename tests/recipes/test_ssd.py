@@ -26,6 +26,8 @@ def test_soft_head_never_sees_labels_and_hard_head_never_sees_the_teacher(digits
   config = _config(student_selfsup=False)
   student = recipes.phases(config, digits)[2]
   assert student.name == 'student' and student.extra_heads == (('soft', 'soft_logits'),)
+  # A new network: its own initial weights (train.phase_keys), not phase I's.
+  assert [p.own_init for p in recipes.phases(config, digits)] == [False, False, True, False]
   x = jnp.asarray(digits.train_images[:16], jnp.float32) / 16
   variables = student.model.init(jax.random.key(0), x, train=False)
   rng = np.random.default_rng(0)
