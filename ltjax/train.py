@@ -369,7 +369,8 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   and augmentation: a later phase does not replay the first one's (the reference codes
   run a DiVE student, or SSD's phases, as separate runs whose data orders differ). The
   initial weights come from ``config.seed`` alone, the same in every phase, as in
-  BagofTricks-LT, whose teacher and student runs both seed 42 before building the model.
+  BagofTricks-LT, whose teacher and student runs both seed 42 before building the model;
+  a phase with ``own_init`` (SSD's new network of phase III) draws them from its stream.
 
   ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
   scalars are logged. Returns the final variables (``params``, ``batch_stats``) and

@@ -38,6 +38,7 @@ from ltjax.errors import ConfigError
 
 KINDS = ('instance', 'class', 'class_aware', 'sqrt', 'progressive')
 
+
 def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   """Probability of drawing each class under a sampler (the definitions above)."""
   counts = jnp.asarray(class_counts, jnp.float32)

@@ -23,8 +23,8 @@ from ltjax.train import Phase, sampling
 
 def stage2_train_config(config):
   """``config.train`` with the classifier stage's own schedule: every field of
-  ``config.stage2`` that ``config.train`` has (not its sampler or
-  ``backbone_bn``, which say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
+  ``config.stage2`` that ``config.train`` has (not its sampler or ``backbone_bn``, which
+  say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
   tc = config.train.copy_and_resolve_references()
   for key, value in config.stage2.items():
     if key in tc and not (key == 'batch_size' and value == 0):

@@ -31,8 +31,7 @@ def logits_loss(loss_value_fn):
 def _phase(config, dataset, name, loss_value_fn, head='linear'):
   loss = logits_loss(loss_value_fn)
   model = build_model(config.model, dataset.num_classes, head=head)
-  return [Phase(name=name, model=model, loss=loss, train=config.train,
-                **sampling(config.data))]
+  return [Phase(name=name, model=model, loss=loss, train=config.train, **sampling(config.data))]
 
 
 def _drw_weights(config, dataset):
