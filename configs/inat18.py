@@ -7,9 +7,9 @@
 ResNet-50 in bf16, the host pipeline as ImageNet-LT. CE, BSCE and DiVE: 90 epochs
 (DiVE's 69.13; ``epochs=200`` for its 71.71), batch 512, lr 0.2 cosine, weight decay
 1e-4 (Kang et al.'s iNaturalist configs); cRT / LWS 30 / 5 epochs; no colour jitter and
-iNaturalist's mean and std (their data loader). SSD: weight decay 5e-4 and colour jitter,
-as its ImageNet-LT code. SSD: its "1x" schedule, 90 epochs (``epochs=180`` for 2x), MoCo v2, batch 256,
-lr 0.1. Arguments as configs/imagenet_lt.py.
+iNaturalist's mean and std (their data loader). SSD: its "1x" schedule, 90 epochs
+(``epochs=180`` for 2x), MoCo v2, batch 256, lr 0.1, weight decay 5e-4 and colour jitter
+as its ImageNet-LT code. Arguments as configs/imagenet_lt.py.
 """
 from configs import large
 from ltjax import config_lib

@@ -80,6 +80,9 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
     c.data.resize_size = 36
     c.run.host_threads = 4
     c.train.epochs = 1
+    # Kang's one-epoch cosine (first_epoch 1) would train at lr 0: from epoch 0 instead.
+    c.train.first_epoch = 0
+    c.stage2.first_epoch = 0
     # Linear scaling of the learning rates to the small batch (random labels diverge at 0.2).
     c.train.lr *= 16 / c.train.batch_size
     c.stage2.lr *= 16 / 512

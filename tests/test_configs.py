@@ -186,6 +186,9 @@ def test_large_config_variants_and_errors():
   c = imagenet_lt.get_config('method=dive,mock')
   assert c.data.mock_examples == 64 and c.train.batch_size == 16 and c.train.lr == pytest.approx(0.2 * 16 / 512)
   assert imagenet_lt.get_config('smoke').data.mock_examples == 0
+  # A one-epoch smoke phase trains (Kang's first_epoch 1 would put its only epoch at lr 0).
+  smoke = imagenet_lt.get_config('method=crt,smoke')
+  assert smoke.train.first_epoch == smoke.stage2.first_epoch == 0
   with pytest.raises(config_lib.ConfigError, match='ldam_drw'):
     imagenet_lt.get_config('method=ldam_drw')
 
