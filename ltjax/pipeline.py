@@ -42,14 +42,18 @@ def check_workdir(config, workdir: str) -> bool:
         return f'{a[k]!r} (before the field existed)' if k in added else repr(a.get(k, '<absent>'))
 
       lines = '\n'.join(f'  {k}: {was(k)} in the workdir, {b.get(k, "<absent>")!r} now' for k in diff)
-      newer = ''
-      if any(k not in a or k in added for k in diff):
-        newer = (' (fields absent there or from before they existed came with a newer ltjax, which '
-                 'computes differently: only the version that started the run resumes it)')
+      fixes = ['choose a new --workdir']
+      legacy_flags = ' '.join(f'--config.{k}={a[k]}' for k in diff if k in added)
+      unknown = [k for k in diff if k not in a or k not in b]
+      if unknown:  # fields this ltjax and that run's do not share
+        fixes.append(f'resume it with the ltjax version that started it ({", ".join(unknown)} '
+                     f'{"is" if len(unknown) == 1 else "are"} not a field of both)')
+      else:
+        fixes.append(f'rerun with the config saved in {path}'
+                     + (f' (the fields added since that run: {legacy_flags})' if legacy_flags else ''))
       raise WorkdirConflictError(
           f'{workdir} holds a run of a different config:\n{lines}\n'
-          f'Fix: choose a new --workdir, or rerun with the config saved in {path}{newer}; '
-          f'nothing was changed in {workdir}.')
+          f'Fix: {", or ".join(fixes)}; nothing was changed in {workdir}.')
     return True
   return False
 
