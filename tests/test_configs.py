@@ -140,7 +140,7 @@ def test_large_configs_have_the_decoupling_schedule(method):
 def test_ssd_large_configs_have_the_official_recipe():
   c = imagenet_lt.get_config('method=ssd')
   assert (c.train.epochs, c.train.batch_size, c.train.lr, c.train.schedule) == (135, 256, 0.1, 'cosine_epoch')
-  # adjust_learning_rate(epoch) from 0-based epochs; its class-aware epoch is the data's size.
+  # adjust_learning_rate(epoch) from 0-based epochs.
   assert c.train.first_epoch == 0 and c.stage2.first_epoch == 0
   assert (c.train.weight_decay, c.stage2.weight_decay) == (5e-4, 5e-4)
   assert inat18.get_config('method=ssd').train.weight_decay == 5e-4  # SSD-LT's, on iNaturalist too
