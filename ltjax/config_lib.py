@@ -125,7 +125,7 @@ def _choices():
           'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
           'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
-          'target': ('t_tau', 't_tilde'), 'backbone_bn': ('train', 'eval')}
+          'target': ('t_tau', 't_tilde'), 'batch_norm': train.BATCH_NORM_MODES}
 
 
 def _pick(kind):
@@ -176,14 +176,14 @@ RULES = {
     'ssd.moco_momentum': _PROB, 'ssd.queue_size': _POS_INT, 'ssd.moco_temperature': _POS,
     'ssd.mask_same_label': _ANY, 'ssd.generator': _pick('generator'), 'ssd.distill_temperature': _POS,
     'ssd.lambda1': _NONNEG, 'ssd.lambda2': _NONNEG, 'ssd.student_selfsup': _ANY, 'ssd.phase4': _ANY,
-    'ssd.phase4_head': _pick('phase4_head'), 'ssd.teacher_dir': _ANY, 'ssd.teacher_bn': _pick('backbone_bn'),
+    'ssd.phase4_head': _pick('phase4_head'), 'ssd.teacher_dir': _ANY, 'ssd.teacher_bn': _pick('batch_norm'),
     'ssd.key_view.jitter': _NONNEG, 'ssd.key_view.hue': _number(0, 0.5), 'ssd.key_view.jitter_p': _PROB,
     'ssd.key_view.grayscale_p': _PROB, 'ssd.key_view.blur_p': _PROB,
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
     'ssd.key_view.random_order': _ANY,
     **{f'train.{k}': v for k, v in _SCHEDULE.items() if k not in _SAMPLING},
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
-    'stage2.backbone_bn': _pick('backbone_bn'),
+    'stage2.backbone_bn': _pick('batch_norm'),
 }
 
 

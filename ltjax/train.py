@@ -31,6 +31,9 @@ from ltjax.errors import ConfigError, NonFiniteLossError, Preempted
 from ltjax.logs import MetricLogger
 
 LossFn = Callable[[dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
+# How a frozen network's BatchNorm runs: on the batch's statistics or its running ones
+# (Teacher.batch_norm, ssd.teacher_bn, stage2.backbone_bn).
+BATCH_NORM_MODES = ('train', 'eval')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,7 @@ class Teacher:
   batch_norm: str = 'eval'
 
   def __post_init__(self):
-    if self.batch_norm not in ('eval', 'train'):
+    if self.batch_norm not in BATCH_NORM_MODES:
       raise ConfigError(f'teacher BatchNorm {self.batch_norm!r}; choose eval (running statistics) '
                         f'or train (the batch\'s statistics).')
 
