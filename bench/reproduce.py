@@ -22,6 +22,7 @@ import datetime
 import fnmatch
 import json
 import os
+import re
 import runpy
 import shlex
 import signal
@@ -60,10 +61,10 @@ print(json.dumps({'versions': out, 'device': {'platform': d[0].platform, 'device
 
 # ---------------------------------------------------------------- the plan
 def select(rows: list[Row], patterns: str | None) -> list[Row]:
-  """The rows whose names match any of the comma-separated shell patterns."""
+  """The rows whose names match any of the shell patterns, separated by commas or spaces."""
   if not patterns:
     return rows
-  pats = [p.strip() for p in patterns.split(',') if p.strip()]
+  pats = [p for p in re.split(r'[,\s]+', patterns) if p]
   unmatched = [p for p in pats if not any(fnmatch.fnmatchcase(r.name, p) for r in rows)]
   if unmatched:
     raise SystemExit(f'reproduce: error: --rows {", ".join(unmatched)} matches no row; the rows are:\n  '
@@ -405,7 +406,7 @@ def run_rows(rows: list[Row], opts) -> int:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument('--dry-run', action='store_true', help='print the plan (rows, commands, status, references)')
-  ap.add_argument('--rows', help='comma-separated name patterns, e.g. cifar10_if100_bsce_s0 or "*_dive_*"')
+  ap.add_argument('--rows', help='name patterns, separated by commas or spaces, e.g. cifar10_if100_bsce_s0 or "*_dive_*"')
   ap.add_argument('--smoke', action='store_true',
                   help='append smoke to every config (tiny model, one epoch); results go to --results '
                        '(default results/smoke), workdirs to --workroot (default runs/reproduce_smoke)')

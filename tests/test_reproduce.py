@@ -122,7 +122,7 @@ def test_dry_run_prints_the_plan_in_order_with_references(tmp_path):
   assert plan['cifar10_if100_ce_s0']['status'] == 'pending'
 
   # --smoke appends smoke and uses its own folders; --rows selects by pattern.
-  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--smoke', '--rows', '*_dive_s0,cifar10_if1_ce_s0',
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--smoke', '--rows', '*_dive_s0, cifar10_if1_ce_s0',
                       '--data-dir', 'tfds', '--cache-dir', 'cache'], capture_output=True, text=True, cwd=tmp_path,
                      timeout=120)
   assert p.returncode == 0, p.stderr
