@@ -51,23 +51,46 @@ def _fail_disk(message: str):
   os._exit(1)
 
 
+def _config_argument(argv) -> str | None:
+  """The value of ``--config`` (``configs/x.py:args``) on the command line."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def _config_package_on_path(argv):
   """Config files import their shared parts as ``from configs import common``: the folder
   that holds the config's ``configs/`` goes first on ``sys.path``, so that a config file
   runs from any working directory."""
-  for i, arg in enumerate(argv):
-    value = arg[len('--config='):] if arg.startswith('--config=') else (
-        argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
-    if value:
-      folder = os.path.dirname(os.path.abspath(value.split(':', 1)[0]))
-      if os.path.basename(folder) == 'configs':
-        sys.path.insert(0, os.path.dirname(folder))
+  value = _config_argument(argv)
+  if value:
+    folder = os.path.dirname(os.path.abspath(value.split(':', 1)[0]))
+    if os.path.basename(folder) == 'configs':
+      sys.path.insert(0, os.path.dirname(folder))
+
+
+def _refuse_method_override(argv):
+  """``--config.method=X`` would change the recipe but keep the numbers the config file
+  chose for its own method when it was built (schedule, weight decay, the classifier
+  stage's sampler turns): the method belongs in the config string."""
+  if 'method' not in config_flags.get_override_values(flags.FLAGS['config']):
+    return
+  value = _config_argument(argv) or 'CONFIG.py'
+  path, _, args = value.partition(':')
+  args = ','.join([a for a in args.split(',') if a and not a.startswith('method=')]
+                  + [f'method={_CONFIG.value.method}'])
+  _fail(f'--config.method={_CONFIG.value.method} would keep the numbers {path} chose for its own method '
+        f'(schedule, weight decay, sampler) when it was built. Fix: name the method in the config string: '
+        f'--config {path}:{args}', 2)
 
 
 def _parse_flags(argv):
   _config_package_on_path(argv)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     text = str(e)
     if 'Error whilst parsing config file' in text:  # the config file raised: its message, no traceback
@@ -81,6 +104,8 @@ def _parse_flags(argv):
     _fail(f'bad --config override: {message}. The config is locked: only its own fields can be '
           f'set (print them with: python -c "import runpy; '
           f'print(runpy.run_path(\'CONFIG.py\')[\'get_config\']())").', 2)
+  _refuse_method_override(argv)
+  return rest
 
 
 def main(argv):

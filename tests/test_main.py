@@ -277,6 +277,9 @@ def test_unwritable_workdir_is_refused_before_training(tmp_path):
     ('configs/digits_lt.py:smoke', '--config.model.conv_impl=cudnn', 1, "model.conv_impl='cudnn'"),
     ('configs/digits_lt.py:smoke', '--config.train.epochs=two', 2, "--config.train.epochs=two: invalid literal for int()"),
     ('configs/digits_lt.py:smoke', '--config.run.keep_checkpoints=0', 1, 'run.keep_checkpoints=0: must be an integer >= 1'),
+    # The method's own numbers are chosen when the config is built: it belongs in the config string.
+    ('configs/cifar_lt.py:smoke,method=crt', '--config.method=ssd', 2,
+     'cifar_lt.py:smoke,method=ssd'),
 ])
 def test_bad_values_get_one_line_and_leave_no_workdir(tmp_path, config, extra, code, said):
   p = run(tmp_path / 'w', *([extra] if extra else []), config=config, timeout=120)
