@@ -209,6 +209,14 @@ def validate(config) -> None:
   if flat.get('data.resize_size', 1) < flat.get('data.image_size', 0):
     bad.append(f'data.resize_size={flat["data.resize_size"]} is below data.image_size={flat["data.image_size"]}: '
                f'the centre crop must fit in the resized image')
+  for group in ('train', 'stage2'):
+    # Kang et al.'s CosineAnnealingLR, stepped before each epoch (first_epoch 1), trains its
+    # last epoch at lr 0: a run of no more epochs than first_epoch would train at lr 0 only.
+    epochs, first = flat.get(f'{group}.epochs'), flat.get(f'{group}.first_epoch', 0)
+    if flat.get(f'{group}.schedule') == 'cosine_epoch' and isinstance(epochs, int) and 0 < epochs <= first:
+      bad.append(f'{group}.epochs={epochs} with {group}.schedule=cosine_epoch and {group}.first_epoch={first}: '
+                 f'every epoch would train at lr 0 (lr/2 (1 + cos(pi (e + {first}) / {epochs})); '
+                 f'set {group}.first_epoch=0 or train more epochs')
   blur = flat.get('ssd.key_view.blur_sigma')
   if isinstance(blur, list) and len(blur) == 2 and blur[0] > blur[1]:
     bad.append(f'ssd.key_view.blur_sigma={tuple(blur)}: (low, high) with low <= high')

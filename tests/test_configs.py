@@ -329,3 +329,13 @@ def test_rules_between_fields():
   c.data.resize_size = 200
   with pytest.raises(config_lib.ConfigError, match='centre crop must fit'):
     config_lib.validate(c)
+  # Kang's per-epoch cosine (first_epoch 1) trains its last epoch at lr 0: one epoch would be all at 0.
+  with pytest.raises(config_lib.ConfigError, match=r'train.epochs=1 with train.schedule=cosine_epoch and '
+                                                   r'train.first_epoch=1: every epoch would train at lr 0'):
+    config_lib.validate(imagenet_lt.get_config('epochs=1'))
+  config_lib.validate(imagenet_lt.get_config('epochs=2'))
+  config_lib.validate(imagenet_lt.get_config('method=ssd,epochs=1'))  # SSD-LT's cosine starts at epoch 0
+  c = imagenet_lt.get_config('method=crt')
+  c.stage2.epochs = 1
+  with pytest.raises(config_lib.ConfigError, match='stage2.epochs=1 with stage2.schedule=cosine_epoch'):
+    config_lib.validate(c)
