@@ -13,8 +13,8 @@
 #      `carry.py receive` unpacks here.
 # Settings (environment): ROWS (patterns, default 'cifar10_if100_*_s0'), PARALLEL (6),
 # DEADLINE (seconds, 420: with timeout_s 540 that leaves 2 minutes for the set-up, the
-# rows' 30 s stop and the send-back), EXTRA (ltjax flags, space-separated, e.g.
-# '--config.run.eval_every_epochs=5'), SMOKE=1 (smoke rows into results/smoke and
+# rows' 30 s stop and the send-back), EXTRA (more ltjax flags, space-separated, e.g.
+# '--config.run.eval_every_epochs=5' over the default 10), SMOKE=1 (smoke rows into results/smoke and
 # runs/reproduce_smoke: the CPU rehearsal).
 source bench/gpu_common.sh
 ROWS=${ROWS:-'cifar10_if100_*_s0'} PARALLEL=${PARALLEL:-6} DEADLINE=${DEADLINE:-420}
@@ -23,7 +23,10 @@ if [[ ${SMOKE:-0} == 1 ]]; then
 else
   RESULTS=results/cifar_lt WORKROOT=runs/reproduce SMOKE_FLAG=
 fi
-EXTRA_FLAGS=(--extra=--config.run.log_every_steps=200)
+# Test-set evaluations every 10 epochs: the rows' numbers stay last-epoch; the test-selected
+# best epoch lands beside them (best_test_selected) as the references' own reporting, the
+# like-for-like evidence when a row falls short (about 1 s an evaluation on a GPU).
+EXTRA_FLAGS=(--extra=--config.run.log_every_steps=200 --extra=--config.run.eval_every_epochs=10)
 read -ra extra <<<"${EXTRA:-}"
 for flag in "${extra[@]}"; do EXTRA_FLAGS+=("--extra=$flag"); done
 
