@@ -65,6 +65,9 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.model.width = 16
   c.model.dtype = 'float32'  # or bfloat16 (parameters stay float32)
   c.model.head_init = 'kaiming'  # linear classifier: kaiming | ldam | torch (ltjax/models/heads.py)
+  # LDAM-DRW's cosine classifier: unit (the reference's NormedLinear: columns U(-1, 1) at
+  # norm 1) | shifted (ltjax before 2026-11-28, to resume its runs: p ~ U[0, 2), w = p - 1)
+  c.model.normed_init = 'unit'
   c.model.conv_impl = 'auto'  # xla | taps | auto (the fastest measured): ltjax/models/layers.py
 
   c.loss = ml_collections.ConfigDict()

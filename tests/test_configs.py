@@ -241,6 +241,16 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   assert 'stage2.samples_per_class' not in str(e.value)
   # The fix names the flags that resume it as it was (the test's `old` config above).
   assert 'the fields added since that run: --config.ssd.teacher_bn=eval --config.stage2.backbone_bn=eval' in str(e.value)
+  # LDAM-DRW's runs had the shifted cosine classifier; other methods never built it.
+  old = digits_lt.get_config('smoke,method=ldam_drw')
+  old.ssd.teacher_bn, old.stage2.backbone_bn, old.model.normed_init = 'eval', 'eval', 'shifted'
+  record(old, [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD])
+  assert pipeline.check_workdir(old, str(tmp_path))
+  old.model.normed_init = 'unit'
+  with pytest.raises(WorkdirConflictError, match='--config.model.normed_init=shifted'):
+    pipeline.check_workdir(old, str(tmp_path))
+  old = digits_lt.get_config('smoke,method=ssd')
+  old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'
   # A field added that has no recorded legacy value (or one removed since): absent, and said so.
   record(old, ['data.holdout'])
   with pytest.raises(WorkdirConflictError, match=r"(?s)data.holdout: '<absent>' in the workdir.*"

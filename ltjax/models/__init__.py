@@ -38,11 +38,11 @@ class Classifier(nn.Module):
 
 
 BACKBONES = ('cifar_resnet', *IMAGENET_RESNETS)
-# name -> (num_classes, init_scheme) -> head. The cosine classifier has LDAM-DRW's own
-# init (NormedLinear's), whatever the linear classifier's scheme.
-HEADS = {'linear': lambda n, init: LinearHead(n, init_scheme=init),
-         'normed': lambda n, init: NormedLinearHead(n),
-         'lws': lambda n, init: LWSHead(n, init_scheme=init)}
+# name -> (num_classes, model config) -> head. The cosine classifier has LDAM-DRW's own
+# init (NormedLinear's, model.normed_init), whatever the linear classifier's scheme.
+HEADS = {'linear': lambda n, mc: LinearHead(n, init_scheme=mc.head_init),
+         'normed': lambda n, mc: NormedLinearHead(n, init_scheme=mc.normed_init),
+         'lws': lambda n, mc: LWSHead(n, init_scheme=mc.head_init)}
 
 
 SELFSUP = ('rotation', 'contrastive')
@@ -82,5 +82,5 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
     extra['selfsup_head'] = LinearHead(4)
   elif selfsup == 'contrastive':
     extra['selfsup_head'] = ProjectionHead(proj_dim)
-  return Classifier(backbone=backbone, head=HEADS[head](num_classes, head_init), backbone_train=backbone_train,
+  return Classifier(backbone=backbone, head=HEADS[head](num_classes, model_config), backbone_train=backbone_train,
                     **extra)

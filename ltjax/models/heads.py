@@ -33,15 +33,35 @@ class LinearHead(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init)(features)
 
 
+NORMED_INITS = ('unit', 'shifted')
+
+
+def _unit_columns(key, shape, dtype=jnp.float32):
+  """LDAM-DRW's ``NormedLinear`` weight: ``uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)``,
+  each class's column (``[features, classes]``) drawn from U(-1, 1) and scaled to norm 1."""
+  w = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+  norm = jnp.linalg.norm(w, axis=0, keepdims=True)
+  return jnp.where(norm > 1e-5, w * (1e-5 / (norm + 1e-7)) * 1e5, w)
+
+
 class NormedLinearHead(nn.Module):
   """Cosine classifier of LDAM-DRW (``NormedLinear``): ``z_c = f/|f| . w_c/|w_c|``, in
-  [-1, 1]; the LDAM loss scales it by s."""
+  [-1, 1]; the LDAM loss scales it by s. ``init_scheme``: ``unit`` (the reference: the
+  weight itself is the parameter, columns U(-1, 1) at norm 1, so weight decay pulls it
+  towards 0) or ``shifted`` (ltjax before 2026-11-28, kept to resume its runs: a
+  parameter p ~ U[0, 2) and w = p - 1, so weight decay pulled every w towards -1)."""
   num_classes: int
+  init_scheme: str = 'unit'
 
   @nn.compact
   def __call__(self, features):
-    w = self.param('kernel', nn.initializers.uniform(2.0), (features.shape[-1], self.num_classes))
-    w = w - 1.0  # uniform(-1, 1), as the reference's uniform_(-1, 1) before renorm
+    if self.init_scheme not in NORMED_INITS:
+      raise ValueError(f'unknown model.normed_init {self.init_scheme!r}; choose one of {NORMED_INITS}.')
+    shape = (features.shape[-1], self.num_classes)
+    if self.init_scheme == 'unit':
+      w = self.param('kernel', _unit_columns, shape)
+    else:
+      w = self.param('kernel', nn.initializers.uniform(2.0), shape) - 1.0
     f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
     w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
     return f @ w

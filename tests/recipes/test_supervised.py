@@ -52,15 +52,40 @@ def test_recipe_loss_is_the_library_loss(digits, method):
   assert set(head['params']['head']) == ({'kernel'} if method == 'ldam_drw' else {'Dense_0'})
 
 
-def test_normed_head_gives_cosines(digits):
-  (phase,) = recipes.phases(digits_lt.get_config('method=ldam_drw'), digits)
+@pytest.mark.parametrize('normed_init', ['unit', 'shifted'])
+def test_normed_head_gives_cosines(digits, normed_init):
+  config = digits_lt.get_config('method=ldam_drw')
+  config.model.normed_init = normed_init
+  (phase,) = recipes.phases(config, digits)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 8, 1)), jnp.float32)
   variables = phase.model.init(jax.random.key(0), x, train=False)
   out = phase.model.apply(variables, x, train=False)
   f = out['features'] / np.linalg.norm(out['features'], axis=-1, keepdims=True)
-  w = variables['params']['head']['kernel'] - 1.0
+  kernel = np.asarray(variables['params']['head']['kernel'])
+  if normed_init == 'unit':
+    # LDAM-DRW's NormedLinear: the parameter is the weight, U(-1, 1) renormed to unit columns
+    # (weight decay then acts on the weight itself).
+    w = kernel
+    np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-5)
+    assert (w < 0).any() and (w > 0).any()
+  else:  # ltjax's earlier parametrisation, kept to resume its runs: w = p - 1, p ~ U[0, 2)
+    assert kernel.min() >= 0 and kernel.max() < 2
+    w = kernel - 1.0
   np.testing.assert_allclose(out['logits'], f @ (w / np.linalg.norm(w, axis=0)), rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(out['logits']).max()) <= 1.0 + 1e-6
+
+
+def test_unit_columns_as_torch_renorm():
+  """``uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`` in NumPy: torch's renorm scales a
+  column of norm > maxnorm by maxnorm / (norm + 1e-7)."""
+  from ltjax.models import heads
+
+  key = jax.random.key(3)
+  w = np.asarray(heads._unit_columns(key, (64, 10)))
+  u = np.asarray(jax.random.uniform(key, (64, 10), jnp.float32, -1.0, 1.0), np.float64)
+  norm = np.linalg.norm(u, axis=0, keepdims=True)
+  np.testing.assert_allclose(w, u * (1e-5 / (norm + 1e-7)) * 1e5, rtol=1e-5)
+  assert np.abs(np.linalg.norm(w, axis=0) - 1).max() < 1e-5
 
 
 @pytest.mark.parametrize('method', ['focal', 'cb_focal', 'ce_drw', 'ldam_drw'])
