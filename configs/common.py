@@ -68,6 +68,9 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   # LDAM-DRW's cosine classifier: unit (the reference's NormedLinear: columns U(-1, 1) at
   # norm 1) | shifted (ltjax before 2026-11-28, to resume its runs: p ~ U[0, 2), w = p - 1)
   c.model.normed_init = 'unit'
+  # kaiming-normal over fan_in (LDAM-DRW's and BagofTricks-LT's ResNet-32) | fan_out
+  # (torchvision's, Kang et al.'s and SSD-LT's ImageNet ResNets): ltjax/models/layers.py
+  c.model.conv_init = 'fan_in'
   c.model.conv_impl = 'auto'  # xla | taps | auto (the fastest measured): ltjax/models/layers.py
 
   c.loss = ml_collections.ConfigDict()

@@ -34,4 +34,5 @@ def get_config(arg=None):
     c.model.depth = 8
     c.model.width = 8
     c.model.dtype = 'float32'
+    c.model.conv_init = 'fan_in'
   return c

@@ -28,6 +28,10 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
   c.data.augment.std = (0.229, 0.224, 0.225)
   c.model.name = model
   c.model.dtype = 'bfloat16'  # bf16 arithmetic, float32 parameters and losses
+  # The reference code's initialisation (Kang et al.'s ResNext / SSD-LT's torchvision ResNeXt:
+  # convolutions normal(0, sqrt(2 / (k k out))); classifier and MoCo MLP: nn.Linear's default).
+  c.model.conv_init = 'fan_out'
+  c.model.head_init = 'torch'
   # Kang et al. (decoupling), which the DiVE and BSCE large-scale numbers follow: batch
   # 512, SGD 0.2 momentum 0.9, weight decay 5e-4 (iNaturalist: 1e-4), no warm-up, cosine
   # to 0 set once an epoch by CosineAnnealingLR(T_max=epochs), stepped before each epoch

@@ -56,6 +56,7 @@ LEGACY_VALUES = {
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
+    'model.conv_init': 'fan_in',  # every backbone's convolutions
     # LDAM-DRW's cosine classifier as a shifted parameter (only ldam_drw builds it)
     'model.normed_init': lambda saved: 'shifted' if saved.get('method') == 'ldam_drw' else 'unit',
 }
@@ -125,7 +126,9 @@ def _choices():
 
   return {'method': sorted(recipes.RECIPES), 'dataset': list(registry.DATASETS), 'sampler': samplers.KINDS,
           'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
-          'normed_init': heads.NORMED_INITS, 'conv_impl': layers.CONV_IMPLS, 'selfsup': SELFSUP, 'schedule': train.SCHEDULES,
+          'normed_init': heads.NORMED_INITS, 'conv_impl': layers.CONV_IMPLS, 'conv_init': tuple(layers.CONV_INITS),
+          'selfsup': SELFSUP,
+          'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
           'target': ('t_tau', 't_tilde'), 'batch_norm': train.BATCH_NORM_MODES}
 
@@ -168,7 +171,8 @@ RULES = {
     'data.file_list_sha256': (lambda v: v == '' or (len(v) == 64 and all(c in '0123456789abcdef' for c in v.lower())),
                               "'' or 64 hexadecimal digits"),
     'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),
-    'model.head_init': _pick('head_init'), 'model.normed_init': _pick('normed_init'), 'model.conv_impl': _pick('conv_impl'),
+    'model.head_init': _pick('head_init'), 'model.normed_init': _pick('normed_init'),
+    'model.conv_impl': _pick('conv_impl'), 'model.conv_init': _pick('conv_init'),
     'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.cb_beta': _number(0, 1, high_open=True),
     'loss.ldam_max_margin': _POS, 'loss.ldam_scale': _POS, 'loss.drw_epoch': _NONNEG_INT,
     'loss.tau_norm_tau': _NONNEG, 'loss.tau_norm_sweep': _each(_NONNEG),

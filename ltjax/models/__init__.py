@@ -63,15 +63,19 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   if model_config.dtype not in dtypes:
     raise ConfigError(f'model.dtype={model_config.dtype!r}; choose float32 or bfloat16 '
                       f'(bfloat16: computation in bf16, parameters and losses in float32).')
+  if model_config.conv_init not in layers.CONV_INITS:
+    raise ConfigError(f'model.conv_init={model_config.conv_init!r}; choose one of {tuple(layers.CONV_INITS)}.')
   if model_config.conv_impl not in layers.CONV_IMPLS:
     raise ConfigError(f'model.conv_impl={model_config.conv_impl!r}; choose one of {layers.CONV_IMPLS} '
                       f'(auto: taps on CPU, xla on GPU/TPU).')
   dtype, conv_impl = dtypes[model_config.dtype], layers.resolve_conv_impl(model_config.conv_impl)
   if name == 'cifar_resnet':
-    backbone = CifarResNet(depth=model_config.depth, width=model_config.width, dtype=dtype, conv_impl=conv_impl)
+    backbone = CifarResNet(depth=model_config.depth, width=model_config.width, dtype=dtype, conv_impl=conv_impl,
+                           conv_init=model_config.conv_init)
   else:  # model.depth and model.width are the CIFAR ResNet's; these are fixed by name
     stages, bottleneck, groups, base_width = IMAGENET_RESNETS[name]
-    backbone = ImageNetResNet(stages, bottleneck, groups, base_width, dtype=dtype, conv_impl=conv_impl)
+    backbone = ImageNetResNet(stages, bottleneck, groups, base_width, dtype=dtype, conv_impl=conv_impl,
+                              conv_init=model_config.conv_init)
   if selfsup is not None and selfsup not in SELFSUP:
     raise ConfigError(f'self-supervised task {selfsup!r}; choose one of {SELFSUP}.')
   extra = {}
@@ -81,6 +85,6 @@ def build_model(model_config, num_classes: int, head: str = 'linear', backbone_t
   if selfsup == 'rotation':
     extra['selfsup_head'] = LinearHead(4)
   elif selfsup == 'contrastive':
-    extra['selfsup_head'] = ProjectionHead(proj_dim)
+    extra['selfsup_head'] = ProjectionHead(proj_dim, init_scheme=head_init)
   return Classifier(backbone=backbone, head=HEADS[head](num_classes, model_config), backbone_train=backbone_train,
                     **extra)

@@ -81,11 +81,21 @@ class LWSHead(nn.Module):
 
 class ProjectionHead(nn.Module):
   """MoCo v2's MLP projection ``Dense(hidden) - ReLU - Dense(dim)`` (hidden 0: the
-  feature width, as 2048-2048-128 on ResNeXt-50)."""
+  feature width, as 2048-2048-128 on ResNeXt-50). ``init_scheme``: ``torch`` (PyTorch's
+  ``nn.Linear`` default, as MoCo v2's and SSD-LT's MLP: W and b ~ U(+-1/sqrt(d_in))), or
+  else kaiming-normal W and zero b."""
   dim: int = 128
   hidden: int = 0
+  init_scheme: str = 'kaiming'
 
   @nn.compact
   def __call__(self, features):
-    h = nn.Dense(self.hidden or features.shape[-1], kernel_init=layers.kaiming_normal)(features)
-    return nn.Dense(self.dim, kernel_init=layers.kaiming_normal)(nn.relu(h))
+    def dense(width, d_in):
+      if self.init_scheme == 'torch':
+        bound = 1.0 / float(d_in) ** 0.5
+        return nn.Dense(width, kernel_init=_symmetric_uniform(bound), bias_init=_symmetric_uniform(bound))
+      return nn.Dense(width, kernel_init=layers.kaiming_normal)
+
+    hidden = self.hidden or features.shape[-1]
+    h = dense(hidden, features.shape[-1])(features)
+    return dense(self.dim, hidden)(nn.relu(h))

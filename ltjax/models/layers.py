@@ -25,6 +25,12 @@ from jax import lax
 
 # PyTorch's kaiming_normal_ (fan_in, ReLU gain), as in the LDAM-DRW ResNets.
 kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+# Convolution inits (model.conv_init): kaiming-normal over the fan-in (k x k x in / groups:
+# the CIFAR ResNet-32 of LDAM-DRW and BagofTricks-LT) or the fan-out (k x k x out:
+# torchvision's ResNets, and the ResNeXt of Kang et al. and SSD-LT, normal(0, sqrt(2 / n)),
+# n = k x k x out_channels). For ResNeXt's grouped 3x3 convolutions they differ by up to 8x in std.
+CONV_INITS = {'fan_in': kaiming_normal,
+              'fan_out': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')}
 
 class BatchNorm(nn.BatchNorm):
   """flax's ``nn.BatchNorm`` whose running variance averages the *unbiased* batch
@@ -133,8 +139,11 @@ def resolve_conv_impl(impl: str) -> str:
   return impl
 
 
-def conv(features, kernel_size, *, impl: str = 'xla', **kwargs):
-  """``nn.Conv`` without bias, kaiming-normal init, and the chosen implementation."""
+def conv(features, kernel_size, *, impl: str = 'xla', init: str = 'fan_in', **kwargs):
+  """``nn.Conv`` without bias, kaiming-normal init over ``init`` (``CONV_INITS``), and the
+  chosen implementation."""
+  if init not in CONV_INITS:
+    raise ValueError(f'unknown model.conv_init {init!r}; choose one of {tuple(CONV_INITS)}.')
   fn = taps_conv_general_dilated if resolve_conv_impl(impl) == 'taps' else None
-  return nn.Conv(features, kernel_size, use_bias=False, kernel_init=kaiming_normal,
+  return nn.Conv(features, kernel_size, use_bias=False, kernel_init=CONV_INITS[init],
                  conv_general_dilated=fn, **kwargs)

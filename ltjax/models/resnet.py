@@ -8,6 +8,7 @@ lives in ``heads.py``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,14 +22,16 @@ class BasicBlock(nn.Module):
   stride: int = 1
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  conv_init: str = 'fan_in'
 
   @nn.compact
   def __call__(self, x, train: bool):
     y = layers.conv(self.channels, (3, 3), strides=self.stride, padding=1, dtype=self.dtype,
-                    impl=self.conv_impl)(x)
+                    impl=self.conv_impl, init=self.conv_init)(x)
     y = layers.batch_norm(use_running_average=not train, dtype=self.dtype)(y)
     y = nn.relu(y)
-    y = layers.conv(self.channels, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl)(y)
+    y = layers.conv(self.channels, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl,
+                    init=self.conv_init)(y)
     y = layers.batch_norm(use_running_average=not train, dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != self.channels:
       # Option A: x[:, ::2, ::2] with zero channels added on both sides.
@@ -44,16 +47,17 @@ class CifarResNet(nn.Module):
   width: int = 16
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
   conv_impl: str = 'xla'  # see layers.py
+  conv_init: str = 'fan_in'  # layers.CONV_INITS: LDAM-DRW's kaiming_normal_
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     blocks = (self.depth - 2) // 6
-    x = layers.conv(self.width, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl)(x)
+    x = layers.conv(self.width, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl, init=self.conv_init)(x)
     x = nn.relu(layers.batch_norm(use_running_average=not train, dtype=self.dtype)(x))
     for stage in range(3):
       for block in range(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2 ** stage, stride, self.dtype, self.conv_impl)(x, train)
+        x = BasicBlock(self.width * 2 ** stage, stride, self.dtype, self.conv_impl, self.conv_init)(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
@@ -68,16 +72,18 @@ class ImageNetBasicBlock(nn.Module):
   stride: int = 1
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  conv_init: str = 'fan_out'
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda: layers.batch_norm(use_running_average=not train, dtype=self.dtype)
-    y = layers.conv(self.planes, (3, 3), strides=self.stride, padding=1, dtype=self.dtype, impl=self.conv_impl)(x)
+    conv = functools.partial(layers.conv, dtype=self.dtype, impl=self.conv_impl, init=self.conv_init)
+    y = conv(self.planes, (3, 3), strides=self.stride, padding=1)(x)
     y = nn.relu(bn()(y))
-    y = layers.conv(self.planes, (3, 3), padding=1, dtype=self.dtype, impl=self.conv_impl)(y)
+    y = conv(self.planes, (3, 3), padding=1)(y)
     y = bn()(y)
-    return nn.relu(y + _projection(x, self.planes, self.stride, bn, self.dtype, self.conv_impl))
+    return nn.relu(y + _projection(x, self.planes, self.stride, bn, conv))
 
 
 class Bottleneck(nn.Module):
@@ -89,26 +95,27 @@ class Bottleneck(nn.Module):
   base_width: int = 64
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  conv_init: str = 'fan_out'
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda: layers.batch_norm(use_running_average=not train, dtype=self.dtype)
+    conv = functools.partial(layers.conv, dtype=self.dtype, impl=self.conv_impl, init=self.conv_init)
     width = int(self.planes * self.base_width / 64) * self.groups
-    y = layers.conv(width, (1, 1), dtype=self.dtype, impl=self.conv_impl)(x)
+    y = conv(width, (1, 1))(x)
     y = nn.relu(bn()(y))
-    y = layers.conv(width, (3, 3), strides=self.stride, padding=1, feature_group_count=self.groups,
-                    dtype=self.dtype, impl=self.conv_impl)(y)
+    y = conv(width, (3, 3), strides=self.stride, padding=1, feature_group_count=self.groups)(y)
     y = nn.relu(bn()(y))
-    y = layers.conv(self.planes * 4, (1, 1), dtype=self.dtype, impl=self.conv_impl)(y)
+    y = conv(self.planes * 4, (1, 1))(y)
     y = bn()(y)
-    return nn.relu(y + _projection(x, self.planes * 4, self.stride, bn, self.dtype, self.conv_impl))
+    return nn.relu(y + _projection(x, self.planes * 4, self.stride, bn, conv))
 
 
-def _projection(x, channels, stride, bn, dtype, conv_impl):
+def _projection(x, channels, stride, bn, conv):
   if stride == 1 and x.shape[-1] == channels:
     return x
-  return bn()(layers.conv(channels, (1, 1), strides=stride, dtype=dtype, impl=conv_impl)(x))
+  return bn()(conv(channels, (1, 1), strides=stride)(x))
 
 
 class ImageNetResNet(nn.Module):
@@ -120,10 +127,12 @@ class ImageNetResNet(nn.Module):
   base_width: int = 64
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  # layers.CONV_INITS: torchvision's, Kang et al.'s and SSD-LT's fan-out kaiming-normal
+  conv_init: str = 'fan_out'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = layers.conv(64, (7, 7), strides=2, padding=3, dtype=self.dtype, impl=self.conv_impl)(x)
+    x = layers.conv(64, (7, 7), strides=2, padding=3, dtype=self.dtype, impl=self.conv_impl, init=self.conv_init)(x)
     x = nn.relu(layers.batch_norm(use_running_average=not train, dtype=self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, blocks in enumerate(self.stage_sizes):
@@ -131,9 +140,10 @@ class ImageNetResNet(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         planes = 64 * 2 ** stage
         if self.bottleneck:
-          x = Bottleneck(planes, stride, self.groups, self.base_width, self.dtype, self.conv_impl)(x, train)
+          x = Bottleneck(planes, stride, self.groups, self.base_width, self.dtype, self.conv_impl,
+                         self.conv_init)(x, train)
         else:
-          x = ImageNetBasicBlock(planes, stride, self.dtype, self.conv_impl)(x, train)
+          x = ImageNetBasicBlock(planes, stride, self.dtype, self.conv_impl, self.conv_init)(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 

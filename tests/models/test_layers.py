@@ -113,3 +113,21 @@ def test_linear_head_inits_as_the_reference_codes(init):
     assert np.abs(b).max() <= bound and abs(b.std() - bound / np.sqrt(3)) < 0.1 * bound
   with pytest.raises(ValueError, match='model.head_init'):
     LinearHead(c, init_scheme='xavier').init(jax.random.key(0), jnp.zeros((1, d)))
+
+
+@pytest.mark.parametrize('init', ['kaiming', 'torch'])
+def test_projection_head_inits(init):
+  """torch: MoCo v2's / SSD-LT's MLP of nn.Linear layers, W and b ~ U(+-1/sqrt(d_in));
+  kaiming: N(0, 2/d_in) W, zero b."""
+  from ltjax.models.heads import ProjectionHead
+
+  d, hidden, dim = 256, 512, 128
+  p = ProjectionHead(dim, hidden, init_scheme=init).init(jax.random.key(0), jnp.zeros((1, d)))['params']
+  for layer, d_in in (('Dense_0', d), ('Dense_1', hidden)):
+    w, b = np.asarray(p[layer]['kernel']), np.asarray(p[layer]['bias'])
+    bound = 1 / np.sqrt(d_in)
+    if init == 'torch':
+      assert np.abs(w).max() <= bound and abs(w.std() - bound / np.sqrt(3)) < 0.02 * bound
+      assert np.abs(b).max() <= bound and b.std() > 0.4 * bound
+    else:
+      assert abs(w.std() - np.sqrt(2 / d_in)) < 0.02 * np.sqrt(2 / d_in) and not b.any()

@@ -73,8 +73,8 @@ def test_bfloat16_computes_in_bf16_keeps_float32_params():
     build_model(c, 5)
 
 
-def imagenet_cfg(name, dtype='float32'):
-  return model_config(name=name, depth=0, width=0, dtype=dtype, conv_impl='xla')
+def imagenet_cfg(name, dtype='float32', **fields):
+  return model_config(name=name, depth=0, width=0, dtype=dtype, conv_impl='xla', **fields)
 
 
 @pytest.mark.parametrize('name,expected', [
@@ -97,6 +97,35 @@ def test_resnext_groups_and_feature_size():
   grouped = variables['params']['backbone']['Bottleneck_0']['Conv_1']['kernel']
   assert grouped.shape == (3, 3, 4, 128)  # 32 groups of 4 input channels, 128 = 32 x 4 wide
   assert variables['params']['head']['Dense_0']['kernel'].shape == (2048, 5)
+
+
+def test_conv_init_over_fan_in_or_fan_out():
+  """fan_in: N(0, 2 / (k k in/groups)), LDAM-DRW's / BagofTricks-LT's ResNet-32
+  (kaiming_normal_); fan_out: N(0, 2 / (k k out)), Kang et al.'s ResNext
+  (normal_(0, sqrt(2 / n)), n = k k out_channels) and torchvision's, whatever the groups."""
+  model = build_model(imagenet_cfg('resnext50_32x4d', conv_init='fan_out'), 5)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']['backbone']
+  grouped = np.asarray(params['Bottleneck_0']['Conv_1']['kernel'])  # 3x3, 32 groups of 4 -> 128
+  assert abs(grouped.std() - np.sqrt(2 / (9 * 128))) < 0.02 * np.sqrt(2 / (9 * 128))
+  stem = np.asarray(params['Conv_0']['kernel'])  # 7x7, 3 -> 64
+  assert abs(stem.std() - np.sqrt(2 / (49 * 64))) < 0.03 * np.sqrt(2 / (49 * 64))
+  model = build_model(imagenet_cfg('resnext50_32x4d', conv_init='fan_in'), 5)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']['backbone']
+  grouped = np.asarray(params['Bottleneck_0']['Conv_1']['kernel'])
+  assert abs(grouped.std() - np.sqrt(2 / (9 * 4))) < 0.02 * np.sqrt(2 / (9 * 4))
+  conv = np.asarray(build_model(cfg(), 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+                    ['params']['backbone']['BasicBlock_0']['Conv_0']['kernel'])  # 3x3, 16 -> 16
+  assert abs(conv.std() - np.sqrt(2 / (9 * 16))) < 0.03 * np.sqrt(2 / (9 * 16))
+  with pytest.raises(ConfigError, match='model.conv_init'):
+    build_model(model_config(conv_init='lecun'), 10)
+
+
+def test_large_configs_init_as_their_reference_code():
+  from configs import cifar_lt, imagenet_lt, inat18
+
+  for config in (imagenet_lt.get_config('method=dive'), inat18.get_config('method=ssd')):
+    assert (config.model.conv_init, config.model.head_init) == ('fan_out', 'torch')
+  assert cifar_lt.get_config('method=bsce').model.conv_init == 'fan_in'
 
 
 @pytest.mark.slow  # over 9 s: not in the quick tier
