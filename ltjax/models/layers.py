@@ -28,7 +28,8 @@ kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 # Convolution inits (model.conv_init): kaiming-normal over the fan-in (k x k x in / groups:
 # the CIFAR ResNet-32 of LDAM-DRW and BagofTricks-LT) or the fan-out (k x k x out:
 # torchvision's ResNets, and the ResNeXt of Kang et al. and SSD-LT, normal(0, sqrt(2 / n)),
-# n = k x k x out_channels). For ResNeXt's grouped 3x3 convolutions they differ by up to 8x in std.
+# n = k x k x out_channels). On ResNeXt-50's grouped 3x3 convolutions (out = 32 x in / groups) the
+# std differs 5.7x, on its 7x7 stem 4.6x.
 CONV_INITS = {'fan_in': kaiming_normal,
               'fan_out': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')}
 
