@@ -13,13 +13,15 @@ from ltjax import files, parallel
 from ltjax.data import longtail
 
 
-def make_forward(model, normalize_fn, output: str = 'logits', mesh=None):
-  """The jitted evaluation forward ``(variables, uint8 images) -> outputs[output]``,
-  its outputs replicated (with ``mesh``) so that every process can read all of them.
-  Make it once per phase: each new function object would compile again."""
+def make_forward(model, normalize_fn, output: str = 'logits', mesh=None, scale: float = 1.0):
+  """The jitted evaluation forward ``(variables, uint8 images) -> scale * outputs[output]``
+  (``scale``: a phase's ``eval_scale``), its outputs replicated (with ``mesh``) so that
+  every process can read all of them. Make it once per phase: each new function object
+  would compile again."""
 
   def forward(variables, x):
-    return model.apply(variables, normalize_fn(x), train=False)[output]
+    out = model.apply(variables, normalize_fn(x), train=False)[output]
+    return out if scale == 1.0 else out * scale
 
   return jax.jit(forward, out_shardings=None if mesh is None else parallel.replicated(mesh))
 

@@ -184,7 +184,7 @@ def _run(config, workdir: str, lock) -> dict:
       _say(f'[{phase.name}] not selected by --config.run.phases, skipped')
       continue
 
-    forward = evaluate.make_forward(phase.model, normalize, phase.eval_output, mesh)
+    forward = evaluate.make_forward(phase.model, normalize, phase.eval_output, mesh, phase.eval_scale)
 
     def evaluate_fn(variables, forward=forward):
       batches = dataset.test_batches(eval_batch, parallel.local_rows(mesh, eval_batch))

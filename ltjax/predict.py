@@ -121,7 +121,7 @@ class Predictor:
           f'{saved.FILE} describe ({len(self.class_names)} classes). Fix: give the workdir as the '
           f'training run left it (its config.json, {saved.FILE} and checkpoints together).')
     self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
-    self._forward = evaluate.make_forward(chosen.model, normalize, chosen.eval_output, self.mesh)
+    self._forward = evaluate.make_forward(chosen.model, normalize, chosen.eval_output, self.mesh, chosen.eval_scale)
     self.eval_batch_size = int(config.run.eval_batch_size)
 
   def batch_size(self, requested: int, num_images: int) -> int:

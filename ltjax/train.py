@@ -112,6 +112,10 @@ class Phase:
   samples_per_class: int = 1
   # Which head's logits are evaluated.
   eval_output: str = 'logits'
+  # The evaluated logits times this: the softmax the phase trained (LDAM's cosine classifier
+  # is trained on s cos, so its ECE, NLL and predicted probabilities are softmax(s cos)).
+  # Top-1 and every ranking are unchanged.
+  eval_scale: float = 1.0
   # Hand-off: start from the final variables of an earlier phase of the recipe,
   # ``init(fresh_variables, earlier_variables) -> variables``.
   init_from: str | None = None

@@ -28,10 +28,11 @@ def logits_loss(loss_value_fn):
   return loss
 
 
-def _phase(config, dataset, name, loss_value_fn, head='linear'):
+def _phase(config, dataset, name, loss_value_fn, head='linear', eval_scale=1.0):
   loss = logits_loss(loss_value_fn)
   model = build_model(config.model, dataset.num_classes, head=head)
-  return [Phase(name=name, model=model, loss=loss, train=config.train, **sampling(config.data))]
+  return [Phase(name=name, model=model, loss=loss, train=config.train, eval_scale=eval_scale,
+                **sampling(config.data))]
 
 
 def _drw_weights(config, dataset):
@@ -75,4 +76,5 @@ def ldam_drw(config, dataset):
   def value(z, y, epoch):
     return losses.ldam_loss(z, y, counts, lc.ldam_max_margin, lc.ldam_scale, weights(epoch))
 
-  return _phase(config, dataset, 'ldam_drw', value, head='normed')
+  # Evaluated (ECE, NLL, predicted probabilities) as the softmax it trains: of s cos.
+  return _phase(config, dataset, 'ldam_drw', value, head='normed', eval_scale=lc.ldam_scale)

@@ -75,6 +75,24 @@ def test_normed_head_gives_cosines(digits, normed_init):
   assert float(jnp.abs(out['logits']).max()) <= 1.0 + 1e-6
 
 
+def test_ldam_is_evaluated_as_the_softmax_it_trains(digits):
+  """LDAM trains softmax(s (cos - m_y)): its evaluated logits (ECE, NLL, predict's
+  probabilities) are s cos, the linear heads' are unscaled; top-1 is the same."""
+  from ltjax import evaluate
+
+  config = digits_lt.get_config('method=ldam_drw')
+  (phase,) = recipes.phases(config, digits)
+  assert phase.eval_scale == config.loss.ldam_scale == 30.0
+  assert recipes.phases(digits_lt.get_config('method=ce'), digits)[0].eval_scale == 1.0
+  x = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(4, 8, 8, 1)), jnp.uint8)
+  normalize = lambda im: im.astype(jnp.float32) / 255.0
+  variables = phase.model.init(jax.random.key(0), normalize(x), train=False)
+  cosines = evaluate.make_forward(phase.model, normalize)(variables, x)
+  scaled = evaluate.make_forward(phase.model, normalize, scale=phase.eval_scale)(variables, x)
+  np.testing.assert_allclose(scaled, 30.0 * np.asarray(cosines), rtol=1e-6)
+  assert float(jnp.abs(cosines).max()) <= 1.0 + 1e-6
+
+
 def test_unit_columns_as_torch_renorm():
   """``uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`` in NumPy: torch's renorm scales a
   column of norm > maxnorm by maxnorm / (norm + 1e-7)."""
