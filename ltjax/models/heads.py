@@ -15,22 +15,27 @@ def _symmetric_uniform(bound: float):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def dense(width: int, d_in: int, init_scheme: str) -> nn.Dense:
+  """A ``nn.Dense`` layer from ``d_in`` features with ``init_scheme`` (``HEAD_INITS``):
+  ``kaiming`` (kaiming-normal W, zero b), ``ldam`` (LDAM-DRW's resnet32: kaiming-normal W,
+  PyTorch's default b ~ U(+-1/sqrt(d_in))), ``torch`` (PyTorch's ``nn.Linear`` default,
+  BBN's, BagofTricks-LT's, Kang et al.'s and SSD-LT's layers: W and b ~ U(+-1/sqrt(d_in)))."""
+  if init_scheme not in HEAD_INITS:
+    raise ValueError(f'unknown model.head_init {init_scheme!r}; choose one of {HEAD_INITS}.')
+  bound = 1.0 / float(d_in) ** 0.5
+  kernel_init = _symmetric_uniform(bound) if init_scheme == 'torch' else layers.kaiming_normal
+  bias_init = nn.initializers.zeros if init_scheme == 'kaiming' else _symmetric_uniform(bound)
+  return nn.Dense(width, kernel_init=kernel_init, bias_init=bias_init)
+
+
 class LinearHead(nn.Module):
-  """A linear classifier ``z = W f + b``. ``init_scheme``: ``kaiming`` (kaiming-normal W, zero
-  b), ``ldam`` (LDAM-DRW's resnet32: kaiming-normal W, PyTorch's default b ~ U(+-1/sqrt(d))),
-  ``torch`` (PyTorch's ``nn.Linear`` default, BBN's and BagofTricks-LT's classifier:
-  W and b ~ U(+-1/sqrt(d))), d the feature width."""
+  """A linear classifier ``z = W f + b``, initialised by ``init_scheme`` (``dense``)."""
   num_classes: int
   init_scheme: str = 'kaiming'
 
   @nn.compact
   def __call__(self, features):
-    if self.init_scheme not in HEAD_INITS:
-      raise ValueError(f'unknown model.head_init {self.init_scheme!r}; choose one of {HEAD_INITS}.')
-    bound = 1.0 / float(features.shape[-1]) ** 0.5
-    kernel_init = _symmetric_uniform(bound) if self.init_scheme == 'torch' else layers.kaiming_normal
-    bias_init = nn.initializers.zeros if self.init_scheme == 'kaiming' else _symmetric_uniform(bound)
-    return nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init)(features)
+    return dense(self.num_classes, features.shape[-1], self.init_scheme)(features)
 
 
 NORMED_INITS = ('unit', 'shifted')
@@ -81,21 +86,14 @@ class LWSHead(nn.Module):
 
 class ProjectionHead(nn.Module):
   """MoCo v2's MLP projection ``Dense(hidden) - ReLU - Dense(dim)`` (hidden 0: the
-  feature width, as 2048-2048-128 on ResNeXt-50). ``init_scheme``: ``torch`` (PyTorch's
-  ``nn.Linear`` default, as MoCo v2's and SSD-LT's MLP: W and b ~ U(+-1/sqrt(d_in))), or
-  else kaiming-normal W and zero b."""
+  feature width, as 2048-2048-128 on ResNeXt-50), both layers initialised by
+  ``init_scheme`` (``dense``; MoCo v2's and SSD-LT's MLP: ``torch``)."""
   dim: int = 128
   hidden: int = 0
   init_scheme: str = 'kaiming'
 
   @nn.compact
   def __call__(self, features):
-    def dense(width, d_in):
-      if self.init_scheme == 'torch':
-        bound = 1.0 / float(d_in) ** 0.5
-        return nn.Dense(width, kernel_init=_symmetric_uniform(bound), bias_init=_symmetric_uniform(bound))
-      return nn.Dense(width, kernel_init=layers.kaiming_normal)
-
     hidden = self.hidden or features.shape[-1]
-    h = dense(hidden, features.shape[-1])(features)
-    return dense(self.dim, hidden)(nn.relu(h))
+    h = dense(hidden, features.shape[-1], self.init_scheme)(features)
+    return dense(self.dim, hidden, self.init_scheme)(nn.relu(h))

@@ -117,8 +117,8 @@ def test_linear_head_inits_as_the_reference_codes(init):
 
 @pytest.mark.parametrize('init', ['kaiming', 'torch'])
 def test_projection_head_inits(init):
-  """torch: MoCo v2's / SSD-LT's MLP of nn.Linear layers, W and b ~ U(+-1/sqrt(d_in));
-  kaiming: N(0, 2/d_in) W, zero b."""
+  """torch: MoCo v2's / SSD-LT's MLP of nn.Linear layers, W and b ~ U(+-1/sqrt(d_in)) with
+  each layer's own d_in; kaiming: N(0, 2/d_in) W, zero b."""
   from ltjax.models.heads import ProjectionHead
 
   d, hidden, dim = 256, 512, 128
