@@ -57,6 +57,9 @@ LEGACY_VALUES = {
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
     'model.conv_init': 'fan_in',  # every backbone's convolutions
+    'loss.focal_form': 'softmax',  # focal and cb_focal: LDAM-DRW's FocalLoss
+    # tau_norm kept the CE classifier's bias (no other method reads the field)
+    'loss.tau_norm_bias': lambda saved: saved.get('method') == 'tau_norm',
     # LDAM-DRW's cosine classifier as a shifted parameter (only ldam_drw builds it)
     'model.normed_init': lambda saved: 'shifted' if saved.get('method') == 'ldam_drw' else 'unit',
 }
@@ -122,6 +125,7 @@ _ANY = (lambda v: True, 'anything')
 def _choices():
   from ltjax import recipes, train
   from ltjax.data import registry, samplers
+  from ltjax.recipes import supervised
   from ltjax.models import BACKBONES, SELFSUP, heads, layers
 
   return {'method': sorted(recipes.RECIPES), 'dataset': list(registry.DATASETS), 'sampler': samplers.KINDS,
@@ -130,7 +134,8 @@ def _choices():
           'selfsup': SELFSUP,
           'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
-          'target': ('t_tau', 't_tilde'), 'batch_norm': train.BATCH_NORM_MODES}
+          'target': ('t_tau', 't_tilde'), 'batch_norm': train.BATCH_NORM_MODES,
+          'focal_form': supervised.FOCAL_FORMS}
 
 
 def _pick(kind):
@@ -173,9 +178,9 @@ RULES = {
     'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),
     'model.head_init': _pick('head_init'), 'model.normed_init': _pick('normed_init'),
     'model.conv_impl': _pick('conv_impl'), 'model.conv_init': _pick('conv_init'),
-    'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.cb_beta': _number(0, 1, high_open=True),
+    'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.focal_form': _pick('focal_form'), 'loss.cb_beta': _number(0, 1, high_open=True),
     'loss.ldam_max_margin': _POS, 'loss.ldam_scale': _POS, 'loss.drw_epoch': _NONNEG_INT,
-    'loss.tau_norm_tau': _NONNEG, 'loss.tau_norm_sweep': _each(_NONNEG),
+    'loss.tau_norm_tau': _NONNEG, 'loss.tau_norm_sweep': _each(_NONNEG), 'loss.tau_norm_bias': _ANY,
     'dive.temperature': _POS, 'dive.power': _POS, 'dive.alpha': _PROB, 'dive.use_bsce': _ANY,
     'dive.target': _pick('target'), 'dive.teacher_dir': _ANY,
     'ssd.selfsup': _pick('selfsup'), 'ssd.alpha1': _NONNEG, 'ssd.alpha2': _NONNEG, 'ssd.proj_dim': _POS_INT,

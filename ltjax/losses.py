@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def _f32(x):
@@ -63,7 +64,27 @@ def focal_loss(logits, labels, gamma=2.0, class_weights=None):
   ce = per_example_cross_entropy(logits, labels)
   if class_weights is not None:
     ce = _f32(class_weights)[labels] * ce
-  return jnp.mean((-jnp.expm1(-ce)) ** gamma * ce)
+  if gamma == 0:  # (1 - p)^0 = 1, and no 0 * inf gradient where p rounds to 1
+    return jnp.mean(ce)
+  # 1 - p_y, kept off 0: below gamma 1, d(x^gamma)/dx is infinite at x = 0 (NaN gradients
+  # once an example is fitted to float32 precision); at x = 1e-30 the term is below 1e-15.
+  return jnp.mean(jnp.maximum(-jnp.expm1(-ce), 1e-30) ** gamma * ce)
+
+
+def sigmoid_focal_loss(logits, labels, gamma=1.0, class_weights=None):
+  """The CB-focal loss of Cui et al.'s own code (``focal_loss`` of ``src/cifar_main.py``):
+  every class a sigmoid, ``sum_i w_{y_i} sum_c (1 - p_ic)^gamma BCE(z_ic, [c = y_i])`` over
+  the batch size, where ``p_ic`` is the sigmoid's probability of the right answer for class
+  c. ``class_weights`` (the example's class weight multiplies all its C terms) default
+  to ones: Lin et al.'s sigmoid focal loss; ``gamma = 0`` is Cui et al.'s CB sigmoid loss.
+  Their classifier starts with bias ``-log(C - 1)``, undecayed (``supervised.py``)."""
+  z = _f32(logits)
+  onehot = jax.nn.one_hot(labels, z.shape[-1], dtype=jnp.float32)
+  bce = optax.sigmoid_binary_cross_entropy(z, onehot)
+  # (1 - p_t)^gamma = exp(-gamma (y z + softplus(-z))), Cui et al.'s stable form.
+  modulator = 1.0 if gamma == 0 else jnp.exp(-gamma * (onehot * z + jax.nn.softplus(-z)))
+  weights = 1.0 if class_weights is None else _f32(class_weights)[labels][:, None]
+  return jnp.sum(weights * modulator * bce) / z.shape[0]
 
 
 def class_balanced_weights(class_counts, beta=0.9999):

@@ -122,6 +122,8 @@ class Phase:
   init: Callable[[dict, dict], dict] | None = None
   # ``trainable(path) -> bool`` on parameter paths (tuples of names); None: all.
   trainable: Callable[[tuple], bool] | None = None
+  # ``decayed(path) -> bool``: the parameters weight decay acts on; None: all.
+  decayed: Callable[[tuple], bool] | None = None
   # ``extra_eval(variables, init_variables, evaluate_fn) -> dict`` adds results (a sweep).
   extra_eval: Callable[[dict, dict, Callable], dict] | None = None
   teacher: Teacher | None = None
@@ -268,16 +270,21 @@ def make_schedule(tc, steps_per_epoch: int) -> optax.Schedule:
   return optax.join_schedules([warmup_fn, main], [warm])
 
 
-def make_optimizer(tc, schedule, trainable=None, params=None) -> optax.GradientTransformation:
+def _by_path(fn, params):
+  """``fn(path)`` at every leaf of ``params``, paths as tuples of names."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: fn(tuple(getattr(k, 'key', str(k)) for k in path)), params)
+
+
+def make_optimizer(tc, schedule, trainable=None, params=None, decayed=None) -> optax.GradientTransformation:
   """SGD with momentum and coupled L2 weight decay, as PyTorch's ``SGD(weight_decay=)``.
-  With ``trainable(path)``, the other parameters get zero updates (and no decay)."""
+  With ``trainable(path)``, the other parameters get zero updates (and no decay); with
+  ``decayed(path)``, weight decay acts on those parameters alone."""
   sgd = optax.chain(
-      optax.add_decayed_weights(tc.weight_decay),
+      optax.add_decayed_weights(tc.weight_decay, mask=None if decayed is None else _by_path(decayed, params)),
       optax.sgd(schedule, momentum=tc.momentum, nesterov=tc.nesterov))
   if trainable is None:
     return sgd
-  labels = jax.tree_util.tree_map_with_path(
-      lambda path, _: 'train' if trainable(tuple(getattr(k, 'key', str(k)) for k in path)) else 'frozen', params)
+  labels = _by_path(lambda path: 'train' if trainable(path) else 'frozen', params)
   return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
 
 
@@ -347,7 +354,7 @@ def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variable
   variables = phase.model.init(key, sample, train=False)
   if init_variables is not None:  # an earlier phase's variables, merged by the recipe
     variables = phase.init(variables, init_variables) if phase.init else init_variables
-  tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'])
+  tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'], phase.decayed)
   aux = phase.hooks.init(variables) if phase.hooks is not None and phase.hooks.init else {}
   state = new_state(phase.model, variables, tx, aux)
   return jax.device_put(state, parallel.replicated(mesh))

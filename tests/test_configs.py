@@ -249,6 +249,14 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   old.model.normed_init = 'unit'
   with pytest.raises(WorkdirConflictError, match='--config.model.normed_init=shifted'):
     pipeline.check_workdir(old, str(tmp_path))
+  # tau_norm's runs kept the CE classifier's bias; no other method reads the field.
+  old = digits_lt.get_config('smoke,method=tau_norm')
+  old.ssd.teacher_bn, old.stage2.backbone_bn, old.loss.tau_norm_bias = 'eval', 'eval', True
+  record(old, [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD])
+  assert pipeline.check_workdir(old, str(tmp_path))
+  old.loss.tau_norm_bias = False
+  with pytest.raises(WorkdirConflictError, match='--config.loss.tau_norm_bias=True'):
+    pipeline.check_workdir(old, str(tmp_path))
   old = digits_lt.get_config('smoke,method=ssd')
   old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'
   # A field added that has no recorded legacy value (or one removed since): absent, and said so.

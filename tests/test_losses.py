@@ -168,6 +168,48 @@ def test_cb_focal_matches_ldam_drws_focal_loss(batch):
   check_grads(lambda z: losses.focal_loss(z, y, 1.0, w), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
 
 
+def test_focal_gradient_stays_finite_on_fitted_examples():
+  """An example fitted to float32 precision (CE rounds to 0) gave NaN gradients at gamma
+  0 (0 * inf) and below 1 (d x^gamma / dx infinite at 0); LDAM-DRW's torch FocalLoss
+  stays finite at gamma 0. Margins of 30 make p_y exactly 1 in float32."""
+  z = jnp.array([[30.0, 0.0, 0.0], [0.0, 1.0, -1.0]])
+  y = jnp.array([0, 1])
+  for gamma in (0.0, 0.5, 1.0, 2.0):
+    g = jax.jit(jax.grad(lambda z: losses.focal_loss(z, y, gamma)))(z)
+    assert np.isfinite(g).all(), gamma
+    g_sig = jax.jit(jax.grad(lambda z: losses.sigmoid_focal_loss(z, y, gamma)))(z * 10)
+    assert np.isfinite(g_sig).all(), gamma
+  np.testing.assert_allclose(jax.grad(lambda z: losses.focal_loss(z, y, 0.0))(z),
+                             jax.grad(lambda z: losses.cross_entropy(z, y))(z), atol=1e-7)
+
+
+def np_cui_focal(z, y, w, gamma):
+  """Cui et al.'s src/cifar_main.py focal_loss (TF), transcribed: sigmoid_cross_entropy_
+  with_logits, modulator exp(-gamma y z - gamma log1p(exp(-z))) (1 at gamma 0), alpha =
+  the example's class weight tiled over the classes, reduce_sum / reduce_sum(labels)."""
+  z = z.astype(np.float64)
+  labels = np.eye(z.shape[1])[y]
+  bce = np.maximum(z, 0) - z * labels + np.log1p(np.exp(-np.abs(z)))
+  modulator = 1.0 if gamma == 0 else np.exp(-gamma * labels * z - gamma * np.log1p(np.exp(-z)))
+  alpha = np.tile(w[y][:, None], (1, z.shape[1]))
+  return np.sum(alpha * modulator * bce) / np.sum(labels)
+
+
+def test_sigmoid_focal_matches_cui_et_al(batch):
+  z, y, counts = batch
+  w = losses.class_balanced_weights(counts)
+  for gamma in (0.0, 0.5, 1.0, 2.0):
+    got = jax.jit(lambda z: losses.sigmoid_focal_loss(z, y, gamma, w))(z)
+    np.testing.assert_allclose(got, np_cui_focal(z, y, w, gamma), rtol=1e-5)
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(z, y, 2.0), np_cui_focal(z, y, np.ones(7), 2.0), rtol=1e-5)
+  # Hand case: z = 0, two classes: every sigmoid at 1/2, BCE log 2, (1 - p_t) = 1/2:
+  # 2 classes x (1/2) log 2 = log 2 at gamma 1; weight 3 triples it.
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(jnp.zeros((1, 2)), jnp.array([1]), 1.0), np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(jnp.zeros((1, 2)), jnp.array([1]), 1.0, jnp.array([1.0, 3.0])),
+                             3 * np.log(2), rtol=1e-6)
+  check_grads(lambda z: losses.sigmoid_focal_loss(z, y, 1.0, w), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
 def test_class_balanced_weights():
   counts = np.array([5000, 500, 50, 5])
   w = (1 - 0.999) / (1 - 0.999 ** counts)

@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from ltjax.errors import ConfigError
 from ltjax.models import layers
-from ltjax.models.heads import LinearHead, LWSHead, NormedLinearHead, ProjectionHead
+from ltjax.models.heads import LinearHead, LWSHead, NormedLinearHead, ProjectionHead, prior_bias_head
 from ltjax.models.resnet import IMAGENET_RESNETS, CifarResNet, ImageNetResNet
 
 
@@ -42,7 +42,8 @@ BACKBONES = ('cifar_resnet', *IMAGENET_RESNETS)
 # init (NormedLinear's, model.normed_init), whatever the linear classifier's scheme.
 HEADS = {'linear': lambda n, mc: LinearHead(n, init_scheme=mc.head_init),
          'normed': lambda n, mc: NormedLinearHead(n, init_scheme=mc.normed_init),
-         'lws': lambda n, mc: LWSHead(n, init_scheme=mc.head_init)}
+         'lws': lambda n, mc: LWSHead(n, init_scheme=mc.head_init),
+         'prior_bias': lambda n, mc: prior_bias_head(n, init_scheme=mc.head_init)}
 
 
 SELFSUP = ('rotation', 'contrastive')

@@ -1,6 +1,8 @@
 """Classifier heads on top of pooled backbone features."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -15,27 +17,39 @@ def _symmetric_uniform(bound: float):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def dense(width: int, d_in: int, init_scheme: str) -> nn.Dense:
+def dense(width: int, d_in: int, init_scheme: str, bias: float | None = None) -> nn.Dense:
   """A ``nn.Dense`` layer from ``d_in`` features with ``init_scheme`` (``HEAD_INITS``):
   ``kaiming`` (kaiming-normal W, zero b), ``ldam`` (LDAM-DRW's resnet32: kaiming-normal W,
   PyTorch's default b ~ U(+-1/sqrt(d_in))), ``torch`` (PyTorch's ``nn.Linear`` default,
-  BBN's, BagofTricks-LT's, Kang et al.'s and SSD-LT's layers: W and b ~ U(+-1/sqrt(d_in)))."""
+  BBN's, BagofTricks-LT's, Kang et al.'s and SSD-LT's layers: W and b ~ U(+-1/sqrt(d_in)));
+  ``bias`` (a number): every b starts there instead."""
   if init_scheme not in HEAD_INITS:
     raise ValueError(f'unknown model.head_init {init_scheme!r}; choose one of {HEAD_INITS}.')
   bound = 1.0 / float(d_in) ** 0.5
   kernel_init = _symmetric_uniform(bound) if init_scheme == 'torch' else layers.kaiming_normal
   bias_init = nn.initializers.zeros if init_scheme == 'kaiming' else _symmetric_uniform(bound)
+  if bias is not None:
+    bias_init = nn.initializers.constant(bias)
   return nn.Dense(width, kernel_init=kernel_init, bias_init=bias_init)
 
 
 class LinearHead(nn.Module):
-  """A linear classifier ``z = W f + b``, initialised by ``init_scheme`` (``dense``)."""
+  """A linear classifier ``z = W f + b``, initialised by ``init_scheme`` (``dense``);
+  ``bias`` (a number) starts every b there instead (Cui et al.'s sigmoid classifiers:
+  ``-log(C - 1)``, ``prior_bias_head``)."""
   num_classes: int
   init_scheme: str = 'kaiming'
+  bias: float | None = None
 
   @nn.compact
   def __call__(self, features):
-    return dense(self.num_classes, features.shape[-1], self.init_scheme)(features)
+    return dense(self.num_classes, features.shape[-1], self.init_scheme, self.bias)(features)
+
+
+def prior_bias_head(num_classes: int, init_scheme: str = 'kaiming') -> LinearHead:
+  """Cui et al.'s classifier for sigmoid losses: every class's bias starts at
+  ``-log(C - 1)``, so that each sigmoid first predicts the class prior 1/C."""
+  return LinearHead(num_classes, init_scheme, bias=-math.log(num_classes - 1))
 
 
 NORMED_INITS = ('unit', 'shifted')

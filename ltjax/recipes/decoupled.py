@@ -3,13 +3,14 @@ then a second phase refits only the classifier on the frozen backbone (METHODS.m
 
 - ``crt``: a re-initialised linear classifier, class-balanced sampling.
 - ``lws``: the CE classifier frozen, one learned scale per class, class-balanced.
-- ``tau_norm``: no training; each class weight vector divided by ``||w_c||^tau``.
-  Results hold a sweep over tau on the test set: choosing tau on it is optimistic,
-  a real choice needs a validation split.
+- ``tau_norm``: no training; each class weight vector divided by ``||w_c||^tau``, the
+  bias dropped as Kang et al.'s ``tau_norm.py`` does (``loss.tau_norm_bias=True`` keeps
+  it, as BagofTricks-LT). Results hold a sweep over tau on the test set: choosing tau on
+  it is optimistic, a real choice needs a validation split.
 
 The second phase starts from the CE phase's final checkpoint (``Phase.init_from``);
-its backbone runs in evaluation mode and only the parameters named by ``trainable``
-are updated.
+its backbone's BatchNorm runs as ``stage2.backbone_bn`` says and only the parameters
+named by ``trainable`` are updated.
 """
 from __future__ import annotations
 
@@ -71,11 +72,14 @@ def lws(config, dataset):
   return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'lws', 'lws', 'ce')]
 
 
-def tau_normalize(head_params, tau):
-  """``w_c / ||w_c||^tau`` for each class column of the linear classifier."""
-  kernel = head_params['Dense_0']['kernel']
-  norms = jnp.linalg.norm(kernel, axis=0, keepdims=True)
-  return {'Dense_0': {**head_params['Dense_0'], 'kernel': kernel / norms ** tau}}
+def tau_normalize(head_params, tau, keep_bias=False):
+  """``w_c / ||w_c||^tau`` for each class column of the linear classifier; its bias set
+  to 0 (Kang et al.'s ``tau_norm.py`` scores ``f . w_c / ||w_c||^tau`` alone) unless
+  ``keep_bias`` (BagofTricks-LT)."""
+  dense = head_params['Dense_0']
+  norms = jnp.linalg.norm(dense['kernel'], axis=0, keepdims=True)
+  bias = dense['bias'] if keep_bias else jnp.zeros_like(dense['bias'])
+  return {'Dense_0': {**dense, 'kernel': dense['kernel'] / norms ** tau, 'bias': bias}}
 
 
 def tau_norm(config, dataset):
@@ -83,12 +87,12 @@ def tau_norm(config, dataset):
   tc = stage2_train_config(config)
   with tc.unlocked():
     tc.epochs = 0  # post hoc: nothing to train
-  tau = config.loss.tau_norm_tau
+  tau, keep_bias = config.loss.tau_norm_tau, config.loss.tau_norm_bias
 
   def sweep(variables, earlier, evaluate_fn):
     rows = []
     for t in config.loss.tau_norm_sweep:
-      params = {**earlier['params'], 'head': tau_normalize(earlier['params']['head'], t)}
+      params = {**earlier['params'], 'head': tau_normalize(earlier['params']['head'], t, keep_bias)}
       res = evaluate_fn({'params': params, 'batch_stats': earlier['batch_stats']})
       rows.append({'tau': float(t), **{k: res[k] for k in ('top1', 'many', 'medium', 'few', 'top5')}})
     best = max(rows, key=lambda r: r['top1'])
@@ -99,6 +103,6 @@ def tau_norm(config, dataset):
 
   second = Phase(
       name='tau_norm', model=model, loss=ce_loss, sampler='instance', train=tc, init_from='ce',
-      init=lambda fresh, earlier: _backbone_from(earlier, tau_normalize(earlier['params']['head'], tau)),
+      init=lambda fresh, earlier: _backbone_from(earlier, tau_normalize(earlier['params']['head'], tau, keep_bias)),
       trainable=lambda path: False, extra_eval=sweep)
   return supervised.ce(config, dataset) + [second]

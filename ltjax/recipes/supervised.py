@@ -4,6 +4,7 @@
 - ``bsce``: Balanced Softmax CE (Ren et al.), ``CE(y, z + tau log n)``; plain ``z`` at test.
 - ``focal``: focal loss (Lin et al.), ``loss.focal_gamma``.
 - ``cb_focal``: focal loss with class-balanced weights (Cui et al.), ``loss.cb_beta``.
+  ``loss.focal_form``: softmax (LDAM-DRW's) or sigmoid (Cui et al.'s) for both.
 - ``ce_drw``: CE, class-balanced weights from epoch ``loss.drw_epoch`` (deferred re-weighting).
 - ``ldam_drw``: LDAM (Cao et al.) on a cosine classifier, margins ``n^(-1/4)`` (largest
   ``loss.ldam_max_margin``), scale ``loss.ldam_scale``, with DRW.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ltjax import losses, train
+from ltjax.errors import ConfigError
 from ltjax.models import build_model
 from ltjax.train import Phase, sampling
 
@@ -28,10 +30,10 @@ def logits_loss(loss_value_fn):
   return loss
 
 
-def _phase(config, dataset, name, loss_value_fn, head='linear', eval_scale=1.0):
+def _phase(config, dataset, name, loss_value_fn, head='linear', eval_scale=1.0, decayed=None):
   loss = logits_loss(loss_value_fn)
   model = build_model(config.model, dataset.num_classes, head=head)
-  return [Phase(name=name, model=model, loss=loss, train=config.train, eval_scale=eval_scale,
+  return [Phase(name=name, model=model, loss=loss, train=config.train, eval_scale=eval_scale, decayed=decayed,
                 **sampling(config.data))]
 
 
@@ -53,15 +55,29 @@ def bsce(config, dataset):
                 lambda z, y, epoch: losses.balanced_softmax_cross_entropy(z, y, counts, tau))
 
 
+FOCAL_FORMS = ('softmax', 'sigmoid')
+
+
+def _focal_phase(config, dataset, name, class_weights=None):
+  """``loss.focal_form``: ``softmax`` (LDAM-DRW's ``FocalLoss``, its CB-focal baseline) or
+  ``sigmoid`` (Cui et al.'s own code: a sigmoid a class, the classifier's bias starting at
+  ``-log(C - 1)`` (each class's prior 1/C) and left out of weight decay)."""
+  gamma, form = config.loss.focal_gamma, config.loss.focal_form
+  if form == 'softmax':
+    return _phase(config, dataset, name, lambda z, y, epoch: losses.focal_loss(z, y, gamma, class_weights))
+  if form != 'sigmoid':
+    raise ConfigError(f'loss.focal_form={form!r}; choose one of {FOCAL_FORMS}.')
+  return _phase(config, dataset, name, lambda z, y, epoch: losses.sigmoid_focal_loss(z, y, gamma, class_weights),
+                head='prior_bias', decayed=lambda path: not (path[0] == 'head' and path[-1] == 'bias'))
+
+
 def focal(config, dataset):
-  gamma = config.loss.focal_gamma
-  return _phase(config, dataset, 'focal', lambda z, y, epoch: losses.focal_loss(z, y, gamma))
+  return _focal_phase(config, dataset, 'focal')
 
 
 def cb_focal(config, dataset):
-  gamma = config.loss.focal_gamma
   w = jnp.asarray(losses.class_balanced_weights(dataset.class_counts, config.loss.cb_beta))
-  return _phase(config, dataset, 'cb_focal', lambda z, y, epoch: losses.focal_loss(z, y, gamma, w))
+  return _focal_phase(config, dataset, 'cb_focal', w)
 
 
 def ce_drw(config, dataset):

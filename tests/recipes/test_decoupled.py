@@ -67,16 +67,33 @@ def test_lws_learns_only_the_scales(tmp_path):
   assert scales.shape == (10,) and not np.allclose(scales, 1.0)
 
 
-def test_tau_norm_sweep_and_tau_zero_is_the_ce_classifier(tmp_path):
+def test_tau_normalize_as_kang_et_al_and_bagoftricks():
+  """Kang et al.'s tau_norm.py: logits f @ pnorm(W, tau).T, the fc bias loaded but unused;
+  BagofTricks-LT keeps the bias. At tau 0 with the bias kept, the CE classifier itself."""
+  from ltjax.recipes.decoupled import tau_normalize
+
+  rng = np.random.default_rng(0)
+  f, w, b = rng.normal(size=(4, 6)), rng.normal(size=(6, 5)) * 3, rng.normal(size=5)
+  head = {'Dense_0': {'kernel': w, 'bias': b}}
+  for tau in (0.0, 0.5, 1.0, 1.7):
+    kang = f @ (w / np.linalg.norm(w, axis=0, keepdims=True) ** tau)
+    for keep_bias, expected in ((False, kang), (True, kang + b)):
+      got = tau_normalize(head, tau, keep_bias)['Dense_0']
+      np.testing.assert_allclose(f @ np.asarray(got["kernel"]) + np.asarray(got["bias"]), expected, rtol=1e-5, atol=1e-6)
+  same0 = tau_normalize(head, 0.0, keep_bias=True)['Dense_0']
+  np.testing.assert_allclose(same0['kernel'], w) and np.testing.assert_allclose(same0['bias'], b)
+
+
+def test_tau_norm_sweep_and_tau_zero_is_the_ce_classifier_without_its_bias(tmp_path):
   workdir, results = run(tmp_path, 'tau_norm')
   r = results['tau_norm']
   assert [row['tau'] for row in r['tau_sweep']] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-  assert r['tau_sweep'][0]['top1'] == pytest.approx(results['ce']['top1'])  # tau 0: unchanged
   assert r['tau_sweep'][4]['top1'] == pytest.approx(r['top1'])  # tau 1: this phase's result
   assert 'validation split' in r['tau_note']
   ce, tn = final(workdir, 'ce'), final(workdir, 'tau_norm')
   norms = np.linalg.norm(tn['params']['head']['Dense_0']['kernel'], axis=0)
   np.testing.assert_allclose(norms, 1.0, rtol=1e-5)  # tau = 1: unit class vectors
+  np.testing.assert_array_equal(tn['params']['head']['Dense_0']['bias'], 0.0)  # Kang et al.: no bias
   assert same(ce['params']['backbone'], tn['params']['backbone'])
   # ltjax.predict uses the normalised classifier the phase saved (its own 0-epoch checkpoint).
   assert predict_matches_the_run(workdir, tmp_path) == 'tau_norm'

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import digits_lt
-from ltjax import losses, parallel, recipes, train
+from ltjax import config_lib, losses, parallel, recipes, train
+from ltjax.errors import ConfigError
 from ltjax.data import registry
 from ltjax.recipes import supervised
 
@@ -50,6 +51,40 @@ def test_recipe_loss_is_the_library_loss(digits, method):
   head = jax.eval_shape(lambda: phase.model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))
   # LDAM's cosine classifier has a bare kernel; the others a linear layer with bias.
   assert set(head['params']['head']) == ({'kernel'} if method == 'ldam_drw' else {'Dense_0'})
+
+
+@pytest.mark.parametrize('method', ['focal', 'cb_focal'])
+def test_sigmoid_focal_form_is_cui_et_als_classifier(digits, method):
+  """loss.focal_form=sigmoid: Cui et al.'s loss, the classifier's bias from -log(C - 1)
+  (each sigmoid starts at the prior 1/C), and weight decay on everything but that bias."""
+  config = digits_lt.get_config(f'method={method}')
+  config.loss.focal_form = 'sigmoid'
+  (phase,) = recipes.phases(config, digits)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(8, 10)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 8))
+  w = losses.class_balanced_weights(digits.class_counts, config.loss.cb_beta) if method == 'cb_focal' else None
+  got, _ = jax.jit(phase.loss)({'logits': z}, y, jnp.int32(0))
+  np.testing.assert_allclose(got, losses.sigmoid_focal_loss(z, y, config.loss.focal_gamma, w), rtol=1e-6)
+  variables = phase.model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  bias = variables['params']['head']['Dense_0']['bias']
+  np.testing.assert_allclose(bias, np.full(10, -np.log(9)), rtol=1e-6)
+  np.testing.assert_allclose(jax.nn.sigmoid(bias), 0.1, rtol=1e-5)
+  # One step with zero gradients: weight decay shrinks every parameter but the bias.
+  params = variables['params']
+  tx = train.make_optimizer(config.train, 0.1, params=params, decayed=phase.decayed)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  moved = {'/'.join(str(getattr(k, 'key', k)) for k in path): bool(jnp.any(u != 0))
+           for path, u in jax.tree_util.tree_leaves_with_path(updates)}
+  nonzero = {'/'.join(str(getattr(k, 'key', k)) for k in path): bool(jnp.any(p != 0))
+             for path, p in jax.tree_util.tree_leaves_with_path(params)}
+  assert moved.pop('head/Dense_0/bias') is False and nonzero.pop('head/Dense_0/bias')
+  assert moved == nonzero  # decay moves every parameter that is not 0 (BatchNorm's biases start at 0)
+  config.loss.focal_form = 'tanh'
+  with pytest.raises(ConfigError, match="loss.focal_form='tanh': must be one of softmax, sigmoid"):
+    config_lib.validate(config)
+  with pytest.raises(ConfigError, match='focal_form'):
+    recipes.phases(config, digits)
 
 
 @pytest.mark.parametrize('normed_init', ['unit', 'shifted'])
@@ -106,12 +141,14 @@ def test_unit_columns_as_torch_renorm():
   assert np.abs(np.linalg.norm(w, axis=0) - 1).max() < 1e-5
 
 
-@pytest.mark.parametrize('method', ['focal', 'cb_focal', 'ce_drw', 'ldam_drw'])
+@pytest.mark.parametrize('method', ['focal', 'cb_focal', 'cb_focal:sigmoid', 'ce_drw', 'ldam_drw'])
 def test_recipe_trains(tmp_path, digits, method):
+  method, _, form = method.partition(':')
   config = digits_lt.get_config(f'smoke,method={method}')
+  config.loss.focal_form = form or config.loss.focal_form
   config.train.epochs = 4  # DRW (epoch 3 in smoke) switches on inside the run
   (phase,) = recipes.phases(config, digits)
   mesh = parallel.make_mesh(8)
-  variables, stats = train.train_phase(phase, digits, config, str(tmp_path / method), mesh)
+  variables, stats = train.train_phase(phase, digits, config, str(tmp_path / (method + form)), mesh)
   assert stats['steps_run'] == 28
   assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables['params']))
