@@ -15,7 +15,10 @@ epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight
   160 counted from epoch 1 (the decay starts at 0-based epochs 119 and 159), Nesterov,
   the last partial batch dropped.
 - ``bag``: BagofTricks-LT's CE and Balanced Softmax CIFAR configs: ``bbn`` with
-  milestones 160 and 180.
+  milestones 160 and 180. For ``crt``, ``lws`` and ``tau_norm``, its classifier-balancing
+  configs too (``BAG_STAGE2``): the CE phase is its baseline, then 30 epochs of
+  class-balanced sampling with replacement, lr 0.1 warmed up over 5 epochs, x0.1 at
+  epochs 10 and 20, weight decay 5e-4, Nesterov; tau-norm keeps the classifier's bias.
 
 Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them),
 ``bbn`` for every other method. ``epochs=N`` (or ``--config.train.epochs=N``) shortens the
@@ -44,6 +47,13 @@ SCHEDULES = {
 }
 # LDAM-DRW's code trained and compared these; the other methods default to the DiVE paper's.
 LDAM_METHODS = ('ce_drw', 'ldam_drw', 'focal', 'cb_focal')
+# BagofTricks-LT's classifier stage (configs/cao_cifar/two_stage/classifier_balance/{cRT,LWS}/
+# cifar10_im100.yaml, the same at every dataset and factor): its WarmupMultiStepLR counts
+# epochs from 1 as the bbn protocol; its SGD is Nesterov; 'balance' sampling draws a class,
+# then an image of it, with replacement; the backbone frozen under model.train().
+BAG_STAGE2 = dict(epochs=30, lr=0.1, schedule='step', warmup='bbn', warmup_epochs=5.0, lr_boundaries=(10, 20),
+                  lr_decay=0.1, first_epoch=1, weight_decay=5e-4, nesterov=True, sampler='class', batch_size=0,
+                  backbone_bn='train')
 
 
 def get_config(arg=None):
@@ -74,6 +84,9 @@ def get_config(arg=None):
   c.data.drop_last = protocol['drop_last']
   c.model.head_init = protocol['head_init']  # the classifier's init in that code
   c.loss.drw_epoch = 160  # LDAM-DRW: class-balanced weights from epoch 160 (0-based) of 200
+  if schedule == 'bag' and args.method in ('crt', 'lws', 'tau_norm'):
+    c.stage2.update(BAG_STAGE2)
+    c.loss.tau_norm_bias = True  # its network.py load_model: the weight normalised, the bias kept
   # SSD's contrastive key view: no Gaussian blur on small images (MoCo-on-CIFAR code has none).
   c.ssd.key_view.blur_p = 0.0
   # CIFAR-100 keeps CIFAR-10's mean and std (base_config), as LDAM-DRW, BBN and

@@ -154,6 +154,12 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.stage2.schedule_epochs = 0  # its own length: no scaling
   c.stage2.first_epoch = 0  # as train.first_epoch (cosine_epoch: Kang et al.'s is 1)
   c.stage2.weight_decay = 2e-4
+  # Plain momentum, as Kang et al.'s and SSD-LT's classifier stages (BagofTricks-LT's: Nesterov).
+  c.stage2.nesterov = False
+  # For a step schedule (BagofTricks-LT's cRT / LWS: configs/cifar_lt.py schedule=bag):
+  c.stage2.warmup = 'linear'
+  c.stage2.lr_boundaries = ()
+  c.stage2.lr_decay = 0.1
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 200

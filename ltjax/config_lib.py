@@ -47,6 +47,10 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
 # runs of one workdir (``pipeline.check_workdir``).
 RUN_GROUP = 'run'
 
+def _stage2_step(saved: dict) -> bool:
+  return saved.get('stage2.schedule', saved.get('train.schedule')) == 'step'
+
+
 # Fields added after runs were recorded without them, with the value that gives what ltjax
 # computed before the field existed: a workdir's config.json that lacks one reads as if
 # it held this value (``pipeline.check_workdir`` when a run resumes, ``ltjax.predict``).
@@ -56,6 +60,12 @@ LEGACY_VALUES = {
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
+    'stage2.nesterov': lambda saved: saved.get('train.nesterov', False),  # inherited from train
+    # inherited from train where the stage's schedule read them, else unread (today's default)
+    'stage2.warmup': lambda saved: (saved.get('train.warmup', 'linear') if saved.get('stage2.warmup_epochs', 0) > 0
+                                    else 'linear'),
+    'stage2.lr_boundaries': lambda saved: (saved.get('train.lr_boundaries', []) if _stage2_step(saved) else []),
+    'stage2.lr_decay': lambda saved: saved.get('train.lr_decay', 0.01) if _stage2_step(saved) else 0.1,
     'model.conv_init': 'fan_in',  # every backbone's convolutions
     'loss.focal_form': 'softmax',  # focal and cb_focal: LDAM-DRW's FocalLoss
     # tau_norm kept the CE classifier's bias (no other method reads the field)

@@ -75,9 +75,9 @@ def _ldam_reference_lr(epoch, lr=0.1):
   return lr
 
 
-def _bbn_reference_lr(epoch, milestones, lr=0.1):
+def _bbn_reference_lr(epoch, milestones, lr=0.1, gamma=0.01):
   """BBN / BagofTricks-LT WarmupMultiStepLR(warmup_factor=1/3, warmup_epochs=5,
-  gamma=0.01), stepped before each epoch of ``range(1, 201)``: 0-based epoch e trains
+  gamma), stepped before each epoch of ``range(1, 201)``: 0-based epoch e trains
   with ``last_epoch = e + 1``."""
   import bisect
 
@@ -86,7 +86,35 @@ def _bbn_reference_lr(epoch, milestones, lr=0.1):
   if last_epoch < 5:
     alpha = last_epoch / 5
     factor = 1 / 3 * (1 - alpha) + alpha
-  return lr * factor * 0.01 ** bisect.bisect_right(milestones, last_epoch)
+  return lr * factor * gamma ** bisect.bisect_right(milestones, last_epoch)
+
+
+@pytest.mark.parametrize('method', ['crt', 'lws', 'tau_norm'])
+def test_bag_classifier_stage_is_bagoftricks_classifier_balancing(method):
+  """BagofTricks-LT's cRT / LWS configs: 30 epochs, WarmupMultiStepLR(lr 0.1, 5 warm-up
+  epochs, x0.1 at 10 and 20), weight decay 5e-4, Nesterov, 'balance' sampling with
+  replacement, batch 128; its tau-norm keeps the bias. Other schedules keep Kang et al.'s
+  stage (10 epochs, cosine, class-aware cycles, plain momentum, tau-norm without bias)."""
+  from ltjax import train
+  from ltjax.recipes import decoupled
+
+  c = cifar_lt.get_config(f'method={method},schedule=bag')
+  config_lib.validate(c)
+  s2 = decoupled.stage2_train_config(c)
+  spe = 97
+  lr = train.make_schedule(s2, spe)
+  got = np.asarray(jax.vmap(lr)(np.arange(30) * spe))
+  want = np.array([_bbn_reference_lr(e, [10, 20], gamma=0.1) for e in range(30)])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.vmap(lr)(np.arange(30) * spe + spe - 1)), want, rtol=1e-5)
+  assert (s2.epochs, s2.batch_size, s2.weight_decay, s2.momentum, s2.nesterov) == (30, 128, 5e-4, 0.9, True)
+  assert (c.stage2.sampler, c.stage2.backbone_bn, c.loss.tau_norm_bias) == ('class', 'train', True)
+  # The CE phase is BagofTricks-LT's baseline (the bag protocol itself).
+  assert tuple(c.train.lr_boundaries) == (160, 180) and c.train.nesterov
+  kang = cifar_lt.get_config(f'method={method},schedule=bbn')
+  s2 = decoupled.stage2_train_config(kang)
+  assert (s2.epochs, s2.schedule, s2.nesterov, s2.weight_decay) == (10, 'cosine', False, 2e-4)
+  assert (kang.stage2.sampler, kang.loss.tau_norm_bias) == ('class_aware', False)
 
 
 @pytest.mark.parametrize('schedule,method', [('ldam', 'ldam_drw'), ('bbn', 'dive'), ('bag', 'bsce'),

@@ -28,6 +28,7 @@ ORDER = [
     'cifar10_if10_ldam_drw_s0', 'cifar10_if10_crt_s0', 'cifar10_if10_ssd_s0',
     'cifar10_if100_ce_s1', 'cifar10_if100_bsce_s1', 'cifar10_if100_dive_s1',
     'cifar10_if100_ce_s2', 'cifar10_if100_bsce_s2', 'cifar10_if100_dive_s2',
+    'cifar10_if100_lws_s0', 'cifar10_if100_tau_norm_s0',
 ]
 
 
@@ -94,7 +95,7 @@ def test_dry_run_prints_the_plan_in_order_with_references(tmp_path):
     if m:
       plan[m.group(2)] = {'n': int(m.group(1)), 'schedule': m.group(3), 'status': m.group(4),
                           'paper': m.group(5), 'command': lines[i + 1].strip()}
-  assert list(plan) == ORDER and [v['n'] for v in plan.values()] == list(range(1, 26))
+  assert list(plan) == ORDER and [v['n'] for v in plan.values()] == list(range(1, len(ORDER) + 1))
   expected_papers = {
       'cifar10_if100_ce_s0': 'paper 70.36 (Cao et al. 2019)', 'cifar10_if10_ce_s0': 'paper 86.39 (Cao et al. 2019)',
       'cifar10_if100_ldam_drw_s0': 'paper 77.03 (Cao et al. 2019)',
@@ -102,12 +103,16 @@ def test_dry_run_prints_the_plan_in_order_with_references(tmp_path):
       'cifar10_if1_ce_s0': 'paper 92.49 (He et al. 2016)', 'cifar10_if100_ce_s2': 'paper 70.36 (Cao et al. 2019)',
       'cifar10_if100_bsce_s0': 'paper 77.67 (Menon et al. 2021',
       'cifar10_if100_dive_s0': 'paper 78.88 (BagofTricks-LT', 'cifar10_if50_dive_s0': 'paper 82.44 (BagofTricks-LT',
-      'cifar10_if100_crt_s0': 'paper -', 'cifar10_if100_ssd_s0': 'paper -', 'cifar10_if50_ce_s0': 'paper -',
+      'cifar10_if100_crt_s0': 'paper 74.99 (BagofTricks-LT\'s cRT', 'cifar10_if50_crt_s0': 'paper 80.17 (',
+      'cifar10_if100_lws_s0': 'paper 72.63 (BagofTricks-LT\'s LWS', 'cifar10_if10_crt_s0': 'paper -',
+      'cifar10_if100_tau_norm_s0': 'paper 72.70 (BagofTricks-LT\'s tau-norm',
+      'cifar10_if100_ssd_s0': 'paper -', 'cifar10_if50_ce_s0': 'paper -',
       'cifar10_if10_dive_s0': 'paper -', 'cifar10_if50_ldam_drw_s0': 'paper -',
   }
   for name, paper in expected_papers.items():
     assert plan[name]['paper'].startswith(paper), (name, plan[name]['paper'])
-  schedules = {'ce': 'ldam', 'ldam_drw': 'ldam', 'bsce': 'bag', 'dive': 'bbn', 'crt': 'bbn', 'ssd': 'bbn'}
+  schedules = {'ce': 'ldam', 'ldam_drw': 'ldam', 'bsce': 'bag', 'dive': 'bbn', 'crt': 'bag', 'lws': 'bag',
+               'tau_norm': 'bag', 'ssd': 'bbn'}
   python = load_script()._shown(sys.executable)  # relative inside the repository, else absolute
   for name, v in plan.items():
     method = re.match(r'cifar10_if\d+_(\w+)_s\d', name).group(1)
@@ -201,7 +206,7 @@ def test_row_json_and_the_reproduction_table(tmp_path):
   assert len([l for l in lines if l.startswith('| cifar10')]) == 4
   text = out.read_text()
   assert 'All ltjax numbers are last-epoch top-1' in text and 'test-selected' in text
-  assert 'Not yet run: 19 of the 25 rows' in text and 'Smoke' not in text
+  assert 'Not yet run: 21 of the 27 rows' in text and 'Smoke' not in text
 
 
 def test_readme_markers_are_replaced(tmp_path, capsys):
