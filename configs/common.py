@@ -115,7 +115,7 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.ssd.lambda2 = 1.0
   c.ssd.student_selfsup = False  # phase III: hard + soft only, as the official stage III (True: + L_self)
   c.ssd.phase4 = True  # phase IV: LWS on the phase-III model
-  c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales
+  c.ssd.phase4_head = 'hard'  # which phase-III classifier LWS rescales (the official: the hard head)
   c.ssd.teacher_dir = ''  # '' = phase II of this workdir; else another run's
   # Phase III teacher's BatchNorm: 'train' (the step's batch statistics, as the official
   # stage III, whose model.train() reaches the frozen teacher) or 'eval' (running statistics).
