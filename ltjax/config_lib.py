@@ -47,6 +47,7 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
 # runs of one workdir (``pipeline.check_workdir``).
 RUN_GROUP = 'run'
 
+
 def _stage2_step(saved: dict) -> bool:
   return saved.get('stage2.schedule', saved.get('train.schedule')) == 'step'
 
@@ -135,8 +136,8 @@ _ANY = (lambda v: True, 'anything')
 def _choices():
   from ltjax import recipes, train
   from ltjax.data import registry, samplers
-  from ltjax.recipes import supervised
   from ltjax.models import BACKBONES, SELFSUP, heads, layers
+  from ltjax.recipes import supervised
 
   return {'method': sorted(recipes.RECIPES), 'dataset': list(registry.DATASETS), 'sampler': samplers.KINDS,
           'warmup': train.WARMUPS, 'model': list(BACKBONES), 'head_init': heads.HEAD_INITS,
@@ -188,7 +189,8 @@ RULES = {
     'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),
     'model.head_init': _pick('head_init'), 'model.normed_init': _pick('normed_init'),
     'model.conv_impl': _pick('conv_impl'), 'model.conv_init': _pick('conv_init'),
-    'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.focal_form': _pick('focal_form'), 'loss.cb_beta': _number(0, 1, high_open=True),
+    'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.focal_form': _pick('focal_form'),
+    'loss.cb_beta': _number(0, 1, high_open=True),
     'loss.ldam_max_margin': _POS, 'loss.ldam_scale': _POS, 'loss.drw_epoch': _NONNEG_INT,
     'loss.tau_norm_tau': _NONNEG, 'loss.tau_norm_sweep': _each(_NONNEG), 'loss.tau_norm_bias': _ANY,
     'dive.temperature': _POS, 'dive.power': _POS, 'dive.alpha': _PROB, 'dive.use_bsce': _ANY,
