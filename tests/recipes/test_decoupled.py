@@ -79,9 +79,11 @@ def test_tau_normalize_as_kang_et_al_and_bagoftricks():
     kang = f @ (w / np.linalg.norm(w, axis=0, keepdims=True) ** tau)
     for keep_bias, expected in ((False, kang), (True, kang + b)):
       got = tau_normalize(head, tau, keep_bias)['Dense_0']
-      np.testing.assert_allclose(f @ np.asarray(got["kernel"]) + np.asarray(got["bias"]), expected, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(f @ np.asarray(got['kernel']) + np.asarray(got['bias']), expected, rtol=1e-5,
+                                 atol=1e-6)
   same0 = tau_normalize(head, 0.0, keep_bias=True)['Dense_0']
-  np.testing.assert_allclose(same0['kernel'], w) and np.testing.assert_allclose(same0['bias'], b)
+  np.testing.assert_allclose(same0['kernel'], w)
+  np.testing.assert_allclose(same0['bias'], b)
 
 
 def test_tau_norm_sweep_and_tau_zero_is_the_ce_classifier_without_its_bias(tmp_path):
