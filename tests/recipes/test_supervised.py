@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import digits_lt
 from ltjax import config_lib, losses, parallel, recipes, train
@@ -74,10 +75,8 @@ def test_sigmoid_focal_form_is_cui_et_als_classifier(digits, method):
   params = variables['params']
   tx = train.make_optimizer(config.train, 0.1, params=params, decayed=phase.decayed)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-  moved = {'/'.join(str(getattr(k, 'key', k)) for k in path): bool(jnp.any(u != 0))
-           for path, u in jax.tree_util.tree_leaves_with_path(updates)}
-  nonzero = {'/'.join(str(getattr(k, 'key', k)) for k in path): bool(jnp.any(p != 0))
-             for path, p in jax.tree_util.tree_leaves_with_path(params)}
+  moved = {k: bool(jnp.any(u != 0)) for k, u in traverse_util.flatten_dict(updates, sep='/').items()}
+  nonzero = {k: bool(jnp.any(p != 0)) for k, p in traverse_util.flatten_dict(params, sep='/').items()}
   assert moved.pop('head/Dense_0/bias') is False and nonzero.pop('head/Dense_0/bias')
   assert moved == nonzero  # decay moves every parameter that is not 0 (BatchNorm's biases start at 0)
   config.loss.focal_form = 'tanh'
