@@ -38,6 +38,9 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.data.sampler = 'instance'
   # class_aware: consecutive images of a class at its turn (ClassAwareSampler's num_samples_cls).
   c.data.samples_per_class = 4
+  # progressive: the class-balanced share in epoch t of T: kang t/(T - 1) (Kang et al.'s code) |
+  # bag (t + 1)/T (BagofTricks-LT) | paper t/T (the paper's formula; ltjax before 2026-11-28)
+  c.data.progressive_form = 'kang'
   c.data.drop_last = False  # drop each epoch's partial last batch (else it wraps around)
   c.data.many_above = 100  # shot groups: many > 100, few < 20 (METHODS.md)
   c.data.few_below = 20
@@ -142,6 +145,7 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   # stage II) consecutive images of a class at its turn.
   c.stage2.sampler = 'class_aware'
   c.stage2.samples_per_class = 2 if method == 'ssd' else 4
+  c.stage2.progressive_form = 'kang'  # as data.progressive_form
   c.stage2.epochs = 10
   c.stage2.batch_size = 0  # 0: the main phase's (train.batch_size)
   # The frozen backbone's BatchNorm while the classifier is refit: 'train' (batch

@@ -73,6 +73,9 @@ LEGACY_VALUES = {
     'loss.tau_norm_bias': lambda saved: saved.get('method') == 'tau_norm',
     # LDAM-DRW's cosine classifier as a shifted parameter (only ldam_drw builds it)
     'model.normed_init': lambda saved: 'shifted' if saved.get('method') == 'ldam_drw' else 'unit',
+    # the progressive sampler mixed in t/T (no other sampler reads the field)
+    'data.progressive_form': lambda saved: 'paper' if saved.get('data.sampler') == 'progressive' else 'kang',
+    'stage2.progressive_form': lambda saved: 'paper' if saved.get('stage2.sampler') == 'progressive' else 'kang',
 }
 # Fields that nothing read before they were added (no class-aware cycles then): absent
 # from a saved config, they match whatever value they have now.
@@ -146,7 +149,7 @@ def _choices():
           'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
           'target': ('t_tau', 't_tilde'), 'batch_norm': train.BATCH_NORM_MODES,
-          'focal_form': supervised.FOCAL_FORMS}
+          'focal_form': supervised.FOCAL_FORMS, 'progressive_form': samplers.PROGRESSIVE_FORMS}
 
 
 def _pick(kind):
@@ -163,9 +166,9 @@ _SCHEDULE = {
     'nesterov': _ANY, 'weight_decay': _NONNEG, 'schedule': _pick('schedule'), 'warmup_epochs': _NONNEG,
     'warmup': _pick('warmup'), 'lr_boundaries': _each(_NONNEG), 'lr_decay': _number(0, 1, low_open=True),
     'first_epoch': _number(0, 1, integer=True), 'schedule_epochs': _NONNEG_INT, 'sampler': _pick('sampler'),
-    'samples_per_class': _POS_INT,
+    'samples_per_class': _POS_INT, 'progressive_form': _pick('progressive_form'),
 }
-_SAMPLING = ('sampler', 'samples_per_class')  # data.* and stage2.*, not train.*
+_SAMPLING = ('sampler', 'samples_per_class', 'progressive_form')  # data.* and stage2.*, not train.*
 RULES = {
     'method': _pick('method'), 'seed': _NONNEG_INT,
     'run.phases': _ANY, 'run.num_devices': _NONNEG_INT, 'run.data_dir': _ANY, 'run.cache_dir': _ANY,

@@ -110,6 +110,8 @@ class Phase:
   train: Any
   # How many consecutive images of a class the class_aware sampler takes at its turn.
   samples_per_class: int = 1
+  # How the progressive sampler's class-balanced share grows (samplers.PROGRESSIVE_FORMS).
+  progressive_form: str = 'kang'
   # Which head's logits are evaluated.
   eval_output: str = 'logits'
   # The evaluated logits times this: the softmax the phase trained (LDAM's cosine classifier
@@ -140,7 +142,8 @@ class Phase:
 def sampling(group) -> dict:
   """A ``Phase``'s sampler fields from a config group that has them (``config.data``,
   ``config.stage2``)."""
-  return dict(sampler=group.sampler, samples_per_class=group.samples_per_class)
+  return dict(sampler=group.sampler, samples_per_class=group.samples_per_class,
+              progressive_form=group.progressive_form)
 
 
 class TrainState(train_state.TrainState):
@@ -398,7 +401,8 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   parallel.check_batch_size(tc.batch_size, mesh)
   sampler = Sampler(kind=phase.sampler, num_examples=len(dataset.train_labels),
                     batch_size=tc.batch_size, class_counts=tuple(int(c) for c in dataset.class_counts),
-                    total_epochs=tc.epochs, drop_last=config.data.drop_last, per_class=phase.samples_per_class)
+                    total_epochs=tc.epochs, drop_last=config.data.drop_last, per_class=phase.samples_per_class,
+                    progressive_form=phase.progressive_form)
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = tc.epochs * steps_per_epoch
   schedule = make_schedule(tc, steps_per_epoch)

@@ -266,7 +266,7 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   with pytest.raises(WorkdirConflictError) as e:
     pipeline.check_workdir(digits_lt.get_config('smoke,method=ssd'), str(tmp_path))  # today's defaults
   assert "ssd.teacher_bn: 'eval' (before the field existed) in the workdir, 'train' now" in str(e.value)
-  assert 'stage2.samples_per_class' not in str(e.value)
+  assert 'stage2.samples_per_class' not in str(e.value) and 'progressive_form' not in str(e.value)
   # The fix names the flags that resume it as it was (the test's `old` config above).
   assert 'the fields added since that run: --config.ssd.teacher_bn=eval --config.stage2.backbone_bn=eval' in str(e.value)
   # LDAM-DRW's runs had the shifted cosine classifier; other methods never built it.
@@ -284,6 +284,15 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   assert pipeline.check_workdir(old, str(tmp_path))
   old.loss.tau_norm_bias = False
   with pytest.raises(WorkdirConflictError, match='--config.loss.tau_norm_bias=True'):
+    pipeline.check_workdir(old, str(tmp_path))
+  # The progressive sampler mixed in t/T; runs with another sampler never read the field.
+  old = digits_lt.get_config('smoke,method=ce')
+  old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'
+  old.data.sampler, old.data.progressive_form = 'progressive', 'paper'
+  record(old, [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD])
+  assert pipeline.check_workdir(old, str(tmp_path))
+  old.data.progressive_form = 'kang'
+  with pytest.raises(WorkdirConflictError, match='--config.data.progressive_form=paper'):
     pipeline.check_workdir(old, str(tmp_path))
   old = digits_lt.get_config('smoke,method=ssd')
   old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'

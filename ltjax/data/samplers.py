@@ -22,7 +22,12 @@ batches, and the instance sampler is one pass over the data per epoch.
   reshuffle is a pure function of the key and the position in the run, so resumes and
   device counts draw the same batches.
 - ``sqrt``: class c drawn with probability proportional to ``sqrt(n_c)``.
-- ``progressive``: ``(1 - t/T) * instance + t/T * class`` over epochs t of T.
+- ``progressive``: ``(1 - a_t) * instance + a_t * class`` in epoch t (0-based) of T,
+  ``a_t`` as ``progressive_form`` says (``PROGRESSIVE_FORMS``): ``kang`` t/(T - 1), Kang et
+  al.'s code (``np.linspace(0, 1, T)``: instance-balanced in the first epoch, class-balanced
+  in the last); ``bag`` (t + 1)/T, BagofTricks-LT's (``epoch / MAX_EPOCH`` over its 1-based
+  epochs: class-balanced in the last); ``paper`` t/T, the formula of Kang et al.'s paper as
+  written (never wholly class-balanced; ltjax's only form before 2026-11-28).
 """
 from __future__ import annotations
 
@@ -37,9 +42,26 @@ import numpy as np
 from ltjax.errors import ConfigError
 
 KINDS = ('instance', 'class', 'class_aware', 'sqrt', 'progressive')
+PROGRESSIVE_FORMS = ('kang', 'bag', 'paper')
 
 
-def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
+def progressive_weight(form: str, epoch, total_epochs: int):
+  """``a_t``: the class-balanced share of the ``progressive`` sampler in ``epoch`` (0-based,
+  may be traced) of ``total_epochs``, clipped to [0, 1] (the definitions above)."""
+  t, total = jnp.asarray(epoch, jnp.float32), max(total_epochs, 1)
+  if form == 'kang':
+    # np.linspace(0, 1, 1) is [0.]: a single epoch stays instance-balanced
+    a = t / (total - 1) if total > 1 else jnp.zeros_like(t)
+  elif form == 'bag':
+    a = (t + 1) / total
+  elif form == 'paper':
+    a = t / total
+  else:
+    raise ConfigError(f'unknown progressive_form {form!r}; choose one of {PROGRESSIVE_FORMS}.')
+  return jnp.clip(a, 0.0, 1.0)
+
+
+def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1, progressive_form='kang'):
   """Probability of drawing each class under a sampler (the definitions above)."""
   counts = jnp.asarray(class_counts, jnp.float32)
   instance = counts / counts.sum()
@@ -52,8 +74,8 @@ def class_probabilities(kind: str, class_counts, epoch=0, total_epochs=1):
   if kind == 'sqrt':
     return jnp.sqrt(counts) / jnp.sqrt(counts).sum()
   if kind == 'progressive':
-    t = jnp.clip(jnp.asarray(epoch, jnp.float32) / max(total_epochs, 1), 0.0, 1.0)
-    return (1 - t) * instance + t * balanced
+    a = progressive_weight(progressive_form, epoch, total_epochs)
+    return (1 - a) * instance + a * balanced
   raise ConfigError(f'unknown sampler {kind!r}; choose one of {KINDS}.')
 
 
@@ -68,6 +90,8 @@ class Sampler:
   drop_last: bool = False
   # class_aware: consecutive images taken from a class each time its turn comes.
   per_class: int = 1
+  # progressive: how the class-balanced share grows (PROGRESSIVE_FORMS).
+  progressive_form: str = 'kang'
 
   def __post_init__(self):
     if self.per_class < 1:
@@ -105,7 +129,7 @@ class Sampler:
     if self.kind == 'class_aware':
       return self._class_aware(arrays, key, step)
     k_class, k_item = jax.random.split(jax.random.fold_in(key, step))
-    probs = class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs)
+    probs = class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs, self.progressive_form)
     classes = jax.random.choice(k_class, len(self.class_counts), (self.batch_size,), p=probs)
     sizes = arrays['class_sizes'][classes]
     within = jnp.floor(jax.random.uniform(k_item, (self.batch_size,)) * sizes).astype(jnp.int32)
@@ -172,7 +196,8 @@ class Sampler:
     if self.kind == 'class_aware':
       return self._host_class_aware(arrays, seed, step)
     rng = np.random.default_rng([seed, 2, step])
-    probs = np.asarray(class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs), np.float64)
+    probs = np.asarray(class_probabilities(self.kind, self.class_counts, epoch, self.total_epochs,
+                                           self.progressive_form), np.float64)
     classes = rng.choice(len(self.class_counts), self.batch_size, p=probs / probs.sum())
     sizes = np.asarray(arrays['class_sizes'])[classes]
     within = np.minimum((rng.random(self.batch_size) * sizes).astype(np.int64), sizes - 1)

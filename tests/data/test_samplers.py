@@ -10,10 +10,10 @@ from ltjax.data.samplers import Sampler
 COUNTS = (400, 160, 64, 25, 10)
 
 
-def make(kind, batch=50, epochs=10):
+def make(kind, batch=50, epochs=10, **kw):
   labels = np.repeat(np.arange(len(COUNTS)), COUNTS)
   labels = labels[np.random.default_rng(0).permutation(len(labels))]
-  s = Sampler(kind, len(labels), batch, COUNTS, epochs)
+  s = Sampler(kind, len(labels), batch, COUNTS, epochs, **kw)
   arrays = jax.tree.map(jnp.asarray, Sampler.arrays(labels, len(COUNTS)))
   return s, arrays, labels
 
@@ -60,18 +60,55 @@ def test_class_balanced_is_uniform_within_class():
   assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
 
 
-def test_progressive_moves_from_instance_to_class():
+# The class-balanced share a_t of epoch t (0-based) of T, as each reference computes it.
+def _kang(t, total):  # classifier-balancing: lams = np.linspace(0, 1, epochs); epoch t reads lams[t]
+  return np.linspace(0, 1, total)[min(t, total - 1)]
+
+
+def _bag(t, total):  # BagofTricks-LT: epoch / MAX_EPOCH over epochs 1 .. MAX_EPOCH
+  return min((t + 1) / total, 1.0)
+
+
+def _paper(t, total):
+  return min(t / total, 1.0)
+
+
+@pytest.mark.parametrize('form, reference', [('kang', _kang), ('bag', _bag), ('paper', _paper)])
+def test_progressive_forms_match_their_references(form, reference):
   c = np.array(COUNTS, float)
-  np.testing.assert_allclose(samplers.class_probabilities('progressive', COUNTS, 0, 10), c / c.sum(), rtol=1e-6)
-  np.testing.assert_allclose(samplers.class_probabilities('progressive', COUNTS, 10, 10), np.full(5, .2), rtol=1e-6)
-  mid = samplers.class_probabilities('progressive', COUNTS, 5, 10)
-  np.testing.assert_allclose(mid, 0.5 * c / c.sum() + 0.1, rtol=1e-6)
-  np.testing.assert_allclose(samplers.class_probabilities('progressive', COUNTS, 12, 10), np.full(5, .2), rtol=1e-6)
-  # Sampled during epoch 9 of 10 (steps 126 to 139): close to class-balanced.
-  _, labels, idx = draw('progressive', range(9 * 14, 10 * 14))
-  freq = np.bincount(labels[idx.reshape(-1)], minlength=5) / idx.size
-  expected = 0.1 * c / c.sum() + 0.9 * 0.2
-  np.testing.assert_array_less(np.abs(freq - expected), 5 * np.sqrt(expected * (1 - expected) / idx.size))
+  for total in (1, 2, 10):
+    for t in range(total + 2):
+      a = reference(t, total)
+      got = samplers.class_probabilities('progressive', COUNTS, t, total, form)
+      np.testing.assert_allclose(got, (1 - a) * c / c.sum() + a * 0.2, rtol=1e-6, atol=1e-7)
+  # traced epochs, as in the jitted step
+  got = jax.jit(lambda e: samplers.progressive_weight(form, e, 10))(jnp.arange(12))
+  np.testing.assert_allclose(got, [reference(t, 10) for t in range(12)], rtol=1e-6)
+
+
+def test_progressive_hand_cases():
+  # T = 10: Kang's code is instance-balanced in epoch 0 and class-balanced in epoch 9;
+  # BagofTricks-LT starts at 0.1; the paper's formula never reaches 1 inside the run.
+  forms = ('kang', 'bag', 'paper')
+  np.testing.assert_allclose([samplers.progressive_weight(f, 0, 10) for f in forms], [0.0, 0.1, 0.0], atol=1e-7)
+  np.testing.assert_allclose([samplers.progressive_weight(f, 9, 10) for f in forms], [1.0, 1.0, 0.9], atol=1e-7)
+  np.testing.assert_allclose(float(samplers.progressive_weight('kang', 3, 10)), 1 / 3, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown progressive_form 'linear'"):
+    samplers.progressive_weight('linear', 0, 10)
+
+
+@pytest.mark.parametrize('form, share', [('kang', 1.0), ('bag', 1.0), ('paper', 0.5)])
+def test_progressive_draws_follow_the_form(form, share):
+  """Drawn during the last epoch of two (steps 14 to 27), on the device and on the host: class-balanced
+  in the reference codes, half-way by the paper's formula."""
+  c = np.array(COUNTS, float)
+  s, labels, idx = draw('progressive', range(14, 28), epochs=2, progressive_form=form)
+  host = np.stack([s.host_indices(Sampler.arrays(labels, 5), 3, step) for step in range(14, 28)])
+  expected = (1 - share) * c / c.sum() + share * 0.2
+  for drawn in (idx, host):  # the jitted sampler and the host pipeline's
+    freq = np.bincount(labels[drawn.reshape(-1)], minlength=5) / drawn.size
+    # 5 binomial standard deviations (0.08 at most); the forms differ by 0.2 in class 0.
+    np.testing.assert_array_less(np.abs(freq - expected), 5 * np.sqrt(expected * (1 - expected) / drawn.size))
 
 
 def test_unknown_sampler():
