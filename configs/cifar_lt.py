@@ -22,7 +22,8 @@ epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight
   (Its published numbers are its best test epoch, its tau-norm normalises the baseline's
   best test epoch; ltjax reports and normalises the last.)
 
-Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them),
+Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them) and cb
+(Cui et al.'s recipe, which LDAM-DRW's follows),
 ``bbn`` for every other method. ``epochs=N`` (or ``--config.train.epochs=N``) shortens the
 whole schedule in proportion (warm-up, decay milestones in whole epochs, DRW's epoch, all
 scaled by N / 200; a warm-up shorter than 2 epochs rises every step), e.g. for a CPU:
@@ -48,7 +49,7 @@ SCHEDULES = {
                 head_init='torch'),
 }
 # LDAM-DRW's code trained and compared these; the other methods default to the DiVE paper's.
-LDAM_METHODS = ('ce_drw', 'ldam_drw', 'focal', 'cb_focal')
+LDAM_METHODS = ('ce_drw', 'ldam_drw', 'focal', 'cb_focal', 'cb')
 # BagofTricks-LT's classifier stage (configs/cao_cifar/two_stage/classifier_balance/{cRT,LWS}/
 # cifar10_im100.yaml, the same at every dataset and factor; tau_norm trains nothing and
 # takes only the kept bias from it, its tau_norm/ configs): its WarmupMultiStepLR counts

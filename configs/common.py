@@ -79,10 +79,10 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.bsce_tau = 1.0
   c.loss.focal_gamma = 1.0  # focal and CB-focal (1, as LDAM-DRW's comparison)
-  # focal and CB-focal: softmax (LDAM-DRW's FocalLoss, CB weight inside the focal factor) |
+  # focal, CB-focal and cb: softmax (LDAM-DRW's FocalLoss, CB weight inside the focal factor) |
   # sigmoid (Cui et al.'s own code: a sigmoid a class, bias from -log(C - 1), undecayed)
   c.loss.focal_form = 'softmax'
-  c.loss.cb_beta = 0.9999  # class-balanced weights (CB-focal, DRW)
+  c.loss.cb_beta = 0.9999  # class-balanced weights (cb, CB-focal, DRW)
   c.loss.ldam_max_margin = 0.5
   c.loss.ldam_scale = 30.0
   c.loss.drw_epoch = 160  # ce_drw / ldam_drw: class-balanced weights from this epoch on

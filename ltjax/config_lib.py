@@ -68,7 +68,7 @@ LEGACY_VALUES = {
     'stage2.lr_boundaries': lambda saved: (saved.get('train.lr_boundaries', []) if _stage2_step(saved) else []),
     'stage2.lr_decay': lambda saved: saved.get('train.lr_decay', 0.01) if _stage2_step(saved) else 0.1,
     'model.conv_init': 'fan_in',  # every backbone's convolutions
-    'loss.focal_form': 'softmax',  # focal and cb_focal: LDAM-DRW's FocalLoss
+    'loss.focal_form': 'softmax',  # focal, cb_focal (and cb): LDAM-DRW's FocalLoss
     # tau_norm kept the CE classifier's bias (no other method reads the field)
     'loss.tau_norm_bias': lambda saved: saved.get('method') == 'tau_norm',
     # LDAM-DRW's cosine classifier as a shifted parameter (only ldam_drw builds it)

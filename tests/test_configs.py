@@ -118,7 +118,7 @@ def test_bag_classifier_stage_is_bagoftricks_classifier_balancing(method):
 
 
 @pytest.mark.parametrize('schedule,method', [('ldam', 'ldam_drw'), ('bbn', 'dive'), ('bag', 'bsce'),
-                                             ('', 'ce'), ('', 'ce_drw'), ('', 'cb_focal')])
+                                             ('', 'ce'), ('', 'ce_drw'), ('', 'cb_focal'), ('', 'cb')])
 def test_named_schedules_give_the_reference_codes_lr_every_epoch(schedule, method):
   from ltjax import train
 

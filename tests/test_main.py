@@ -269,7 +269,7 @@ def test_unwritable_workdir_is_refused_before_training(tmp_path):
 @pytest.mark.parametrize('config,extra,code,said', [
     ('configs/digits_lt.py:smoke', '--config.train.lr=-0.1', 1, 'train.lr=-0.1: must be a number > 0'),
     ('configs/digits_lt.py:smoke', '--config.train.batch_size=60', 1, 'train.batch_size=60 is not divisible by the 8'),
-    ('configs/digits_lt.py:smoke,method=xyz', '', 1, "method='xyz': must be one of bsce, cb_focal"),
+    ('configs/digits_lt.py:smoke,method=xyz', '', 1, "method='xyz': must be one of bsce, cb, cb_focal"),
     ('configs/digits_lt.py:smoke', '--config.data.sampler=sometimes', 1, "data.sampler='sometimes': must be one of"),
     ('configs/cifar_lt.py:smoke,schedule=fast', '', 2, "schedule='fast': configs/cifar_lt.py has ldam, bbn, bag"),
     ('configs/digits_lt.py:smoke', '--config.data.name=mnist', 1, "data.name='mnist': must be one of digits"),

@@ -13,6 +13,7 @@ RECIPES = {
     'bsce': supervised.bsce,
     'focal': supervised.focal,
     'cb_focal': supervised.cb_focal,
+    'cb': supervised.cb,
     'ce_drw': supervised.ce_drw,
     'ldam_drw': supervised.ldam_drw,
     'crt': decoupled.crt,

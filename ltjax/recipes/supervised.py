@@ -5,6 +5,9 @@
 - ``focal``: focal loss (Lin et al.), ``loss.focal_gamma``.
 - ``cb_focal``: focal loss with class-balanced weights (Cui et al.), ``loss.cb_beta``.
   ``loss.focal_form``: softmax (LDAM-DRW's) or sigmoid (Cui et al.'s) for both.
+- ``cb``: Cui et al.'s class-balanced loss without focusing: their CB softmax (the plain
+  batch mean of ``w_y CE``) or, with ``loss.focal_form=sigmoid``, their CB sigmoid
+  (``cb_focal`` at gamma 0, whatever ``loss.focal_gamma`` says).
 - ``ce_drw``: CE, class-balanced weights from epoch ``loss.drw_epoch`` (deferred re-weighting).
 - ``ldam_drw``: LDAM (Cao et al.) on a cosine classifier, margins ``n^(-1/4)`` (largest
   ``loss.ldam_max_margin``), scale ``loss.ldam_scale``, with DRW.
@@ -58,11 +61,13 @@ def bsce(config, dataset):
 FOCAL_FORMS = ('softmax', 'sigmoid')
 
 
-def _focal_phase(config, dataset, name, class_weights=None):
+def _focal_phase(config, dataset, name, class_weights=None, gamma=None):
   """``loss.focal_form``: ``softmax`` (LDAM-DRW's ``FocalLoss``, its CB-focal baseline) or
   ``sigmoid`` (Cui et al.'s own code: a sigmoid a class, the classifier's bias starting at
-  ``-log(C - 1)`` (each class's prior 1/C) and left out of weight decay)."""
-  gamma, form = config.loss.focal_gamma, config.loss.focal_form
+  ``-log(C - 1)`` (each class's prior 1/C) and left out of weight decay). ``gamma``:
+  ``loss.focal_gamma`` unless given."""
+  form = config.loss.focal_form
+  gamma = config.loss.focal_gamma if gamma is None else gamma
   if form == 'softmax':
     return _phase(config, dataset, name, lambda z, y, epoch: losses.focal_loss(z, y, gamma, class_weights))
   if form != 'sigmoid':
@@ -78,6 +83,14 @@ def focal(config, dataset):
 def cb_focal(config, dataset):
   w = jnp.asarray(losses.class_balanced_weights(dataset.class_counts, config.loss.cb_beta))
   return _focal_phase(config, dataset, 'cb_focal', w)
+
+
+def cb(config, dataset):
+  """Cui et al.'s ``--loss-type=softmax`` (``tf.losses.softmax_cross_entropy`` with the
+  example's class weight: ``mean_i w_{y_i} CE_i``, unlike LDAM-DRW's weighted mean) or
+  ``sigmoid`` (``loss.focal_form``), as their ``cifar_im_trainval_cb.sh`` runs them."""
+  w = jnp.asarray(losses.class_balanced_weights(dataset.class_counts, config.loss.cb_beta))
+  return _focal_phase(config, dataset, 'cb', w, gamma=0.0)
 
 
 def ce_drw(config, dataset):
