@@ -23,7 +23,7 @@ epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight
   best test epoch; ltjax reports and normalises the last.)
 
 Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them) and cb
-(Cui et al.'s recipe, which LDAM-DRW's follows),
+(Cui et al.'s own schedule: the same lr, batch, weight decay and decays, a warm-up every step),
 ``bbn`` for every other method. ``epochs=N`` (or ``--config.train.epochs=N``) shortens the
 whole schedule in proportion (warm-up, decay milestones in whole epochs, DRW's epoch, all
 scaled by N / 200; a warm-up shorter than 2 epochs rises every step), e.g. for a CPU:

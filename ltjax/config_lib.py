@@ -73,9 +73,12 @@ LEGACY_VALUES = {
     'loss.tau_norm_bias': lambda saved: saved.get('method') == 'tau_norm',
     # LDAM-DRW's cosine classifier as a shifted parameter (only ldam_drw builds it)
     'model.normed_init': lambda saved: 'shifted' if saved.get('method') == 'ldam_drw' else 'unit',
-    # the progressive sampler mixed in t/T (no other sampler reads the field)
-    'data.progressive_form': lambda saved: 'paper' if saved.get('data.sampler') == 'progressive' else 'kang',
-    'stage2.progressive_form': lambda saved: 'paper' if saved.get('stage2.sampler') == 'progressive' else 'kang',
+    # the progressive sampler mixed in t/T (no other sampler reads the field; SSD's phases I
+    # and III and tau_norm sample by instance, the one-phase methods have no stage 2)
+    'data.progressive_form': lambda saved: ('paper' if saved.get('data.sampler') == 'progressive'
+                                            and saved.get('method') != 'ssd' else 'kang'),
+    'stage2.progressive_form': lambda saved: ('paper' if saved.get('stage2.sampler') == 'progressive'
+                                              and saved.get('method') in ('crt', 'lws', 'ssd') else 'kang'),
 }
 # Fields that nothing read before they were added (no class-aware cycles then): absent
 # from a saved config, they match whatever value they have now.

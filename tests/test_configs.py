@@ -294,6 +294,10 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   old.data.progressive_form = 'kang'
   with pytest.raises(WorkdirConflictError, match='--config.data.progressive_form=paper'):
     pipeline.check_workdir(old, str(tmp_path))
+  old = digits_lt.get_config('smoke,method=ssd')  # its phases sample by instance: the form was never read
+  old.ssd.teacher_bn, old.stage2.backbone_bn, old.data.sampler = 'eval', 'eval', 'progressive'
+  record(old, [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD])
+  assert pipeline.check_workdir(old, str(tmp_path))
   old = digits_lt.get_config('smoke,method=ssd')
   old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'
   # A field added that has no recorded legacy value (or one removed since): absent, and said so.

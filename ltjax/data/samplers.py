@@ -27,7 +27,10 @@ batches, and the instance sampler is one pass over the data per epoch.
   al.'s code (``np.linspace(0, 1, T)``: instance-balanced in the first epoch, class-balanced
   in the last); ``bag`` (t + 1)/T, BagofTricks-LT's (``epoch / MAX_EPOCH`` over its 1-based
   epochs: class-balanced in the last); ``paper`` t/T, the formula of Kang et al.'s paper as
-  written (never wholly class-balanced; ltjax's only form before 2026-11-28).
+  written (never wholly class-balanced; ltjax's only form before 2026-11-28). Within a class
+  the image is drawn with replacement, as BagofTricks-LT does; Kang et al.'s sampler cycles
+  through each class's images (as ``class_aware``), which would need a per-class count
+  carried from step to step.
 """
 from __future__ import annotations
 
