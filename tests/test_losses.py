@@ -210,6 +210,25 @@ def test_sigmoid_focal_matches_cui_et_al(batch):
   check_grads(lambda z: losses.sigmoid_focal_loss(z, y, 1.0, w), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
 
 
+def test_cb_softmax_and_sigmoid_match_cui_et_al(batch):
+  """Cui et al.'s --loss-type=softmax: tf.losses.softmax_cross_entropy(onehot, z,
+  weights=w_y), SUM_BY_NONZERO_WEIGHTS (all w > 0: the plain mean of w_y CE, not PyTorch's
+  weighted mean np_ce); --loss-type=sigmoid: np_cui_focal at gamma 0. Gradients in closed
+  form: w_y (softmax(z) - onehot) / B and w_y (sigmoid(z) - onehot) / B."""
+  z, y, counts = batch
+  w = np.asarray(losses.class_balanced_weights(counts), np.float64)
+  zd, onehot, b = z.astype(np.float64), np.eye(7)[y], len(y)
+  ce = -np_log_softmax(zd)[np.arange(b), y]
+  softmax_loss = np.sum(w[y] * ce) / np.count_nonzero(w[y])
+  assert abs(softmax_loss - np_ce(z, y, w)) > 0.05
+  cases = [(losses.focal_loss, softmax_loss, w[y][:, None] * (np.exp(np_log_softmax(zd)) - onehot) / b),
+           (losses.sigmoid_focal_loss, np_cui_focal(z, y, w, 0.0), w[y][:, None] * (1 / (1 + np.exp(-zd)) - onehot) / b)]
+  for loss_fn, value, grad in cases:
+    f = jax.jit(lambda z: loss_fn(z, y, 0.0, w))
+    np.testing.assert_allclose(f(z), value, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda z: loss_fn(z, y, 0.0, w)))(z), grad, rtol=1e-4, atol=1e-6)
+
+
 def test_class_balanced_weights():
   counts = np.array([5000, 500, 50, 5])
   w = (1 - 0.999) / (1 - 0.999 ** counts)
