@@ -1,4 +1,4 @@
-"""One command that reproduces the CIFAR-LT table: runs its rows in turn, each as
+"""One command that reproduces a CIFAR-LT table: runs its rows in turn, each as
 
   python -m ltjax.main --config configs/cifar_lt.py:ARGS --workdir WORKROOT/ROW [overrides]
 
@@ -9,6 +9,10 @@ versions, wall time, every phase's last-epoch accuracies and the published refer
   python bench/reproduce.py --data-dir ../shared/tfds
   python bench/reproduce.py --smoke --data-dir ../shared/tfds --rows 'cifar10_if100_ce_s0'
   python bench/reproduce.py --parallel 4 --cache-dir .device_cache --timeout 540   # a GPU
+  python bench/reproduce.py --table cifar100 --data-dir ~/tensorflow_datasets      # CIFAR-100-LT
+
+Tables (--table): cifar10 (the default; results/cifar_lt) and cifar100, the DiVE and SSD
+papers' CIFAR-100-LT table (results/cifar100_lt; needs TFDS's cifar100 prepared).
 
 A row whose RESULTS/ROW.json exists is skipped. A row that was cut (killed, or stopped by
 --timeout) resumes from its checkpoints the next time: the same command in the same
@@ -43,6 +47,7 @@ from ltjax.reproduction import Row  # noqa: E402
 STATE = 'reproduce.json'  # in each row's workdir: its attempts (wall time, commit, device)
 LOG = 'reproduce.log'  # in each row's workdir: the output of every attempt
 TERMINATE_GRACE = 30.0  # seconds between SIGTERM and SIGKILL of a row cut by --timeout
+RESULTS_FOLDERS = {'cifar10': 'cifar_lt', 'cifar100': 'cifar100_lt'}  # under results/, per --table
 
 _PROBE = r'''
 import json, importlib.metadata as md
@@ -67,8 +72,11 @@ def select(rows: list[Row], patterns: str | None) -> list[Row]:
   pats = [p for p in re.split(r'[,\s]+', patterns) if p]
   unmatched = [p for p in pats if not any(fnmatch.fnmatchcase(r.name, p) for r in rows)]
   if unmatched:
-    raise SystemExit(f'reproduce: error: --rows {", ".join(unmatched)} matches no row; the rows are:\n  '
-                     + '\n  '.join(r.name for r in rows))
+    elsewhere = sorted({r.dataset for r in reproduction.all_rows() if r not in rows
+                        and any(fnmatch.fnmatchcase(r.name, p) for p in unmatched)})
+    hint = ''.join(f' (--table {t} has rows that match)' for t in elsewhere)
+    raise SystemExit(f'reproduce: error: --rows {", ".join(unmatched)} matches no row of this table{hint}; '
+                     f'its rows are:\n  ' + '\n  '.join(r.name for r in rows))
   return [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in pats)]
 
 
@@ -143,7 +151,7 @@ def _wall(seconds):
 
 def print_plan(rows: list[Row], opts) -> None:
   count = f'{len(rows)} row{"s" if len(rows) != 1 else ""}'
-  print(f'CIFAR-LT reproduction{" (SMOKE)" if opts.smoke else ""}: {count}; workdirs in '
+  print(f'{reproduction.TABLES[opts.table]} reproduction{" (SMOKE)" if opts.smoke else ""}: {count}; workdirs in '
         f'{_shown(opts.workroot)}/ROW, results in {_shown(opts.results)}/ROW.json; commands run from {REPO}')
   for i, row in enumerate(rows, 1):
     ref = reproduction.reference(row)
@@ -298,7 +306,7 @@ def check_existing(row: Row, opts) -> str | None:
 def run_rows(rows: list[Row], opts) -> int:
   """Runs the rows not yet done, up to ``opts.parallel`` at a time; returns the exit
   status (0: every selected row done)."""
-  order = {r.name: i for i, r in enumerate(reproduction.default_rows())}
+  order = {r.name: i for i, r in enumerate(reproduction.all_rows())}
   todo, problems = [], []
   for row in rows:
     if os.path.exists(result_path(row, opts)):
@@ -406,11 +414,15 @@ def run_rows(rows: list[Row], opts) -> int:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument('--dry-run', action='store_true', help='print the plan (rows, commands, status, references)')
+  ap.add_argument('--table', choices=tuple(reproduction.TABLES), default='cifar10',
+                  help='cifar10: the CIFAR-10-LT table (default); cifar100: the DiVE and SSD papers\' '
+                       'CIFAR-100-LT table (needs TFDS cifar100 prepared)')
   ap.add_argument('--rows', help='name patterns, separated by commas or spaces, e.g. cifar10_if100_bsce_s0 or "*_dive_*"')
   ap.add_argument('--smoke', action='store_true',
                   help='append smoke to every config (tiny model, one epoch); results go to --results '
                        '(default results/smoke), workdirs to --workroot (default runs/reproduce_smoke)')
-  ap.add_argument('--results', help='folder of the row JSONs (default results/cifar_lt)')
+  ap.add_argument('--results', help='folder of the row JSONs (default results/cifar_lt, with --table '
+                  'cifar100 results/cifar100_lt)')
   ap.add_argument('--workroot', help='folder of the row workdirs (default runs/reproduce)')
   ap.add_argument('--data-dir', help='TFDS data_dir (--config.run.data_dir)')
   ap.add_argument('--cache-dir', help='decoded-subset cache (--config.run.cache_dir)')
@@ -426,15 +438,16 @@ def main(argv=None) -> int:
   if opts.parallel < 1:
     ap.error('--parallel must be >= 1')
   # Paths are the user's (relative to the current folder); commands run from the repository.
-  default_results = os.path.join(REPO, 'results', 'smoke' if opts.smoke else 'cifar_lt')
+  real_results = {t: os.path.join(REPO, 'results', RESULTS_FOLDERS[t]) for t in reproduction.TABLES}
+  default_results = os.path.join(REPO, 'results', 'smoke') if opts.smoke else real_results[opts.table]
   default_workroot = os.path.join(REPO, 'runs', 'reproduce_smoke' if opts.smoke else 'reproduce')
   opts.results = os.path.abspath(opts.results or default_results)
   opts.workroot = os.path.abspath(opts.workroot or default_workroot)
-  if opts.smoke and opts.results == os.path.join(REPO, 'results', 'cifar_lt'):
-    ap.error('--smoke writes to results/smoke (or another --results), never to results/cifar_lt')
+  if opts.smoke and opts.results in real_results.values():
+    ap.error(f'--smoke writes to results/smoke (or another --results), never to {_shown(opts.results)}')
   opts.data_dir = os.path.abspath(opts.data_dir) if opts.data_dir else None
   opts.cache_dir = os.path.abspath(opts.cache_dir) if opts.cache_dir else None
-  rows = select(reproduction.default_rows(), opts.rows)
+  rows = select(reproduction.default_rows(opts.table), opts.rows)
   if opts.dry_run:
     print_plan(rows, opts)
     return 0

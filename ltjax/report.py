@@ -9,14 +9,16 @@ mean ± sample standard deviation. Written to ``OUT/report.md`` with ``OUT/per_c
 (per-class top-1 against class size) and ``OUT/reliability.png`` (a reliability
 diagram per row).
 
-The CIFAR-LT reproduction (``bench/reproduce.py``) has a table of its own:
+The CIFAR-LT reproduction (``bench/reproduce.py``) has tables of its own, one per dataset:
 
   python -m ltjax.report --reproduction results/cifar_lt [--out FILE] [--readme README.md]
+  python -m ltjax.report --reproduction results/cifar100_lt --readme README.md
 
 one row per reproduction row (seeds merged as mean ± std) in the script's order: last-epoch
 top-1, many / medium / few, the published number, the difference, its source, the
 device and the wall time. ``--out`` writes it to FILE; ``--readme`` puts it between the
-``<!-- reproduction:start -->`` and ``<!-- reproduction:end -->`` markers of that file.
+``<!-- reproduction:start -->`` and ``<!-- reproduction:end -->`` markers of that file
+(CIFAR-100-LT: ``<!-- reproduction-cifar100:start -->`` and ``...:end -->``).
 """
 from __future__ import annotations
 
@@ -127,9 +129,13 @@ def reproduction_main(results_dir: str, out: str | None, readme: str | None) -> 
     sys.exit(f'ltjax.report: error: {results_dir} holds no row JSON of bench/reproduce.py')
   text = reproduction.table(records)
   if readme:
+    tables = sorted({r.get('dataset', 'cifar10') for r in records})
+    if len(tables) > 1:
+      sys.exit(f'ltjax.report: error: --readme: {results_dir} holds rows of {" and ".join(tables)}; the README '
+               f'has a table for each: give a folder per table (bench/reproduce.py --table writes them apart)')
     try:
       with open(readme) as f:
-        updated = reproduction.replace_between_markers(f.read(), text)
+        updated = reproduction.replace_between_markers(f.read(), text, tables[0])
     except (OSError, ValueError) as e:
       sys.exit(f'ltjax.report: error: --readme {readme}: {e}')
     files.write_atomic(readme, updated)
@@ -148,8 +154,9 @@ def main(argv=None):
                   '--reproduction, the Markdown file to write the table to')
   ap.add_argument('--reproduction', metavar='RESULTS',
                   help='the folder of bench/reproduce.py\'s row JSONs (e.g. results/cifar_lt)')
-  ap.add_argument('--readme', help='with --reproduction: replace the table between the '
-                  '<!-- reproduction:start --> and <!-- reproduction:end --> markers of this file')
+  ap.add_argument('--readme', help='with --reproduction: replace the table between the markers of this '
+                  'file: <!-- reproduction:start --> and <!-- reproduction:end --> for CIFAR-10-LT, '
+                  '<!-- reproduction-cifar100:start --> and <!-- reproduction-cifar100:end --> for CIFAR-100-LT')
   args = ap.parse_args(argv)
   if args.reproduction:
     if args.workdirs:

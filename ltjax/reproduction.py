@@ -19,8 +19,12 @@ CONFIG = 'configs/cifar_lt.py'
 METRICS = ('top1', 'many', 'medium', 'few', 'top5')
 BEST_NOTE = ('chosen on the test set (the best of the epochs evaluated with eval_every_epochs): '
              'for like-for-like comparisons with references that select so, only')
-MARKER_START = '<!-- reproduction:start -->'
-MARKER_END = '<!-- reproduction:end -->'
+# The tables of bench/reproduce.py (--table): the dataset of their rows -> its title.
+TABLES = {'cifar10': 'CIFAR-10-LT', 'cifar100': 'CIFAR-100-LT'}
+# Where ``python -m ltjax.report --reproduction RESULTS --readme README.md`` puts each table.
+MARKERS = {'cifar10': ('<!-- reproduction:start -->', '<!-- reproduction:end -->'),
+           'cifar100': ('<!-- reproduction-cifar100:start -->', '<!-- reproduction-cifar100:end -->')}
+MARKER_START, MARKER_END = MARKERS['cifar10']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +87,17 @@ def _rest(imb: float) -> list[Row]:
           Row('ssd', imb=imb, schedule='bbn')]
 
 
-def default_rows() -> list[Row]:
-  """The table's rows in running order: CE, BSCE, DiVE at IF 100, CE on the balanced
-  CIFAR-10 (all 50,000 images), LDAM-DRW, cRT, SSD at IF 100; the same (less the
-  balanced row) at IF 50 and IF 10; seeds 1, then 2, of CE, BSCE and DiVE at IF 100;
-  LWS and tau-norm at IF 100."""
+def default_rows(table: str = 'cifar10') -> list[Row]:
+  """A table's rows in running order (``table``: a key of ``TABLES``).
+
+  cifar10: CE, BSCE, DiVE at IF 100, CE on the balanced CIFAR-10 (all 50,000 images),
+  LDAM-DRW, cRT, SSD at IF 100; the same (less the balanced row) at IF 50 and IF 10;
+  seeds 1, then 2, of CE, BSCE and DiVE at IF 100; LWS and tau-norm at IF 100.
+  cifar100: ``cifar100_rows``."""
+  if table == 'cifar100':
+    return cifar100_rows()
+  if table != 'cifar10':
+    raise ValueError(f'unknown reproduction table {table!r}; the tables are {", ".join(TABLES)}')
   rows = _block(100) + [Row('ce', imb=1, schedule='ldam')] + _rest(100)
   for imb in (50, 10):
     rows += _block(imb) + _rest(imb)
@@ -95,6 +105,31 @@ def default_rows() -> list[Row]:
     rows += [dataclasses.replace(r, seed=seed) for r in _block(100)]
   rows += [Row('lws', imb=100, schedule='bag'), Row('tau_norm', imb=100, schedule='bag')]
   return rows
+
+
+# CIFAR-100-LT: the table of the DiVE and SSD papers (METHODS.md 3), each method on the
+# protocol its number was trained with: the DiVE paper's BBN recipe (bbn, DiVE at the
+# paper's tau 3, p 0.5, alpha 0.5: the config's defaults) for CE, BSCE and DiVE; Cao et
+# al.'s code (ldam) for LDAM-DRW; SSD on bbn, as its CIFAR-10 row (SSD-LT's public code
+# has no CIFAR recipe).
+def _cifar100_block(imb: float) -> list[Row]:
+  return [Row('ce', 'cifar100', imb, 'bbn'), Row('bsce', 'cifar100', imb, 'bbn'),
+          Row('dive', 'cifar100', imb, 'bbn'), Row('ldam_drw', 'cifar100', imb, 'ldam'),
+          Row('ssd', 'cifar100', imb, 'bbn')]
+
+
+def cifar100_rows() -> list[Row]:
+  """CIFAR-100-LT rows in running order: CE, BSCE, DiVE, LDAM-DRW, SSD at IF 100, then
+  50, then 10; seeds 1, then 2, of CE, BSCE and DiVE at IF 100."""
+  rows = [r for imb in (100, 50, 10) for r in _cifar100_block(imb)]
+  for seed in (1, 2):
+    rows += [dataclasses.replace(r, seed=seed) for r in _cifar100_block(100)[:3]]
+  return rows
+
+
+def all_rows() -> list[Row]:
+  """Every table's rows, table after table (the order of ``TABLES``)."""
+  return [r for t in TABLES for r in default_rows(t)]
 
 
 # Published top-1 (%), CIFAR-10(-LT), ResNet-32 (../shared/docs/METHODS.md 3).
@@ -124,6 +159,19 @@ REFERENCES = {
     ('cifar10', 'tau_norm', 50.0): (79.78, _BAG_CB.format('tau-norm (tau 1)', '20.22') + '; it normalises the '
                                     'baseline\'s best test epoch, ltjax its last'),
 }
+# CIFAR-100-LT, ResNet-32: the DiVE and SSD papers' table (METHODS.md 3); last epoch.
+_DIVE_PAPER = 'He et al. 2021, the DiVE paper\'s CIFAR-100-LT table'
+_DIVE_PAPER_TAU3 = _DIVE_PAPER + ' (tau 3, p 0.5, alpha 0.5; the BBN recipe)'
+for _imb, _ce, _bsce, _ldam, _dive, _ssd in ((100.0, 38.35, 42.39, 42.04, 45.35, 46.0),
+                                              (50.0, 42.41, 47.60, 46.62, 51.13, 50.5),
+                                              (10.0, 56.51, 58.38, 58.71, 62.00, 62.3)):
+  REFERENCES[('cifar100', 'ce', _imb)] = (_ce, _DIVE_PAPER)
+  REFERENCES[('cifar100', 'bsce', _imb)] = (_bsce, _DIVE_PAPER + ' (its BSCE baseline and teacher)')
+  REFERENCES[('cifar100', 'ldam_drw', _imb)] = (_ldam, _DIVE_PAPER + (' (Cao et al. 2019 publish the same)'
+                                                                        if _imb != 50.0 else ''))
+  REFERENCES[('cifar100', 'dive', _imb)] = (_dive, _DIVE_PAPER_TAU3)
+  REFERENCES[('cifar100', 'ssd', _imb)] = (_ssd, 'Li et al. 2021, the SSD paper (its CIFAR recipe is not public: '
+                                                 'ltjax runs bbn)')
 
 
 def reference(row: Row) -> dict | None:
@@ -207,7 +255,7 @@ def load_records(results_dir: str) -> list[dict]:
     r = _read(path)
     if isinstance(r, dict) and 'row' in r and 'result' in r:
       records.append(r)
-  order = {r.name: i for i, r in enumerate(default_rows())}
+  order = {r.name: i for i, r in enumerate(all_rows())}
   return sorted(records, key=lambda r: (order.get(r['row'], len(order)), r['row']))
 
 
@@ -265,6 +313,12 @@ def group_records(records: list[dict]) -> list[dict]:
   return out
 
 
+def _datasets(records: list[dict]) -> list[str]:
+  """The datasets of the records, in the order of ``TABLES`` (others after them)."""
+  found = {r.get('dataset', 'cifar10') for r in records}
+  return [t for t in TABLES if t in found] + sorted(found - set(TABLES))
+
+
 def table(records: list[dict]) -> str:
   """The Markdown table of the rows and the lines that say how to read it."""
   groups = group_records(records)
@@ -291,7 +345,9 @@ def table(records: list[dict]) -> str:
     lines.append('| ' + ' | '.join(cells) + ' |')
   notes = [
       '',
-      'All ltjax numbers are last-epoch top-1 (%) on the 10,000 CIFAR-10 test images (of the '
+      'All ltjax numbers are last-epoch top-1 (%) on the 10,000 test images of '
+      + ' and '.join(t.replace('-LT', '') for t in (TABLES.get(d, d) for d in _datasets(records)))
+      + ' (of the '
       'recipe\'s final phase); no epoch is chosen on the test set. Best-epoch numbers'
       + (' (column "best epoch")' if with_best else ' (none here)') + ' are test-selected: '
       'for like-for-like comparisons with references that select so, only.',
@@ -302,23 +358,31 @@ def table(records: list[dict]) -> str:
   commits = sorted({c for g in groups for c in g['commits']})
   if commits:
     notes.append(f'ltjax commit{"s" if len(commits) > 1 else ""}: {", ".join(commits)}.')
-  missing = [r.name for r in default_rows() if r.name not in {rec['row'] for rec in records}]
-  if missing and len(missing) < len(default_rows()):
-    notes.append(f'Not yet run: {len(missing)} of the {len(default_rows())} rows of bench/reproduce.py.')
+  done = {rec['row'] for rec in records}
+  for name in _datasets(records):
+    planned = [r.name for r in default_rows(name)] if name in TABLES else []
+    missing = [n for n in planned if n not in done]
+    if missing and len(missing) < len(planned):
+      where = '' if name == 'cifar10' else f' --table {name}'
+      notes.append(f'Not yet run: {len(missing)} of the {len(planned)} rows of bench/reproduce.py{where}.')
   if any(g['smoke'] for g in groups):
     notes.append('**Smoke runs** (tiny ResNet, one epoch a phase): a check of the machinery, '
                  'not comparable with the papers.')
   return '\n'.join(lines + notes)
 
 
-def replace_between_markers(text: str, content: str) -> str:
-  """``text`` with what lies between the reproduction markers replaced by ``content``."""
-  start, end = text.find(MARKER_START), text.find(MARKER_END)
+def replace_between_markers(text: str, content: str, table: str = 'cifar10') -> str:
+  """``text`` with what lies between the markers of ``table`` (``MARKERS``) replaced by
+  ``content``."""
+  if table not in MARKERS:
+    raise ValueError(f'no README markers for table {table!r}; the tables are {", ".join(MARKERS)}')
+  marker_start, marker_end = MARKERS[table]
+  start, end = text.find(marker_start), text.find(marker_end)
   if start < 0 or end < 0:
-    missing = [m for m, i in ((MARKER_START, start), (MARKER_END, end)) if i < 0]
+    missing = [m for m, i in ((marker_start, start), (marker_end, end)) if i < 0]
     raise ValueError(f'marker {" and ".join(missing)} not found')
-  if text.count(MARKER_START) > 1 or text.count(MARKER_END) > 1:
-    raise ValueError(f'{MARKER_START} or {MARKER_END} appears more than once')
+  if text.count(marker_start) > 1 or text.count(marker_end) > 1:
+    raise ValueError(f'{marker_start} or {marker_end} appears more than once')
   if end < start:
-    raise ValueError(f'{MARKER_END} comes before {MARKER_START}')
-  return text[:start + len(MARKER_START)] + '\n' + content.strip('\n') + '\n' + text[end:]
+    raise ValueError(f'{marker_end} comes before {marker_start}')
+  return text[:start + len(marker_start)] + '\n' + content.strip('\n') + '\n' + text[end:]

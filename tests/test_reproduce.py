@@ -150,16 +150,58 @@ def test_every_row_command_is_accepted_by_the_config():
   from absl import flags
   from ml_collections import config_flags
 
-  for row in reproduction.default_rows():
+  rows = reproduction.all_rows()
+  assert {r.dataset for r in rows} == {'cifar10', 'cifar100'} and len(rows) == 27 + 21
+  for row in rows:
     for smoke in (False, True):
       argv = ['prog', '--config', f'{REPO / reproduction.CONFIG}:{row.config_args(smoke)}', *row.overrides]
       fv = flags.FlagValues()
       config_flags.DEFINE_config_file('config', None, 'c', flag_values=fv, lock_config=True, sys_argv=argv)
       fv(argv)
       c = fv.config
-      assert (c.method, c.seed, c.data.name) == (row.method, row.seed, 'cifar10')
+      assert (c.method, c.seed, c.data.name) == (row.method, row.seed, row.dataset)
       assert c.data.imbalance_factor == row.imb  # smoke never replaces a value given
-      assert c.dive.temperature == (2.0 if row.method == 'dive' else 3.0)
+      # BagofTricks-LT's tau 2 beside its CIFAR-10 numbers; the DiVE paper's tau 3 beside its CIFAR-100 ones.
+      assert c.dive.temperature == (2.0 if (row.method, row.dataset) == ('dive', 'cifar10') else 3.0)
+      assert (c.dive.power, c.dive.alpha) == (0.5, 0.5)
+
+
+def test_cifar100_table_plan(tmp_path):
+  """--table cifar100: the DiVE and SSD papers' CIFAR-100-LT rows, each on its paper's
+  protocol, beside METHODS.md's numbers; results in their own folder."""
+  rows = reproduction.default_rows('cifar100')
+  assert [r.name for r in rows] == [f'cifar100_if{imb}_{m}_s0' for imb in (100, 50, 10)
+                                    for m in ('ce', 'bsce', 'dive', 'ldam_drw', 'ssd')] + [
+      f'cifar100_if100_{m}_s{seed}' for seed in (1, 2) for m in ('ce', 'bsce', 'dive')]
+  assert all(r.schedule == ('ldam' if r.method == 'ldam_drw' else 'bbn') and not r.overrides for r in rows)
+  published = {  # METHODS.md 3: IF 100 / 50 / 10
+      'ce': (38.35, 42.41, 56.51), 'bsce': (42.39, 47.60, 58.38), 'ldam_drw': (42.04, 46.62, 58.71),
+      'dive': (45.35, 51.13, 62.00), 'ssd': (46.0, 50.5, 62.3)}
+  for r in rows:
+    assert reproduction.reference(r)['top1'] == published[r.method][(100, 50, 10).index(int(r.imb))]
+  assert 'DiVE paper' in reproduction.reference(rows[2])['source'] and 'tau 3' in reproduction.reference(rows[2])['source']
+  assert 'SSD paper' in reproduction.reference(rows[4])['source']
+  with pytest.raises(ValueError, match='cifar10, cifar100'):
+    reproduction.default_rows('cifar1000')
+
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--table', 'cifar100', '--rows', '*_dive_s0'],
+                     capture_output=True, text=True, cwd=tmp_path, timeout=120)
+  assert p.returncode == 0, p.stderr
+  assert p.stdout.startswith('CIFAR-100-LT reproduction: 3 rows; workdirs in ')
+  assert 'results in results/cifar100_lt/ROW.json' in p.stdout
+  commands = [l.strip() for l in p.stdout.splitlines() if ' -m ltjax.main ' in l]
+  assert [re.search(r'dataset=\w+,imb=\d+,method=\w+,schedule=\w+', c).group(0) for c in commands] == [
+      f'dataset=cifar100,imb={imb},method=dive,schedule=bbn' for imb in (100, 50, 10)]
+  assert not any('temperature' in c for c in commands)  # the paper's tau 3, the config's default
+  assert 'paper 45.35 (He et al. 2021' in p.stdout
+  # A pattern of the other table says where its rows are; smoke never writes to a real table's folder.
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--rows', 'cifar100_if10_*'],
+                     capture_output=True, text=True, cwd=tmp_path, timeout=120)
+  assert p.returncode != 0 and '(--table cifar100 has rows that match)' in p.stderr
+  p = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--smoke', '--table', 'cifar100',
+                      '--results', str(REPO / 'results' / 'cifar100_lt')], capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode != 0 and 'never to results/cifar100_lt' in p.stderr
 
 
 # ---------------------------------------------------------------- row JSONs and the table
@@ -230,6 +272,38 @@ def test_readme_markers_are_replaced(tmp_path, capsys):
     reproduction.replace_between_markers(f'{reproduction.MARKER_END} {reproduction.MARKER_START}', 'x')
   with pytest.raises(SystemExit, match='no row JSON'):
     report.main(['--reproduction', str(tmp_path / 'runs')])
+
+
+def test_cifar100_table_and_its_readme_markers(tmp_path):
+  """A CIFAR-100-LT results folder renders its own table, says what of its 21 rows is
+  missing, and fills the README's CIFAR-100 markers, leaving CIFAR-10's as they were; a
+  folder with rows of both tables cannot fill one README table."""
+  rows = {r.name: r for r in reproduction.default_rows('cifar100')}
+  record(tmp_path, rows['cifar100_if100_dive_s0'], [('teacher', 42.0), ('student', 44.85)])
+  results = str(tmp_path / 'results')
+  text = reproduction.table(reproduction.load_records(results))
+  line = next(l for l in text.splitlines() if l.startswith('| cifar100_if100_dive |'))
+  assert line.startswith('| cifar100_if100_dive | bbn | 0 | 44.85 |') and '| 45.35 | -0.50 | He et al. 2021' in line
+  assert 'on the 10,000 test images of CIFAR-100 (of the' in text and 'CIFAR-10 ' not in text
+  assert 'Not yet run: 20 of the 21 rows of bench/reproduce.py --table cifar100.' in text
+
+  c10, c100 = reproduction.MARKERS['cifar10'], reproduction.MARKERS['cifar100']
+  ours = (REPO / 'README.md').read_text()  # the README's own command fills both tables
+  assert all(ours.count(m) == 1 for m in (*c10, *c100)) and ours.index(c10[1]) < ours.index(c100[0])
+  readme = tmp_path / 'README.md'
+  original = f'# x\n{c10[0]}\nCIFAR-10 table\n{c10[1]}\n\n{c100[0]}\nold\n{c100[1]}\nend\n'
+  readme.write_text(original)
+  report.main(['--reproduction', results, '--readme', str(readme)])
+  assert readme.read_text() == f'# x\n{c10[0]}\nCIFAR-10 table\n{c10[1]}\n\n{c100[0]}\n{text}\n{c100[1]}\nend\n'
+
+  record(tmp_path, rows_by_name()['cifar10_if100_ce_s0'], [('ce', 70.0)])
+  both = reproduction.table(reproduction.load_records(results))
+  assert 'test images of CIFAR-10 and CIFAR-100' in both
+  assert both.index('| cifar10_if100_ce |') < both.index('| cifar100_if100_dive |')  # tables in order
+  readme.write_text(original)
+  with pytest.raises(SystemExit, match='a folder per table'):
+    report.main(['--reproduction', results, '--readme', str(readme)])
+  assert readme.read_text() == original
 
 
 # ---------------------------------------------------------------- the runner (fake training)
@@ -375,6 +449,51 @@ def test_smoke_row_end_to_end_on_cifar10_lt(tmp_path, cifar10_dir):
   p = subprocess.run([sys.executable, '-m', 'ltjax.report', '--reproduction', str(results)],
                      capture_output=True, text=True, cwd=REPO, timeout=120)
   assert p.returncode == 0 and '| cifar10_if100_ce (smoke) | ldam | 0 |' in p.stdout, p.stderr
+
+
+@pytest.mark.slow
+def test_smoke_row_end_to_end_on_cifar100_lt_from_the_cache(tmp_path):
+  """A CIFAR-100-LT row through the real runner and ``python -m ltjax.main`` (100 classes,
+  DiVE's two phases at the paper's tau 3). No real CIFAR-100 here: its LT subset is cut
+  from a CIFAR-100-shaped TFDS mock into ltjax's decoded-subset cache, which the row then
+  reads (as on a lent machine without TFDS)."""
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from ltjax.data import cifar, longtail, registry
+
+  class Source(list):
+    def __getitems__(self, keys):
+      return [self[k] for k in keys]
+
+  def make(name, per_class):
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(100), per_class))
+    return Source({'id': f'{name}_{i:05d}'.encode(), 'label': int(y), 'coarse_label': 0,
+                   'image': np.full((32, 32, 3), 2 * y, np.uint8)} for i, y in enumerate(labels))
+
+  train, test = make('train', 500), make('test', 2)
+  cache = tmp_path / 'cache'
+  with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw: train if split == 'train' else test):
+    cifar.load_cifar_lt(registry.get('cifar100'), 100, cache_dir=str(cache))
+  assert (cache / 'cifar100_lt_if100_seed0.npz').exists()
+
+  results, runs = tmp_path / 'results', tmp_path / 'runs'
+  p = subprocess.run([sys.executable, str(SCRIPT), '--table', 'cifar100', '--smoke', '--rows', 'cifar100_if100_dive_s0',
+                      '--cache-dir', str(cache), '--results', str(results), '--workroot', str(runs)],
+                     capture_output=True, text=True, timeout=900, cwd=REPO)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  r = json.loads((results / 'cifar100_if100_dive_s0.json').read_text())
+  assert r['smoke'] is True and r['dataset'] == 'cifar100' and r['schedule'] == 'bbn'
+  assert r['config_args'] == 'dataset=cifar100,imb=100,method=dive,schedule=bbn,seed=0,smoke'
+  assert r['run'] == {'dataset': 'cifar100', 'imbalance_factor': 100.0, 'num_train': 10847, 'method': 'dive'}
+  assert list(r['phases']) == ['teacher', 'student'] and r['final_phase'] == 'student'
+  assert r['reference']['top1'] == 45.35 and r['config']['dive']['temperature'] == 3.0
+  student = json.loads((runs / 'cifar100_if100_dive_s0' / 'student' / 'results.json').read_text())
+  assert student['class_counts'] == longtail.longtail_counts(500, 100, 100) and student['num_test'] == 200
+  assert 0 <= r['result']['top1'] <= 100 and r['result']['few'] is not None  # 30 classes under 20 images
+  p = subprocess.run([sys.executable, '-m', 'ltjax.report', '--reproduction', str(results)],
+                     capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert p.returncode == 0 and '| cifar100_if100_dive (smoke) | bbn | 0 |' in p.stdout, p.stderr
+  assert 'test images of CIFAR-100' in p.stdout
 
 
 def test_commit_from_the_environment_where_no_git_travelled(monkeypatch):
