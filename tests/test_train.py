@@ -76,9 +76,11 @@ def test_cosine_set_once_an_epoch_as_ssd_lt_and_kang(warmup):
       assert np.all(np.diff(got[:2].reshape(-1)) > 0) and np.isclose(got[1, -1], 0.2)
 
 
-def test_sgd_matches_pytorch_formula():
-  """torch.optim.SGD(lr, momentum, weight_decay): d = g + wd p; b = m b + d; p -= lr b."""
-  c = tc(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=False)
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_sgd_matches_pytorch_formula(nesterov):
+  """torch.optim.SGD(lr, momentum, weight_decay, nesterov): d = g + wd p; b = m b + d;
+  p -= lr b, or with Nesterov (BBN's and BagofTricks-LT's SGD) p -= lr (d + m b)."""
+  c = tc(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=nesterov)
   tx = train.make_optimizer(c, 0.1)
   target = np.array([1.0, -2.0, 3.0])
   p = jnp.array([0.5, 0.5, 0.5])
@@ -90,7 +92,7 @@ def test_sgd_matches_pytorch_formula():
     p = optax.apply_updates(p, updates)
     d = (p_ref - target) + 0.01 * p_ref
     buf = 0.9 * buf + d
-    p_ref = p_ref - 0.1 * buf
+    p_ref = p_ref - 0.1 * (d + 0.9 * buf if nesterov else buf)
   np.testing.assert_allclose(p, p_ref, rtol=1e-6)
 
 
