@@ -152,6 +152,10 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   # statistics; running statistics re-estimated on this stage's class-balanced batches),
   # as Kang et al.'s code (model.train() on every network) and SSD's stage II; or 'eval'.
   c.stage2.backbone_bn = 'train'
+  # crt, lws, tau_norm: '' = refit on the CE phase of this workdir; else on another run's
+  # (its CE phase folder, its workdir or an orbax checkpoint folder), with
+  # --config.run.phases=crt (lws, tau_norm): one baseline for every classifier method.
+  c.stage2.backbone_dir = ''
   c.stage2.lr = 0.1
   c.stage2.schedule = 'cosine'
   c.stage2.warmup_epochs = 0.0

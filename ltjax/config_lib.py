@@ -59,6 +59,7 @@ def _stage2_step(saved: dict) -> bool:
 LEGACY_VALUES = {
     'ssd.teacher_bn': 'eval',  # the phase-III teacher on its running statistics
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
+    'stage2.backbone_dir': '',  # the CE phase of the same workdir
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
     'stage2.nesterov': lambda saved: saved.get('train.nesterov', False),  # inherited from train
@@ -212,7 +213,7 @@ RULES = {
     'ssd.key_view.random_order': _ANY,
     **{f'train.{k}': v for k, v in _SCHEDULE.items() if k not in _SAMPLING},
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
-    'stage2.backbone_bn': _pick('batch_norm'),
+    'stage2.backbone_bn': _pick('batch_norm'), 'stage2.backbone_dir': _ANY,
 }
 
 
@@ -246,6 +247,10 @@ def validate(config) -> None:
       bad.append(f'{group}.epochs={epochs} with {group}.schedule=cosine_epoch and {group}.first_epoch={first}: '
                  f'every epoch would train at lr 0 (lr/2 (1 + cos(pi (e + {first}) / {epochs})); '
                  f'set {group}.first_epoch=0 or train more epochs')
+  if flat.get('stage2.backbone_dir') and flat.get('method') not in ('crt', 'lws', 'tau_norm'):
+    bad.append(f'stage2.backbone_dir={flat["stage2.backbone_dir"]!r} with method={flat.get("method")!r}: only '
+               f'crt, lws and tau_norm refit a classifier on a CE backbone (DiVE and SSD take another '
+               f'run\'s teacher with dive.teacher_dir / ssd.teacher_dir)')
   blur = flat.get('ssd.key_view.blur_sigma')
   if isinstance(blur, list) and len(blur) == 2 and blur[0] > blur[1]:
     bad.append(f'ssd.key_view.blur_sigma={tuple(blur)}: (low, high) with low <= high')

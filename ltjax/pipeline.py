@@ -72,10 +72,17 @@ def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_fi
 
 
 def _checkpoints_at(path: str, name: str, field: str) -> str:
-  """The checkpoint folder a user's ``path`` names: a phase folder (``.../<name>``), a
-  run's workdir, or an orbax checkpoint folder itself."""
+  """The checkpoint folder a user's ``path`` names: a phase folder (``.../<name>``) or a
+  run's workdir, whose phase must have finished, or an orbax checkpoint folder itself
+  (its newest checkpoint, as it is)."""
   for candidate in (os.path.join(path, 'checkpoints'), os.path.join(path, name, 'checkpoints'), path):
     if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+      phase_dir = os.path.dirname(candidate)
+      if candidate != path and not os.path.exists(os.path.join(phase_dir, 'results.json')):
+        raise MissingCheckpointError(
+            f'--config.{field}={path!r}: the {name!r} phase in {phase_dir} has not finished (no '
+            f'results.json). Fix: finish it (rerun its command in its workdir), or point '
+            f'--config.{field} at {candidate} to take its newest checkpoint as it is.')
       return candidate
   raise MissingCheckpointError(
       f'--config.{field}={path!r} holds no checkpoint: give the folder of a finished {name!r} '
@@ -83,32 +90,81 @@ def _checkpoints_at(path: str, name: str, field: str) -> str:
       f'checkpoints), or an orbax checkpoint folder.')
 
 
-def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
-  """The frozen teacher's variables, checked against the teacher model of this config:
-  a teacher of another dataset (class count) or architecture is refused by name."""
-  teacher = phase.teacher
-  if teacher.path:
-    directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
-  else:
-    directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
+def _load_checked(directory: str, model, dataset, normalize, what: str, field: str) -> dict:
+  """The variables of the newest checkpoint in ``directory``, checked against ``model``
+  of this config: ``what`` (the teacher, the CE backbone) of another dataset (class
+  count) or architecture is refused by name, with ``--config.field`` as the way out."""
   variables = checkpoint.restore_variables(directory)
-  want = checkpoint.model_shapes(teacher.model, normalize(dataset.example_images(2)))
+  want = checkpoint.model_shapes(model, normalize(dataset.example_images(2)))
   got = checkpoint.shapes(variables)
   if want == got:
     return variables
   head = [k for k in want if k in got and want[k] != got[k] and "['head']" in k]
   if head and set(want) == set(got) and all(want[k][:-1] == got[k][:-1] for k in head):
     raise MissingCheckpointError(
-        f'the teacher in {directory} was trained with {got[head[0]][-1]} classes, but this run\'s '
-        f'{dataset.title} has {dataset.num_classes}. Fix: train the teacher on this dataset (run '
-        f'the whole recipe in a new workdir) or point --config.{teacher.path_field} at one that was.')
+        f'the {what} in {directory} was trained with {got[head[0]][-1]} classes, but this run\'s '
+        f'{dataset.title} has {dataset.num_classes}. Fix: train the {what} on this dataset (run '
+        f'the whole recipe in a new workdir) or point --config.{field} at one that was.')
   diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
   lines = '\n'.join(f'  {k}: {got.get(k, "<absent>")} in the checkpoint, {want.get(k, "<absent>")} '
                     f'in this config' for k in diff[:6])
   raise MissingCheckpointError(
-      f'the teacher in {directory} has another architecture than this config\'s model '
-      f'(config.model):\n{lines}\nFix: run with the model settings the teacher was trained with '
-      f'(its config.json), or train a new teacher.')
+      f'the {what} in {directory} has another architecture than this config\'s model '
+      f'(config.model):\n{lines}\nFix: run with the model settings the {what} was trained with '
+      f'(its config.json), or train a new {what}.')
+
+
+def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
+  """The frozen teacher's variables, checked against the teacher model of this config."""
+  teacher = phase.teacher
+  if teacher.path:
+    directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
+  else:
+    directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
+  return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
+
+
+def _load_init(phase, phases, workdir: str, dataset, normalize) -> dict:
+  """The final variables of the phase that ``phase`` starts from (``init_from``): this
+  run's, or another run's at ``init_path``, checked against that phase's model here."""
+  if not phase.init_path:
+    return checkpoint.restore_variables(
+        _finished_phase_checkpoints(workdir, phase.init_from, phase.name, phase.init_path_field))
+  directory = _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field)
+  source = next(p for p in phases if p.name == phase.init_from)
+  what = f'{phase.init_from!r} model'
+  return _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
+
+
+def _check_sources(phases, to_run) -> None:
+  """Refuses to train phases that nothing would use: every phase that starts from one
+  (``init_from``) or runs it as its teacher takes it from another run (``init_path``,
+  ``Teacher.path``) or is itself unused (SSD's phase I when phase III's teacher comes from
+  elsewhere). That training would be thrown away."""
+  def consumers(name):  # (phase, path it takes ``name`` from: '' = this run's, its field)
+    out = []
+    for p in phases:
+      if p.init_from == name:
+        out.append((p, p.init_path, p.init_path_field))
+      if p.teacher is not None and p.teacher.phase == name:
+        out.append((p, p.teacher.path, p.teacher.path_field))
+    return out
+
+  unused, changed = [], True
+  while changed:
+    changed = False
+    for phase in to_run:
+      users = consumers(phase.name)
+      if phase.name not in unused and users and all(path or p.name in unused for p, path, _ in users):
+        unused.append(phase.name)
+        changed = True
+  if unused:
+    flags = sorted({f'--config.{field}={path!r}' for name in unused for _, path, field in consumers(name) if path})
+    rest = ','.join(p.name for p in to_run if p.name not in unused)
+    raise ConfigError(
+        f'{" and ".join(flags)} take{"s" if len(flags) == 1 else ""} from another run what this run '
+        f'would train in phase{"s" if len(unused) > 1 else ""} {", ".join(map(repr, unused))}, for '
+        f'nothing. Fix: ' + (f'add --config.run.phases={rest}.' if rest else f'leave out {" and ".join(flags)}.'))
 
 
 def _say(*args):
@@ -149,6 +205,7 @@ def _run(config, workdir: str, lock) -> dict:
   if unknown:
     raise ConfigError(f'--config.run.phases names {unknown}, not phases of {config.method!r}: '
                       f'{[p.name for p in phases]}.')
+  _check_sources(phases, [p for p in phases if not selected or p.name in selected])
   for phase in phases:
     parallel.check_batch_size(phase.train.batch_size, mesh)
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
@@ -194,8 +251,7 @@ def _run(config, workdir: str, lock) -> dict:
 
     init_variables = None
     if phase.init_from:
-      init_variables = checkpoint.restore_variables(
-          _finished_phase_checkpoints(workdir, phase.init_from, phase.name))
+      init_variables = _load_init(phase, phases, workdir, dataset, normalize)
     teacher_variables = None
     if phase.teacher is not None:
       teacher_variables = _load_teacher(phase, workdir, dataset, normalize)

@@ -122,6 +122,10 @@ class Phase:
   # ``init(fresh_variables, earlier_variables) -> variables``.
   init_from: str | None = None
   init: Callable[[dict, dict], dict] | None = None
+  # ``init_from`` of another run: that phase's folder, its run's workdir or an orbax
+  # checkpoint folder ('' = this workdir's), and the config field that set it (errors name it).
+  init_path: str = ''
+  init_path_field: str = ''
   # ``trainable(path) -> bool`` on parameter paths (tuples of names); None: all.
   trainable: Callable[[tuple], bool] | None = None
   # ``decayed(path) -> bool``: the parameters weight decay acts on; None: all.

@@ -8,9 +8,11 @@ then a second phase refits only the classifier on the frozen backbone (METHODS.m
   it, as BagofTricks-LT). Results hold a sweep over tau on the test set: choosing tau on
   it is optimistic, a real choice needs a validation split.
 
-The second phase starts from the CE phase's final checkpoint (``Phase.init_from``);
-its backbone's BatchNorm runs as ``stage2.backbone_bn`` says and only the parameters
-named by ``trainable`` are updated.
+The second phase starts from the CE phase's final checkpoint (``Phase.init_from``), of
+this workdir or, with ``stage2.backbone_dir``, of another run (one baseline for every
+classifier method, as Kang et al.'s stage-2 configs load their stage-1 model); its
+backbone's BatchNorm runs as ``stage2.backbone_bn`` says and only the parameters named by
+``trainable`` are updated.
 """
 from __future__ import annotations
 
@@ -42,7 +44,12 @@ def _backbone_from(earlier, head):
           'batch_stats': earlier['batch_stats']}
 
 
-def classifier_phase(config, dataset, name, kind, init_from, head_key='head'):
+def _ce_backbone(config) -> dict:
+  """Where a classifier phase of crt, lws or tau_norm takes its CE backbone."""
+  return dict(init_from='ce', init_path=config.stage2.backbone_dir, init_path_field='stage2.backbone_dir')
+
+
+def classifier_phase(config, dataset, name, kind, init_from, head_key='head', **source):
   """Phase ``name``: the classifier refit on the frozen backbone of phase ``init_from``
   with ``config.stage2``'s sampler and schedule; ``kind`` ``crt`` (a new linear
   classifier) or ``lws`` (learned scales over that phase's ``head_key`` classifier,
@@ -61,15 +68,15 @@ def classifier_phase(config, dataset, name, kind, init_from, head_key='head'):
   else:
     raise ValueError(f'classifier refit {kind!r}; choose crt or lws.')
   return Phase(name=name, model=model, loss=ce_loss, **sampling(config.stage2),
-               train=stage2_train_config(config), init_from=init_from, init=init, trainable=trainable)
+               train=stage2_train_config(config), init_from=init_from, init=init, trainable=trainable, **source)
 
 
 def crt(config, dataset):
-  return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'crt', 'crt', 'ce')]
+  return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'crt', 'crt', **_ce_backbone(config))]
 
 
 def lws(config, dataset):
-  return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'lws', 'lws', 'ce')]
+  return supervised.ce(config, dataset) + [classifier_phase(config, dataset, 'lws', 'lws', **_ce_backbone(config))]
 
 
 def tau_normalize(head_params, tau, keep_bias=False):
@@ -102,7 +109,7 @@ def tau_norm(config, dataset):
                         f'choice of tau needs a validation split.'}
 
   second = Phase(
-      name='tau_norm', model=model, loss=ce_loss, sampler='instance', train=tc, init_from='ce',
+      name='tau_norm', model=model, loss=ce_loss, sampler='instance', train=tc, **_ce_backbone(config),
       init=lambda fresh, earlier: _backbone_from(earlier, tau_normalize(earlier['params']['head'], tau, keep_bias)),
       trainable=lambda path: False, extra_eval=sweep)
   return supervised.ce(config, dataset) + [second]

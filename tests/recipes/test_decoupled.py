@@ -1,6 +1,7 @@
 """cRT, LWS and tau-norm: the classifier stage starts from the CE phase's checkpoint,
 changes only what it should, and needs that checkpoint."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from recipe_testing import digits, predict_matches_the_run, same  # noqa: F401 (digits: a fixture)
 from configs import digits_lt
 from ltjax import checkpoint, feeds, parallel, pipeline, recipes, train
-from ltjax.errors import MissingCheckpointError
+from ltjax.errors import ConfigError, MissingCheckpointError
 
 
 def final(workdir, phase):
@@ -102,7 +103,7 @@ def test_tau_norm_sweep_and_tau_zero_is_the_ce_classifier_without_its_bias(tmp_p
 
 
 def test_second_stage_alone_needs_the_first(tmp_path):
-  with pytest.raises(MissingCheckpointError, match="final checkpoint of phase 'ce'"):
+  with pytest.raises(MissingCheckpointError, match=r"final checkpoint of phase 'ce'.*stage2\.backbone_dir"):
     run(tmp_path, 'crt', phases='crt')
   assert not os.path.exists(tmp_path / 'crt' / 'crt' / 'results.json')
   # The first stage alone, then the second alone on the same workdir.
@@ -110,3 +111,42 @@ def test_second_stage_alone_needs_the_first(tmp_path):
   assert list(first) == ['ce']
   _, second = run(tmp_path, 'crt', phases='crt')
   assert list(second) == ['ce', 'crt']
+
+
+@pytest.mark.slow  # over 9 s: not in the quick tier
+def test_one_ce_baseline_for_every_classifier_method(tmp_path):
+  """stage2.backbone_dir: cRT, LWS and tau-norm refit on the CE phase of another run (its
+  workdir, its phase folder or its orbax checkpoint folder), as Kang et al.'s stage-2
+  configs load one stage-1 model; a backbone that cannot be used is refused by name."""
+  base, _ = run(tmp_path, 'crt')
+  ce = final(base, 'ce')
+  sources = {'lws': base, 'tau_norm': os.path.join(base, 'ce'), 'crt': os.path.join(base, 'ce', 'checkpoints')}
+  for method, source in sources.items():
+    workdir, results = run(tmp_path / 'from', method, phases=method, backbone_dir=source)
+    assert list(results) == [method] and not os.path.exists(os.path.join(workdir, 'ce'))
+    refit = final(workdir, method)
+    assert same(ce['params']['backbone'], refit['params']['backbone'])
+    if method == 'lws':
+      assert same(ce['params']['head'], refit['params']['head']['linear'])
+  # Without run.phases the run would train a CE phase that nothing uses: refused before anything.
+  with pytest.raises(ConfigError, match=r"stage2\.backbone_dir=.* 'ce', for nothing. Fix: add "
+                                        r"--config\.run\.phases=lws\."):
+    run(tmp_path / 'unused', 'lws', backbone_dir=base)
+  assert not os.path.exists(tmp_path / 'unused' / 'lws')
+  # A CE phase that has not finished, a folder without a checkpoint, another architecture.
+  unfinished = tmp_path / 'unfinished' / 'ce'
+  shutil.copytree(os.path.join(base, 'ce', 'checkpoints'), unfinished / 'checkpoints')
+  with pytest.raises(MissingCheckpointError, match="'ce' phase in .* has not finished"):
+    run(tmp_path / 'e1', 'crt', phases='crt', backbone_dir=str(unfinished))
+  with pytest.raises(MissingCheckpointError, match='holds no checkpoint'):
+    run(tmp_path / 'e2', 'crt', phases='crt', backbone_dir=str(tmp_path / 'nothing'))
+  config = digits_lt.get_config('smoke,method=crt')
+  config.run.phases, config.stage2.backbone_dir = 'crt', base
+  config.model.width *= 2
+  with pytest.raises(MissingCheckpointError, match="'ce' model in .* has another architecture"):
+    pipeline.run(config, str(tmp_path / 'e3'))
+  # Only the classifier methods have a CE backbone to take.
+  config = digits_lt.get_config('smoke,method=bsce')
+  config.stage2.backbone_dir = base
+  with pytest.raises(ConfigError, match='only crt, lws and tau_norm'):
+    pipeline.run(config, str(tmp_path / 'e4'))

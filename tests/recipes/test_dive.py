@@ -118,6 +118,11 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
   with pytest.raises(MissingCheckpointError, match=r"phase 'teacher'.*dive\.teacher_dir"):
     pipeline.run(alone, str(tmp_path / 'alone'))
   assert not os.path.exists(tmp_path / 'alone' / 'student' / 'results.json')
+  # The teacher from elsewhere and this run's own teacher phase too: refused, nothing trained.
+  with pytest.raises(ConfigError, match=r"dive\.teacher_dir=.* 'teacher', for nothing\. Fix: add "
+                                        r"--config\.run\.phases=student\."):
+    pipeline.run(_config(teacher_dir=workdir), str(tmp_path / 'both'))
+  assert not os.path.exists(tmp_path / 'both')
   # ... and with the teacher of the first run, given as its phase folder or its workdir.
   for i, path in enumerate([os.path.join(workdir, 'teacher'), workdir]):
     config = _config(teacher_dir=path)

@@ -205,3 +205,17 @@ def test_contrastive_key_view_comes_from_the_host_when_it_sends_one(digits):
   other_host_view = keys({**batch, 'key_images': np.roll(images, 1, axis=2)})
   device_view = keys(batch)  # no key_images: the step crops its own key view
   assert not np.allclose(host_view, other_host_view) and not np.allclose(host_view, device_view)
+
+
+def test_a_teacher_from_another_run_trains_no_phase_for_nothing(tmp_path):
+  """With ssd.teacher_dir, phase III's teacher comes from another run: phase II would be
+  unused, and phase I with it (only phase II starts from it). Refused before anything runs,
+  with the phases to run instead."""
+  config = _config(teacher_dir=str(tmp_path / 'other'))
+  with pytest.raises(ConfigError, match=r"ssd\.teacher_dir=.* in phases 'teacher', 'selfsup', for nothing\. "
+                                        r"Fix: add --config\.run\.phases=student,student_lws\."):
+    pipeline.run(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+  config.run.phases = 'teacher'  # phase II alone, though phase III takes another run's
+  with pytest.raises(ConfigError, match=r"Fix: leave out --config\.ssd\.teacher_dir="):
+    pipeline.run(config, str(tmp_path / 'run'))
