@@ -208,16 +208,23 @@ def _newest_checkpoints_only(root: str):
 
 
 def unfinished_rows(workroot: str, results: str) -> list[str]:
-  """The rows with a workdir under ``workroot`` and no ``results/ROW.json``."""
+  """The rows with a workdir under ``workroot`` and no ``results/ROW.json``, and the
+  finished rows whose CE phase a row not yet finished refits on (``Row.base``)."""
   if not os.path.isdir(workroot):
     return []
-  return sorted(d for d in os.listdir(workroot) if os.path.isdir(os.path.join(workroot, d))
-                and not os.path.exists(os.path.join(results, f'{d}.json')))
+  from ltjax import reproduction
+
+  here = {d for d in os.listdir(workroot) if os.path.isdir(os.path.join(workroot, d))}
+  unfinished = {d for d in here if not os.path.exists(os.path.join(results, f'{d}.json'))}
+  bases = {r.base for r in reproduction.all_rows()
+           if r.base and not os.path.exists(os.path.join(results, f'{r.name}.json'))}
+  return sorted(unfinished | (bases & here))
 
 
 def pack_workdirs(workroot: str, results: str, path: str) -> list[str]:
-  """One ``.tgz`` of every unfinished row's workdir, each phase with its newest checkpoint
-  alone: what a row needs to resume on another machine. Returns the rows in it."""
+  """One ``.tgz`` of every unfinished row's workdir (``unfinished_rows``: with the base
+  rows still needed), each phase with its newest checkpoint alone: what a row needs to
+  resume, or start, on another machine. Returns the rows in it."""
   import tarfile
 
   rows = unfinished_rows(workroot, results)

@@ -62,7 +62,7 @@ log "unpack the carried caches"
 python3 bench/carry.py unpack .carry --into .device_cache 2>&1 | tee -a "$OUT/log.txt"
 [[ ${PIPESTATUS[0]} == 0 ]] || { log "no caches: nothing run"; exit 1; }
 if [[ -f .carry/workdirs.tgz ]]; then
-  log "the rows cut earlier: $(tar tzf .carry/workdirs.tgz | cut -d/ -f3 | sort -u | tr '\n' ' ')"
+  log "the rows carried from earlier (cut, or a base a row refits on): $(tar tzf .carry/workdirs.tgz | cut -d/ -f3 | sort -u | tr '\n' ' ')"
   tar xzf .carry/workdirs.tgz || exit 1
 fi
 

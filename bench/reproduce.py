@@ -90,7 +90,7 @@ def row_command(row: Row, opts) -> list[str]:
   """The exact command of a row (run from the repository root)."""
   cmd = [_shown(sys.executable), '-m', 'ltjax.main',
          '--config', f'{reproduction.CONFIG}:{row.config_args(opts.smoke)}',
-         '--workdir', _shown(workdir_of(row, opts)), *row.overrides]
+         '--workdir', _shown(workdir_of(row, opts)), *row.command_overrides(_shown(opts.workroot))]
   if opts.data_dir:
     cmd.append(f'--config.run.data_dir={_shown(opts.data_dir)}')
   if opts.cache_dir:
@@ -104,6 +104,12 @@ def workdir_of(row: Row, opts) -> str:
 
 def result_path(row: Row, opts) -> str:
   return os.path.join(opts.results, f'{row.name}.json')
+
+
+def base_ready(row: Row, opts) -> bool:
+  """Whether the row can start: it has no base row, or the base row's CE phase has finished."""
+  return not row.base or os.path.exists(os.path.join(opts.workroot, row.base, reproduction.BASE_PHASE,
+                                                     'results.json'))
 
 
 def config_error(row: Row, smoke: bool) -> str | None:
@@ -130,7 +136,8 @@ def status(row: Row, opts) -> str:
   workdir = workdir_of(row, opts)
   state = load_state(workdir) if os.path.isdir(workdir) else {'attempts': []}
   if not state['attempts'] and not os.path.exists(os.path.join(workdir, 'config.json')):
-    return 'pending'
+    return 'pending' + (f' (on the {reproduction.BASE_PHASE} phase of {row.base}, '
+                        f'{"finished" if base_ready(row, opts) else "not finished yet"})' if row.base else '')
   parts = []
   for name in sorted(os.listdir(workdir)):
     phase = os.path.join(workdir, name)
@@ -321,6 +328,16 @@ def run_rows(rows: list[Row], opts) -> int:
       problems.append(f'{row.name}: configs/cifar_lt.py refuses {row.config_args(opts.smoke)!r}: {error}')
       continue
     todo.append(row)
+  for row in list(todo):
+    if base_ready(row, opts) or any(r.name == row.base for r in todo):
+      continue
+    todo.remove(row)
+    where = os.path.join(_shown(opts.workroot), row.base, reproduction.BASE_PHASE)
+    base_done = os.path.exists(os.path.join(opts.results, f'{row.base}.json'))
+    problems.append(f'{row.name}: it refits on the {reproduction.BASE_PHASE} phase of {row.base}, and {where} '
+                    f'holds no finished one: ' + ('its row is done, but its workdir is not here (a lent '
+                                                  'machine\'s: bench/carry.py receive, then carry it back)'
+                                                  if base_done else f'select {row.base} too (--rows)'))
   for p in problems:
     print(f'reproduce: error: {p}', file=sys.stderr, flush=True)
   if not todo:
@@ -356,7 +373,10 @@ def run_rows(rows: list[Row], opts) -> int:
     while todo or running:
       expired = deadline is not None and time.monotonic() >= deadline
       while todo and len(running) < opts.parallel and not expired:
-        row = todo.pop(0)
+        row = next((r for r in todo if base_ready(r, opts)), None)  # a row waits for its base's CE phase
+        if row is None:
+          break
+        todo.remove(row)
         print(f'[{row.name}] start: {shlex.join(row_command(row, opts))}', flush=True)
         running.append(Running(row, opts, env, info, echo=opts.parallel == 1))
       if expired:
@@ -391,6 +411,12 @@ def run_rows(rows: list[Row], opts) -> int:
           failed.append(r.row.name)
           print(f'[{r.row.name}] FAILED (exit status {rc}); the end of {_shown(os.path.join(r.workdir, LOG))}:\n'
                 f'{r.tail()}', file=sys.stderr, flush=True)
+      if todo and not running and not any(base_ready(r, opts) for r in todo):
+        for r in todo:  # their base rows ended without a finished CE phase
+          failed.append(r.name)
+          print(f'[{r.name}] FAILED: not started, the {reproduction.BASE_PHASE} phase of {r.base} did not finish',
+                file=sys.stderr, flush=True)
+        todo = []
       if time.monotonic() - last_save > 10:
         for r in running:
           r.save()

@@ -25,6 +25,7 @@ TABLES = {'cifar10': 'CIFAR-10-LT', 'cifar100': 'CIFAR-100-LT'}
 MARKERS = {'cifar10': ('<!-- reproduction:start -->', '<!-- reproduction:end -->'),
            'cifar100': ('<!-- reproduction-cifar100:start -->', '<!-- reproduction-cifar100:end -->')}
 MARKER_START, MARKER_END = MARKERS['cifar10']
+BASE_PHASE = 'ce'  # the phase of a base row that a row refits its classifier on (Row.base)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Row:
   schedule: str = ''  # bbn | ldam | bag; '' = the method's default (no schedule= argument)
   seed: int = 0
   overrides: tuple[str, ...] = ()
+  # The row whose CE phase this row's classifier stage refits on (crt, lws, tau_norm with
+  # stage2.backbone_dir), instead of training a CE phase of its own: one baseline for
+  # every classifier method, as BagofTricks-LT's stage-2 configs load one baseline model.
+  base: str = ''
 
   def __post_init__(self):
     object.__setattr__(self, 'imb', float(self.imb))
@@ -61,7 +66,16 @@ class Row:
 
   def fields(self) -> dict:
     return {'method': self.method, 'dataset': self.dataset, 'imb': self.imb, 'schedule': self.schedule,
-            'seed': self.seed, 'overrides': list(self.overrides)}
+            'seed': self.seed, 'overrides': list(self.overrides), 'base': self.base}
+
+  def command_overrides(self, workroot: str) -> list[str]:
+    """The row's overrides, and where it has a base, the flags that take the base row's CE
+    phase from ``workroot/BASE`` instead of training one."""
+    extra = []
+    if self.base:
+      extra = [f'--config.run.phases={self.method}',
+               f'--config.stage2.backbone_dir={os.path.join(workroot, self.base)}']
+    return [*self.overrides, *extra]
 
 
 # Each row names its schedule: that of the code whose number it sits beside where that
@@ -92,7 +106,8 @@ def default_rows(table: str = 'cifar10') -> list[Row]:
 
   cifar10: CE, BSCE, DiVE at IF 100, CE on the balanced CIFAR-10 (all 50,000 images),
   LDAM-DRW, cRT, SSD at IF 100; the same (less the balanced row) at IF 50 and IF 10;
-  seeds 1, then 2, of CE, BSCE and DiVE at IF 100; LWS and tau-norm at IF 100.
+  seeds 1, then 2, of CE, BSCE and DiVE at IF 100; LWS and tau-norm at IF 100, on the CE
+  phase of the cRT row (``Row.base``).
   cifar100: ``cifar100_rows``."""
   if table == 'cifar100':
     return cifar100_rows()
@@ -103,7 +118,8 @@ def default_rows(table: str = 'cifar10') -> list[Row]:
     rows += _block(imb) + _rest(imb)
   for seed in (1, 2):
     rows += [dataclasses.replace(r, seed=seed) for r in _block(100)]
-  rows += [Row('lws', imb=100, schedule='bag'), Row('tau_norm', imb=100, schedule='bag')]
+  crt = next(r for r in rows if (r.method, r.imb, r.seed) == ('crt', 100.0, 0))
+  rows += [Row('lws', imb=100, schedule='bag', base=crt.name), Row('tau_norm', imb=100, schedule='bag', base=crt.name)]
   return rows
 
 
@@ -183,7 +199,7 @@ def reference(row: Row) -> dict | None:
 def row_from_fields(fields: dict) -> Row:
   return Row(method=fields['method'], dataset=fields.get('dataset', 'cifar10'), imb=float(fields['imb']),
              schedule=fields.get('schedule', ''), seed=int(fields.get('seed', 0)),
-             overrides=tuple(fields.get('overrides', ())))
+             overrides=tuple(fields.get('overrides', ())), base=fields.get('base', ''))
 
 
 # ---------------------------------------------------------------- one row's JSON
@@ -285,6 +301,8 @@ def _wall(seconds):
 def _schedule_cell(r: dict) -> str:
   parts = [r.get('schedule') or 'default']
   parts += [o.removeprefix('--config.') for o in r.get('overrides', ())]
+  if r.get('base'):
+    parts.append(f'on the CE phase of {r["base"]}')
   return ', '.join(parts)
 
 

@@ -175,6 +175,27 @@ def test_send_back_and_receive_the_unfinished_rows_with_their_newest_checkpoints
   assert rows == ['cifar10_if100_dive_s0', 'cifar10_if100_ssd_s0']
 
 
+def test_a_finished_base_row_travels_while_a_row_on_it_is_not_done(carry, tmp_path, monkeypatch):
+  """LWS and tau-norm refit on the cRT row's CE phase (Row.base): the finished cRT row's
+  workdir goes on to the next machine until both are done, and then no longer."""
+  monkeypatch.chdir(tmp_path)
+  root, results = 'runs/reproduce', 'results/cifar_lt'
+  os.makedirs(results)
+  for phase in ('ce', 'crt'):
+    os.makedirs(os.path.join(root, 'cifar10_if100_crt_s0', phase, 'checkpoints', '100'))
+    open(os.path.join(root, 'cifar10_if100_crt_s0', phase, 'results.json'), 'w').write('{}')
+  open(os.path.join(results, 'cifar10_if100_crt_s0.json'), 'w').write('{}')
+  os.makedirs(os.path.join(root, 'cifar10_if100_ce_s0', 'ce'))  # finished, and no row's base
+  open(os.path.join(results, 'cifar10_if100_ce_s0.json'), 'w').write('{}')
+  assert carry.pack_workdirs(root, results, 'w.tgz') == ['cifar10_if100_crt_s0']
+  with tarfile.open('w.tgz') as t:
+    assert 'runs/reproduce/cifar10_if100_crt_s0/ce/checkpoints/100' in t.getnames()
+  open(os.path.join(results, 'cifar10_if100_lws_s0.json'), 'w').write('{}')
+  assert carry.unfinished_rows(root, results) == ['cifar10_if100_crt_s0']  # tau-norm still needs it
+  open(os.path.join(results, 'cifar10_if100_tau_norm_s0.json'), 'w').write('{}')
+  assert carry.unfinished_rows(root, results) == []
+
+
 @pytest.mark.parametrize('evil', ['top', 'dotdot', 'symlink', 'absolute'])
 def test_receive_unpacks_only_plain_files_under_results_and_runs(carry, tmp_path, monkeypatch, evil):
   monkeypatch.chdir(tmp_path)

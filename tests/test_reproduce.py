@@ -154,7 +154,8 @@ def test_every_row_command_is_accepted_by_the_config():
   assert {r.dataset for r in rows} == {'cifar10', 'cifar100'} and len(rows) == 27 + 21
   for row in rows:
     for smoke in (False, True):
-      argv = ['prog', '--config', f'{REPO / reproduction.CONFIG}:{row.config_args(smoke)}', *row.overrides]
+      argv = ['prog', '--config', f'{REPO / reproduction.CONFIG}:{row.config_args(smoke)}',
+              *row.command_overrides('runs/reproduce')]
       fv = flags.FlagValues()
       config_flags.DEFINE_config_file('config', None, 'c', flag_values=fv, lock_config=True, sys_argv=argv)
       fv(argv)
@@ -164,6 +165,11 @@ def test_every_row_command_is_accepted_by_the_config():
       # BagofTricks-LT's tau 2 beside its CIFAR-10 numbers; the DiVE paper's tau 3 beside its CIFAR-100 ones.
       assert c.dive.temperature == (2.0 if (row.method, row.dataset) == ('dive', 'cifar10') else 3.0)
       assert (c.dive.power, c.dive.alpha) == (0.5, 0.5)
+      # LWS and tau-norm refit on the cRT row's CE phase: no CE phase of their own.
+      assert c.stage2.backbone_dir == (f'runs/reproduce/{row.base}' if row.base else '')
+      assert c.run.phases == (row.method if row.base else '')
+  assert {r.name: r.base for r in rows if r.base} == {'cifar10_if100_lws_s0': 'cifar10_if100_crt_s0',
+                                                      'cifar10_if100_tau_norm_s0': 'cifar10_if100_crt_s0'}
 
 
 def test_cifar100_table_plan(tmp_path):
@@ -315,7 +321,7 @@ kv = dict(a.split('=') for a in args[args.index('--config') + 1].split(':', 1)[1
 os.makedirs(workdir, exist_ok=True)
 with open(os.path.join(workdir, 'fake_times.txt'), 'a') as f:
   f.write(f'start {time.time()} {os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}\n')
-if os.environ.get('FAKE_FAIL'):
+if os.environ.get('FAKE_FAIL') in ('1', kv['method']):
   print('fake training diverged'); sys.exit(3)
 time.sleep(float(os.environ.get('FAKE_SLEEP', '0')))
 phases = {'dive': ['teacher', 'student'], 'crt': ['ce', 'crt']}.get(kv['method'], [kv['method']])
@@ -414,6 +420,45 @@ def test_runner_parallel_timeout_resume_and_skip(tmp_path, fake_script, monkeypa
   err = capsys.readouterr().err
   assert 'FAILED (exit status 3)' in err and 'fake training diverged' in err
   assert not (results / 'cifar10_if10_ce_s0.json').exists()
+
+
+def test_rows_on_a_base_row_wait_for_its_ce_phase(tmp_path, fake_script, monkeypatch, capsys):
+  """LWS and tau-norm refit on the cRT row's CE phase: they start once it has finished,
+  never before, even with free slots; they need the cRT row selected (or its workdir
+  here); and when it fails they are not started."""
+  mod = fake_script
+  results, runs = tmp_path / 'results', tmp_path / 'runs'
+  common = ['--results', str(results), '--workroot', str(runs)]
+  rows = '*_if100_lws_s0,*_if100_tau_norm_s0'
+  assert mod.main(['--rows', rows, *common]) == 1
+  err = capsys.readouterr().err
+  assert 'cifar10_if100_lws_s0: it refits on the ce phase of cifar10_if100_crt_s0' in err
+  assert 'select cifar10_if100_crt_s0 too (--rows)' in err and not runs.exists()
+
+  monkeypatch.setenv('FAKE_FAIL', 'crt')
+  assert mod.main(['--rows', f'{rows},cifar10_if100_crt_s0', '--parallel', '3', *common]) == 1
+  err = capsys.readouterr().err
+  assert 'not started, the ce phase of cifar10_if100_crt_s0 did not finish' in err
+  assert not (runs / 'cifar10_if100_lws_s0').exists() and not (runs / 'cifar10_if100_tau_norm_s0').exists()
+
+  monkeypatch.setenv('FAKE_FAIL', '')
+  monkeypatch.setenv('FAKE_SLEEP', '1')
+  assert mod.main(['--rows', f'{rows},cifar10_if100_crt_s0', '--parallel', '3', *common]) == 0
+  times = {n: [float(l.split()[1]) for l in (runs / n / 'fake_times.txt').read_text().split('\n') if l]
+           for n in ('cifar10_if100_crt_s0', 'cifar10_if100_lws_s0', 'cifar10_if100_tau_norm_s0')}
+  crt_end = times['cifar10_if100_crt_s0'][-1]
+  assert times['cifar10_if100_lws_s0'][0] >= crt_end and times['cifar10_if100_tau_norm_s0'][0] >= crt_end
+  assert times['cifar10_if100_lws_s0'][0] < times['cifar10_if100_tau_norm_s0'][1]  # side by side after it
+  lws = json.loads((results / 'cifar10_if100_lws_s0.json').read_text())
+  assert lws['base'] == 'cifar10_if100_crt_s0' and lws['reference']['top1'] == 72.63
+  # The real command takes the base's CE phase and runs the classifier phase alone.
+  row = {r.name: r for r in reproduction.default_rows()}['cifar10_if100_lws_s0']
+  real = load_script()  # the fixture's row_command is the fake's
+  assert real.row_command(row, real.argparse.Namespace(workroot=str(runs), smoke=False, data_dir=None,
+                                                       cache_dir=None, extra=[]))[-2:] == [
+      '--config.run.phases=lws', f'--config.stage2.backbone_dir={runs / "cifar10_if100_crt_s0"}']
+  table = reproduction.table(reproduction.load_records(str(results)))
+  assert '| cifar10_if100_lws | bag, on the CE phase of cifar10_if100_crt_s0 | 0 |' in table
 
 
 # ---------------------------------------------------------------- end to end, real data
