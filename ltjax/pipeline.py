@@ -114,26 +114,50 @@ def _load_checked(directory: str, model, dataset, normalize, what: str, field: s
       f'(its config.json), or train a new {what}.')
 
 
-def _load_teacher(phase, workdir: str, dataset, normalize) -> dict:
-  """The frozen teacher's variables, checked against the teacher model of this config."""
+def _other_run(directory: str, dataset, what: str) -> dict:
+  """What the run that wrote ``directory`` (a phase's ``checkpoints/``, or any orbax
+  checkpoint folder) says of itself: its phase's results and its dataset, for this run's
+  results.json; a warning where that dataset or imbalance factor differs from this run's."""
+  directory = os.path.abspath(directory)
+  phase_dir = os.path.dirname(directory) if os.path.basename(directory) == 'checkpoints' else directory
+  out = {'checkpoints': directory}
+  results_path = os.path.join(phase_dir, 'results.json')
+  if os.path.exists(results_path):
+    r = evaluate.read_results(results_path)
+    out.update({k: r.get(k) for k in ('method', 'phase', 'dataset', 'imbalance_factor', 'seed', 'top1', 'many',
+                                      'medium', 'few')})
+    here = (dataset.name, dataset.imbalance_factor)
+    there = (r.get('dataset'), r.get('imbalance_factor'))
+    if there != here:
+      show = lambda name, imb: f'{name} IF {imb:g}' if isinstance(imb, (int, float)) else f'{name}'
+      _say(f'warning: the {what} in {directory} was trained on {show(*there)}; this run is {show(*here)}')
+  return out
+
+
+def _load_teacher(phase, workdir: str, dataset, normalize) -> tuple[dict, dict | None]:
+  """The frozen teacher's variables, checked against the teacher model of this config, and
+  where it comes from another run, what that run says of it (``_other_run``)."""
   teacher = phase.teacher
-  if teacher.path:
-    directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
-  else:
+  if not teacher.path:
     directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
-  return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
+    return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field), None
+  directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
+  variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
+  return variables, _other_run(directory, dataset, 'teacher')
 
 
-def _load_init(phase, phases, workdir: str, dataset, normalize) -> dict:
+def _load_init(phase, phases, workdir: str, dataset, normalize) -> tuple[dict, dict | None]:
   """The final variables of the phase that ``phase`` starts from (``init_from``): this
-  run's, or another run's at ``init_path``, checked against that phase's model here."""
+  run's, or another run's at ``init_path``, checked against that phase's model here (and
+  then what that run says of it, ``_other_run``)."""
   if not phase.init_path:
     return checkpoint.restore_variables(
-        _finished_phase_checkpoints(workdir, phase.init_from, phase.name, phase.init_path_field))
+        _finished_phase_checkpoints(workdir, phase.init_from, phase.name, phase.init_path_field)), None
   directory = _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field)
   source = next(p for p in phases if p.name == phase.init_from)
   what = f'{phase.init_from!r} model'
-  return _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
+  variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
+  return variables, _other_run(directory, dataset, what)
 
 
 def _check_sources(phases, to_run) -> None:
@@ -205,7 +229,8 @@ def _run(config, workdir: str, lock) -> dict:
   if unknown:
     raise ConfigError(f'--config.run.phases names {unknown}, not phases of {config.method!r}: '
                       f'{[p.name for p in phases]}.')
-  _check_sources(phases, [p for p in phases if not selected or p.name in selected])
+  _check_sources(phases, [p for p in phases if (not selected or p.name in selected)
+                          and not os.path.exists(os.path.join(workdir, p.name, 'results.json'))])
   for phase in phases:
     parallel.check_batch_size(phase.train.batch_size, mesh)
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
@@ -249,12 +274,13 @@ def _run(config, workdir: str, lock) -> dict:
       return evaluate.classification_results(logits, dataset.test_labels, counts,
                                              config.data.many_above, config.data.few_below)
 
-    init_variables = None
+    init_variables = teacher_variables = None
+    other_runs = {}  # what this phase took from other runs (their checkpoints, results, data)
     if phase.init_from:
-      init_variables = _load_init(phase, phases, workdir, dataset, normalize)
-    teacher_variables = None
+      init_variables, other_runs['init_from'] = _load_init(phase, phases, workdir, dataset, normalize)
     if phase.teacher is not None:
-      teacher_variables = _load_teacher(phase, workdir, dataset, normalize)
+      teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize)
+    other_runs = {k: v for k, v in other_runs.items() if v is not None}
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
                                           init_variables, teacher_variables, stream=stream)
     t = time.perf_counter()
@@ -264,6 +290,8 @@ def _run(config, workdir: str, lock) -> dict:
       res.setdefault('heads', {})[head] = evaluate_fn(variables, forward=head_forward)
     if phase.main_head:
       res['main_head'] = phase.main_head
+    if other_runs:
+      res['from_other_runs'] = other_runs
     if phase.extra_eval is not None:
       res.update(phase.extra_eval(variables, init_variables, evaluate_fn))
     timing['eval_seconds'] = time.perf_counter() - t

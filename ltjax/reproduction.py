@@ -223,6 +223,8 @@ def phase_summary(r: dict) -> dict:
     out['heads'] = {h: _metrics(hr) for h, hr in r['heads'].items()}
   if r.get('best_test_selected'):
     out['best_test_selected'] = {**r['best_test_selected'], 'note': BEST_NOTE}
+  if r.get('from_other_runs'):  # a base row's CE phase (Row.base): its checkpoint and numbers
+    out['from_other_runs'] = r['from_other_runs']
   return out
 
 

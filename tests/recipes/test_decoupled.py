@@ -114,11 +114,11 @@ def test_second_stage_alone_needs_the_first(tmp_path):
 
 
 @pytest.mark.slow  # over 9 s: not in the quick tier
-def test_one_ce_baseline_for_every_classifier_method(tmp_path):
+def test_one_ce_baseline_for_every_classifier_method(tmp_path, capsys):
   """stage2.backbone_dir: cRT, LWS and tau-norm refit on the CE phase of another run (its
   workdir, its phase folder or its orbax checkpoint folder), as Kang et al.'s stage-2
   configs load one stage-1 model; a backbone that cannot be used is refused by name."""
-  base, _ = run(tmp_path, 'crt')
+  base, base_results = run(tmp_path, 'crt')
   ce = final(base, 'ce')
   sources = {'lws': base, 'tau_norm': os.path.join(base, 'ce'), 'crt': os.path.join(base, 'ce', 'checkpoints')}
   for method, source in sources.items():
@@ -128,6 +128,16 @@ def test_one_ce_baseline_for_every_classifier_method(tmp_path):
     assert same(ce['params']['backbone'], refit['params']['backbone'])
     if method == 'lws':
       assert same(ce['params']['head'], refit['params']['head']['linear'])
+    # results.json says where the backbone came from, with that phase's own numbers.
+    other = results[method]['from_other_runs']['init_from']
+    assert other['checkpoints'] == os.path.join(base, 'ce', 'checkpoints')
+    assert (other['phase'], other['dataset'], other['top1']) == ('ce', 'digits', base_results['ce']['top1'])
+  # A backbone of another imbalance factor is taken, with a warning.
+  config = digits_lt.get_config('smoke,method=tau_norm,imb=10')
+  config.run.phases, config.stage2.backbone_dir = 'tau_norm', base
+  pipeline.run(config, str(tmp_path / 'imb10'))
+  assert f"warning: the 'ce' model in {base}/ce/checkpoints was trained on digits IF 20; this run is digits " \
+         f"IF 10" in capsys.readouterr().out
   # Without run.phases the run would train a CE phase that nothing uses: refused before anything.
   with pytest.raises(ConfigError, match=r"stage2\.backbone_dir=.* 'ce', for nothing. Fix: add "
                                         r"--config\.run\.phases=lws\."):

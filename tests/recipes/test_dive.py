@@ -2,6 +2,7 @@
 pipeline (skip, run alone, teacher from a path) and the errors for a missing or
 mismatched teacher."""
 import dataclasses
+import json
 import os
 
 import flax.linen as nn
@@ -129,6 +130,9 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
     config.run.phases = 'student'
     results = pipeline.run(config, str(tmp_path / f'from_path{i}'))
     assert list(results) == ['student'] and streams[-1] == ('student', 1)
+    other = results['student']['from_other_runs']['teacher']
+    assert other['checkpoints'] == os.path.join(workdir, 'teacher', 'checkpoints') and other['phase'] == 'teacher'
+    assert other['top1'] == json.loads(open(teacher_results).read())['top1']
   # A path without a checkpoint.
   config = _config(teacher_dir=str(tmp_path / 'nothing'))
   config.run.phases = 'student'
