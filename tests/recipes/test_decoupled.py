@@ -132,6 +132,7 @@ def test_one_ce_baseline_for_every_classifier_method(tmp_path, capsys):
     other = results[method]['from_other_runs']['init_from']
     assert other['checkpoints'] == os.path.join(base, 'ce', 'checkpoints')
     assert (other['phase'], other['dataset'], other['top1']) == ('ce', 'digits', base_results['ce']['top1'])
+  assert predict_matches_the_run(workdir, tmp_path) == 'crt'  # a workdir without a CE phase of its own
   # A backbone of another imbalance factor is taken, with a warning.
   config = digits_lt.get_config('smoke,method=tau_norm,imb=10')
   config.run.phases, config.stage2.backbone_dir = 'tau_norm', base
