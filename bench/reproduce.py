@@ -47,7 +47,10 @@ from ltjax.reproduction import Row  # noqa: E402
 STATE = 'reproduce.json'  # in each row's workdir: its attempts (wall time, commit, device)
 LOG = 'reproduce.log'  # in each row's workdir: the output of every attempt
 TERMINATE_GRACE = 30.0  # seconds between SIGTERM and SIGKILL of a row cut by --timeout
-RESULTS_FOLDERS = {'cifar10': 'cifar_lt', 'cifar100': 'cifar100_lt'}  # under results/, per --table
+# Per --table, the default folders: results/ROW.json (real, smoke) and runs/ROW workdirs
+# (real, smoke); each table its own, so that carry.py and the report read one table at a time.
+FOLDERS = {'cifar10': (('cifar_lt', 'smoke'), ('reproduce', 'reproduce_smoke')),
+           'cifar100': (('cifar100_lt', 'smoke_cifar100'), ('reproduce_cifar100', 'reproduce_smoke_cifar100'))}
 
 _PROBE = r'''
 import json, importlib.metadata as md
@@ -107,9 +110,14 @@ def result_path(row: Row, opts) -> str:
 
 
 def base_ready(row: Row, opts) -> bool:
-  """Whether the row can start: it has no base row, or the base row's CE phase has finished."""
-  return not row.base or os.path.exists(os.path.join(opts.workroot, row.base, reproduction.BASE_PHASE,
-                                                     'results.json'))
+  """Whether the row can start: it has no base row, or the base row's CE phase has finished
+  and its checkpoint is here (``carry.py receive`` brings back results without checkpoints)."""
+  if not row.base:
+    return True
+  phase = os.path.join(opts.workroot, row.base, reproduction.BASE_PHASE)
+  ckpts = os.path.join(phase, 'checkpoints')
+  return (os.path.exists(os.path.join(phase, 'results.json')) and os.path.isdir(ckpts)
+          and any(d.isdigit() for d in os.listdir(ckpts)))
 
 
 def config_error(row: Row, smoke: bool) -> str | None:
@@ -333,11 +341,15 @@ def run_rows(rows: list[Row], opts) -> int:
       continue
     todo.remove(row)
     where = os.path.join(_shown(opts.workroot), row.base, reproduction.BASE_PHASE)
-    base_done = os.path.exists(os.path.join(opts.results, f'{row.base}.json'))
+    if any(r.name == row.base for r in rows):
+      why = f'{row.base} was refused (above)'
+    elif os.path.exists(os.path.join(opts.results, f'{row.base}.json')):
+      why = ('its row is done, but its workdir (with its checkpoint) is not here (a lent machine\'s: '
+             'bench/carry.py receive, then carry it back)')
+    else:
+      why = f'select {row.base} too (--rows)'
     problems.append(f'{row.name}: it refits on the {reproduction.BASE_PHASE} phase of {row.base}, and {where} '
-                    f'holds no finished one: ' + ('its row is done, but its workdir is not here (a lent '
-                                                  'machine\'s: bench/carry.py receive, then carry it back)'
-                                                  if base_done else f'select {row.base} too (--rows)'))
+                    f'holds no finished one with its checkpoint: {why}')
   for p in problems:
     print(f'reproduce: error: {p}', file=sys.stderr, flush=True)
   if not todo:
@@ -446,10 +458,12 @@ def main(argv=None) -> int:
   ap.add_argument('--rows', help='name patterns, separated by commas or spaces, e.g. cifar10_if100_bsce_s0 or "*_dive_*"')
   ap.add_argument('--smoke', action='store_true',
                   help='append smoke to every config (tiny model, one epoch); results go to --results '
-                       '(default results/smoke), workdirs to --workroot (default runs/reproduce_smoke)')
+                       '(default results/smoke), workdirs to --workroot (default runs/reproduce_smoke; '
+                       '--table cifar100: results/smoke_cifar100, runs/reproduce_smoke_cifar100)')
   ap.add_argument('--results', help='folder of the row JSONs (default results/cifar_lt, with --table '
                   'cifar100 results/cifar100_lt)')
-  ap.add_argument('--workroot', help='folder of the row workdirs (default runs/reproduce)')
+  ap.add_argument('--workroot', help='folder of the row workdirs (default runs/reproduce, with --table '
+                  'cifar100 runs/reproduce_cifar100)')
   ap.add_argument('--data-dir', help='TFDS data_dir (--config.run.data_dir)')
   ap.add_argument('--cache-dir', help='decoded-subset cache (--config.run.cache_dir)')
   ap.add_argument('--parallel', type=int, default=1,
@@ -464,13 +478,14 @@ def main(argv=None) -> int:
   if opts.parallel < 1:
     ap.error('--parallel must be >= 1')
   # Paths are the user's (relative to the current folder); commands run from the repository.
-  real_results = {t: os.path.join(REPO, 'results', RESULTS_FOLDERS[t]) for t in reproduction.TABLES}
-  default_results = os.path.join(REPO, 'results', 'smoke') if opts.smoke else real_results[opts.table]
-  default_workroot = os.path.join(REPO, 'runs', 'reproduce_smoke' if opts.smoke else 'reproduce')
+  real_results = {t: os.path.join(REPO, 'results', FOLDERS[t][0][0]) for t in reproduction.TABLES}
+  (results_real, results_smoke), (workroot_real, workroot_smoke) = FOLDERS[opts.table]
+  default_results = os.path.join(REPO, 'results', results_smoke if opts.smoke else results_real)
+  default_workroot = os.path.join(REPO, 'runs', workroot_smoke if opts.smoke else workroot_real)
   opts.results = os.path.abspath(opts.results or default_results)
   opts.workroot = os.path.abspath(opts.workroot or default_workroot)
   if opts.smoke and opts.results in real_results.values():
-    ap.error(f'--smoke writes to results/smoke (or another --results), never to {_shown(opts.results)}')
+    ap.error(f'--smoke writes to {_shown(default_results)} (or another --results), never to {_shown(opts.results)}')
   opts.data_dir = os.path.abspath(opts.data_dir) if opts.data_dir else None
   opts.cache_dir = os.path.abspath(opts.cache_dir) if opts.cache_dir else None
   rows = select(reproduction.default_rows(opts.table), opts.rows)

@@ -114,7 +114,7 @@ def _load_checked(directory: str, model, dataset, normalize, what: str, field: s
       f'(its config.json), or train a new {what}.')
 
 
-def _other_run(directory: str, dataset, what: str) -> dict:
+def _other_run(directory: str, dataset, what: str, name: str, field: str) -> dict:
   """What the run that wrote ``directory`` (a phase's ``checkpoints/``, or any orbax
   checkpoint folder) says of itself: its phase's results and its dataset, for this run's
   results.json; a warning where that dataset or imbalance factor differs from this run's."""
@@ -126,6 +126,9 @@ def _other_run(directory: str, dataset, what: str) -> dict:
     r = evaluate.read_results(results_path)
     out.update({k: r.get(k) for k in ('method', 'phase', 'dataset', 'imbalance_factor', 'seed', 'top1', 'many',
                                       'medium', 'few')})
+    if r.get('phase') not in (None, name):  # e.g. the cRT phase folder for a CE backbone
+      _say(f'warning: the {what} in {directory} is phase {r["phase"]!r} of a {r.get("method")} run, not a '
+           f'{name!r} phase: check --config.{field}')
     here = (dataset.name, dataset.imbalance_factor)
     there = (r.get('dataset'), r.get('imbalance_factor'))
     if there != here:
@@ -143,7 +146,7 @@ def _load_teacher(phase, workdir: str, dataset, normalize) -> tuple[dict, dict |
     return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field), None
   directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
   variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
-  return variables, _other_run(directory, dataset, 'teacher')
+  return variables, _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field)
 
 
 def _load_init(phase, phases, workdir: str, dataset, normalize) -> tuple[dict, dict | None]:
@@ -157,7 +160,7 @@ def _load_init(phase, phases, workdir: str, dataset, normalize) -> tuple[dict, d
   source = next(p for p in phases if p.name == phase.init_from)
   what = f'{phase.init_from!r} model'
   variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
-  return variables, _other_run(directory, dataset, what)
+  return variables, _other_run(directory, dataset, what, phase.init_from, phase.init_path_field)
 
 
 def _check_sources(phases, to_run) -> None:
@@ -174,21 +177,24 @@ def _check_sources(phases, to_run) -> None:
         out.append((p, p.teacher.path, p.teacher.path_field))
     return out
 
+  # Over the whole recipe: a phase is unused when every phase that reads it takes it from
+  # elsewhere or is unused itself; the ones this run would train are refused.
   unused, changed = [], True
   while changed:
     changed = False
-    for phase in to_run:
+    for phase in phases:
       users = consumers(phase.name)
       if phase.name not in unused and users and all(path or p.name in unused for p, path, _ in users):
         unused.append(phase.name)
         changed = True
-  if unused:
+  wasted = [p.name for p in to_run if p.name in unused]
+  if wasted:
     flags = sorted({f'--config.{field}={path!r}' for name in unused for _, path, field in consumers(name) if path})
-    rest = ','.join(p.name for p in to_run if p.name not in unused)
+    needed = ','.join(p.name for p in phases if p.name not in unused)
     raise ConfigError(
         f'{" and ".join(flags)} take{"s" if len(flags) == 1 else ""} from another run what this run '
-        f'would train in phase{"s" if len(unused) > 1 else ""} {", ".join(map(repr, unused))}, for '
-        f'nothing. Fix: ' + (f'add --config.run.phases={rest}.' if rest else f'leave out {" and ".join(flags)}.'))
+        f'would train in phase{"s" if len(wasted) > 1 else ""} {", ".join(map(repr, wasted))}, for '
+        f'nothing. Fix: add --config.run.phases={needed} (finished phases are skipped).')
 
 
 def _say(*args):

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def test_cifar100_table_plan(tmp_path):
                      capture_output=True, text=True, cwd=tmp_path, timeout=120)
   assert p.returncode == 0, p.stderr
   assert p.stdout.startswith('CIFAR-100-LT reproduction: 3 rows; workdirs in ')
-  assert 'results in results/cifar100_lt/ROW.json' in p.stdout
+  assert 'results in results/cifar100_lt/ROW.json' in p.stdout and 'workdirs in runs/reproduce_cifar100/ROW' in p.stdout
   commands = [l.strip() for l in p.stdout.splitlines() if ' -m ltjax.main ' in l]
   assert [re.search(r'dataset=\w+,imb=\d+,method=\w+,schedule=\w+', c).group(0) for c in commands] == [
       f'dataset=cifar100,imb={imb},method=dive,schedule=bbn' for imb in (100, 50, 10)]
@@ -326,7 +327,7 @@ if os.environ.get('FAKE_FAIL') in ('1', kv['method']):
 time.sleep(float(os.environ.get('FAKE_SLEEP', '0')))
 phases = {'dive': ['teacher', 'student'], 'crt': ['ce', 'crt']}.get(kv['method'], [kv['method']])
 for i, p in enumerate(phases):
-  os.makedirs(os.path.join(workdir, p), exist_ok=True)
+  os.makedirs(os.path.join(workdir, p, 'checkpoints', '7'), exist_ok=True)
   r = {'method': kv['method'], 'phase': p, 'top1': 50.0 + int(kv['seed']) + i, 'many': 60.0, 'medium': 40.0,
        'few': None, 'top5': 90.0, 'ece': 5.0, 'epochs': 1, 'platform': 'gpu', 'devices': 1,
        'dataset': 'cifar10', 'imbalance_factor': float(kv['imb']), 'num_train': 12406}
@@ -434,6 +435,13 @@ def test_rows_on_a_base_row_wait_for_its_ce_phase(tmp_path, fake_script, monkeyp
   err = capsys.readouterr().err
   assert 'cifar10_if100_lws_s0: it refits on the ce phase of cifar10_if100_crt_s0' in err
   assert 'select cifar10_if100_crt_s0 too (--rows)' in err and not runs.exists()
+  # The base row selected but refused: said so.
+  results.mkdir()
+  (results / 'cifar10_if100_crt_s0.json').write_text(json.dumps({'smoke': True, 'result': {}}))
+  assert mod.main(['--rows', f'{rows},cifar10_if100_crt_s0', *common]) == 1
+  err = capsys.readouterr().err
+  assert 'holds a smoke result' in err and 'cifar10_if100_crt_s0 was refused (above)' in err
+  (results / 'cifar10_if100_crt_s0.json').unlink()
 
   monkeypatch.setenv('FAKE_FAIL', 'crt')
   assert mod.main(['--rows', f'{rows},cifar10_if100_crt_s0', '--parallel', '3', *common]) == 1
@@ -449,6 +457,10 @@ def test_rows_on_a_base_row_wait_for_its_ce_phase(tmp_path, fake_script, monkeyp
   crt_end = times['cifar10_if100_crt_s0'][-1]
   assert times['cifar10_if100_lws_s0'][0] >= crt_end and times['cifar10_if100_tau_norm_s0'][0] >= crt_end
   assert times['cifar10_if100_lws_s0'][0] < times['cifar10_if100_tau_norm_s0'][1]  # side by side after it
+  # Its results came back without its checkpoint (carry.py receive): not ready, and said so.
+  shutil.rmtree(runs / 'cifar10_if100_crt_s0' / 'ce' / 'checkpoints')
+  assert not mod.base_ready(reproduction.Row('lws', imb=100, schedule='bag', base='cifar10_if100_crt_s0'),
+                            mod.argparse.Namespace(workroot=str(runs)))
   lws = json.loads((results / 'cifar10_if100_lws_s0.json').read_text())
   assert lws['base'] == 'cifar10_if100_crt_s0' and lws['reference']['top1'] == 72.63
   # The real command takes the base's CE phase and runs the classifier phase alone.

@@ -133,15 +133,21 @@ def test_one_ce_baseline_for_every_classifier_method(tmp_path, capsys):
     assert other['checkpoints'] == os.path.join(base, 'ce', 'checkpoints')
     assert (other['phase'], other['dataset'], other['top1']) == ('ce', 'digits', base_results['ce']['top1'])
   assert predict_matches_the_run(workdir, tmp_path) == 'crt'  # a workdir without a CE phase of its own
-  # A backbone of another imbalance factor is taken, with a warning.
+  # A backbone of another imbalance factor, or of another phase, is taken with a warning.
+  capsys.readouterr()
   config = digits_lt.get_config('smoke,method=tau_norm,imb=10')
   config.run.phases, config.stage2.backbone_dir = 'tau_norm', base
   pipeline.run(config, str(tmp_path / 'imb10'))
   assert f"warning: the 'ce' model in {base}/ce/checkpoints was trained on digits IF 20; this run is digits " \
          f"IF 10" in capsys.readouterr().out
+  config = digits_lt.get_config('smoke,method=tau_norm')
+  config.run.phases, config.stage2.backbone_dir = 'tau_norm', os.path.join(base, 'crt')
+  pipeline.run(config, str(tmp_path / 'of_crt'))
+  assert (f"warning: the 'ce' model in {base}/crt/checkpoints is phase 'crt' of a crt run, not a 'ce' phase: "
+          f"check --config.stage2.backbone_dir") in capsys.readouterr().out
   # Without run.phases the run would train a CE phase that nothing uses: refused before anything.
   with pytest.raises(ConfigError, match=r"stage2\.backbone_dir=.* 'ce', for nothing. Fix: add "
-                                        r"--config\.run\.phases=lws\."):
+                                        r"--config\.run\.phases=lws "):
     run(tmp_path / 'unused', 'lws', backbone_dir=base)
   assert not os.path.exists(tmp_path / 'unused' / 'lws')
   # A CE phase that has not finished, a folder without a checkpoint, another architecture.

@@ -121,7 +121,7 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
   assert not os.path.exists(tmp_path / 'alone' / 'student' / 'results.json')
   # The teacher from elsewhere and this run's own teacher phase too: refused, nothing trained.
   with pytest.raises(ConfigError, match=r"dive\.teacher_dir=.* 'teacher', for nothing\. Fix: add "
-                                        r"--config\.run\.phases=student\."):
+                                        r"--config\.run\.phases=student \(finished phases are skipped\)\."):
     pipeline.run(_config(teacher_dir=workdir), str(tmp_path / 'both'))
   assert not os.path.exists(tmp_path / 'both')
   # ... and with the teacher of the first run, given as its phase folder or its workdir.

@@ -212,10 +212,13 @@ def test_a_teacher_from_another_run_trains_no_phase_for_nothing(tmp_path):
   unused, and phase I with it (only phase II starts from it). Refused before anything runs,
   with the phases to run instead."""
   config = _config(teacher_dir=str(tmp_path / 'other'))
-  with pytest.raises(ConfigError, match=r"ssd\.teacher_dir=.* in phases 'teacher', 'selfsup', for nothing\. "
-                                        r"Fix: add --config\.run\.phases=student,student_lws\."):
+  with pytest.raises(ConfigError, match=r"ssd\.teacher_dir=.* in phases 'selfsup', 'teacher', for nothing\. "
+                                        r"Fix: add --config\.run\.phases=student,student_lws "):
     pipeline.run(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
-  config.run.phases = 'teacher'  # phase II alone, though phase III takes another run's
-  with pytest.raises(ConfigError, match=r"Fix: leave out --config\.ssd\.teacher_dir="):
-    pipeline.run(config, str(tmp_path / 'run'))
+  # Phase II alone, though phase III takes another run's; phase I, which only phase II reads.
+  for phases, wasted in (('teacher', "phase 'teacher'"), ('selfsup,student,student_lws', "phase 'selfsup'")):
+    config.run.phases = phases
+    with pytest.raises(ConfigError, match=rf"{wasted}, for nothing\. Fix: add --config\.run\.phases=student,"):
+      pipeline.run(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
