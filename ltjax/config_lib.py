@@ -247,10 +247,13 @@ def validate(config) -> None:
       bad.append(f'{group}.epochs={epochs} with {group}.schedule=cosine_epoch and {group}.first_epoch={first}: '
                  f'every epoch would train at lr 0 (lr/2 (1 + cos(pi (e + {first}) / {epochs})); '
                  f'set {group}.first_epoch=0 or train more epochs')
-  if flat.get('stage2.backbone_dir') and flat.get('method') not in ('crt', 'lws', 'tau_norm'):
-    bad.append(f'stage2.backbone_dir={flat["stage2.backbone_dir"]!r} with method={flat.get("method")!r}: only '
-               f'crt, lws and tau_norm refit a classifier on a CE backbone (DiVE and SSD take another '
-               f'run\'s teacher with dive.teacher_dir / ssd.teacher_dir)')
+  if flat.get('stage2.backbone_dir'):
+    from ltjax.recipes import decoupled
+
+    if flat.get('method') not in decoupled.METHODS:
+      bad.append(f'stage2.backbone_dir={flat["stage2.backbone_dir"]!r} with method={flat.get("method")!r}: only '
+                 f'{", ".join(decoupled.METHODS)} refit a classifier on a CE backbone (DiVE and SSD take '
+                 f'another run\'s teacher with dive.teacher_dir / ssd.teacher_dir)')
   blur = flat.get('ssd.key_view.blur_sigma')
   if isinstance(blur, list) and len(blur) == 2 and blur[0] > blur[1]:
     bad.append(f'ssd.key_view.blur_sigma={tuple(blur)}: (low, high) with low <= high')

@@ -514,22 +514,13 @@ def test_smoke_row_end_to_end_on_cifar100_lt_from_the_cache(tmp_path):
   DiVE's two phases at the paper's tau 3). No real CIFAR-100 here: its LT subset is cut
   from a CIFAR-100-shaped TFDS mock into ltjax's decoded-subset cache, which the row then
   reads (as on a lent machine without TFDS)."""
-  import numpy as np
   import tensorflow_datasets as tfds
   from ltjax.data import cifar, longtail, registry
+  from tfds_mocks import mock_cifar100
 
-  class Source(list):
-    def __getitems__(self, keys):
-      return [self[k] for k in keys]
-
-  def make(name, per_class):
-    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(100), per_class))
-    return Source({'id': f'{name}_{i:05d}'.encode(), 'label': int(y), 'coarse_label': 0,
-                   'image': np.full((32, 32, 3), 2 * y, np.uint8)} for i, y in enumerate(labels))
-
-  train, test = make('train', 500), make('test', 2)
+  source_fn, _ = mock_cifar100()
   cache = tmp_path / 'cache'
-  with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw: train if split == 'train' else test):
+  with tfds.testing.mock_data(as_data_source_fn=source_fn):
     cifar.load_cifar_lt(registry.get('cifar100'), 100, cache_dir=str(cache))
   assert (cache / 'cifar100_lt_if100_seed0.npz').exists()
 

@@ -44,6 +44,10 @@ def _backbone_from(earlier, head):
           'batch_stats': earlier['batch_stats']}
 
 
+# The methods whose last phase refits the classifier on a CE phase's backbone.
+METHODS = ('crt', 'lws', 'tau_norm')
+
+
 def _ce_backbone(config) -> dict:
   """Where a classifier phase of crt, lws or tau_norm takes its CE backbone."""
   return dict(init_from='ce', init_path=config.stage2.backbone_dir, init_path_field='stage2.backbone_dir')

@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 
 from ltjax.data import cifar, digits, longtail, registry
 from ltjax.errors import DatasetNotPreparedError
+from tfds_mocks import mock_cifar100
 
 SIZES = {  # METHODS.md section 1
     ('cifar10', 10): 20431, ('cifar10', 50): 13996, ('cifar10', 100): 12406,
@@ -65,29 +66,6 @@ def test_ldam_subset_matches_reference():
   labels = np.random.default_rng(1).permutation(np.repeat(np.arange(10), 300))
   counts = longtail.longtail_counts(300, 10, 20)
   np.testing.assert_array_equal(longtail.ldam_subset(labels, counts), reference_ldam_subset(labels, counts))
-
-
-class _Source(list):
-  def __getitems__(self, keys):
-    return [self[k] for k in keys]
-
-
-def mock_cifar100(num_per_class=500, test_per_class=2):
-  """A CIFAR-100-shaped source with shuffled records, ids in original order and images
-  that encode their original index (to check which records were kept)."""
-  def make(split, n):
-    labels = np.random.default_rng(3).permutation(np.repeat(np.arange(100), n))
-    records = []
-    for pos, y in enumerate(labels):
-      img = np.zeros((32, 32, 3), np.uint8)
-      img[0, 0, :2] = divmod(pos, 256)
-      records.append({'id': f'{split}_{pos:05d}'.encode(), 'label': int(y), 'coarse_label': 0, 'image': img})
-    order = np.random.default_rng(4).permutation(len(records))  # TFDS stores records shuffled
-    return _Source([records[i] for i in order]), labels
-
-  train, train_labels = make('train', num_per_class)
-  test, _ = make('test', test_per_class)
-  return (lambda builder, split, **kw: train if split == 'train' else test), train_labels
 
 
 @pytest.mark.parametrize('imb', [10, 100])

@@ -165,5 +165,5 @@ def test_one_ce_baseline_for_every_classifier_method(tmp_path, capsys):
   # Only the classifier methods have a CE backbone to take.
   config = digits_lt.get_config('smoke,method=bsce')
   config.stage2.backbone_dir = base
-  with pytest.raises(ConfigError, match='only crt, lws and tau_norm'):
+  with pytest.raises(ConfigError, match='only crt, lws, tau_norm refit a classifier'):
     pipeline.run(config, str(tmp_path / 'e4'))
