@@ -271,7 +271,9 @@ class Running:
   def finish(self) -> int:
     rc = self.proc.wait()
     self.reader.join(10)
-    self.log.close()
+    if not self.reader.is_alive():  # a grandchild may still hold the pipe open: then leave it
+      self.proc.stdout.close()
+      self.log.close()
     self.attempt['returncode'] = rc
     self.save()
     return rc

@@ -3,6 +3,7 @@ parts across carried folders; what comes back holds each unfinished row's newest
 import importlib.util
 import json
 import os
+import pathlib
 import tarfile
 
 import numpy as np
@@ -164,10 +165,10 @@ def test_send_back_and_receive_the_unfinished_rows_with_their_newest_checkpoints
     carry.receive('../out2')
   os.rename('../last_piece', f'../out2/workdirs.tgz.{n}of{n}')
   carry.receive('../out2')
-  assert json.load(open('results/cifar_lt/cifar10_if100_ce_s0.json')) == {'result': {'top1': 70.0}}
+  assert json.loads(pathlib.Path('results/cifar_lt/cifar10_if100_ce_s0.json').read_text()) == {'result': {'top1': 70.0}}
   student = 'runs/reproduce/cifar10_if100_dive_s0/student/checkpoints'
   assert sorted(os.listdir(student)) == ['150', 'descriptor.json']
-  assert open(f'{student}/150/state').read() == '150'
+  assert pathlib.Path(f'{student}/150/state').read_text() == '150'
   assert os.path.exists('runs/reproduce/cifar10_if100_dive_s0/teacher/checkpoints/200/state')
 
   # Here, for the next machine: the unfinished rows again, as gpu_prepare.sh packs them.
@@ -183,16 +184,16 @@ def test_a_finished_base_row_travels_while_a_row_on_it_is_not_done(carry, tmp_pa
   os.makedirs(results)
   for phase in ('ce', 'crt'):
     os.makedirs(os.path.join(root, 'cifar10_if100_crt_s0', phase, 'checkpoints', '100'))
-    open(os.path.join(root, 'cifar10_if100_crt_s0', phase, 'results.json'), 'w').write('{}')
-  open(os.path.join(results, 'cifar10_if100_crt_s0.json'), 'w').write('{}')
+    pathlib.Path(os.path.join(root, 'cifar10_if100_crt_s0', phase, 'results.json')).write_text('{}')
+  pathlib.Path(os.path.join(results, 'cifar10_if100_crt_s0.json')).write_text('{}')
   os.makedirs(os.path.join(root, 'cifar10_if100_ce_s0', 'ce'))  # finished, and no row's base
-  open(os.path.join(results, 'cifar10_if100_ce_s0.json'), 'w').write('{}')
+  pathlib.Path(os.path.join(results, 'cifar10_if100_ce_s0.json')).write_text('{}')
   assert carry.pack_workdirs(root, results, 'w.tgz') == ['cifar10_if100_crt_s0']
   with tarfile.open('w.tgz') as t:
     assert 'runs/reproduce/cifar10_if100_crt_s0/ce/checkpoints/100' in t.getnames()
-  open(os.path.join(results, 'cifar10_if100_lws_s0.json'), 'w').write('{}')
+  pathlib.Path(os.path.join(results, 'cifar10_if100_lws_s0.json')).write_text('{}')
   assert carry.unfinished_rows(root, results) == ['cifar10_if100_crt_s0']  # tau-norm still needs it
-  open(os.path.join(results, 'cifar10_if100_tau_norm_s0.json'), 'w').write('{}')
+  pathlib.Path(os.path.join(results, 'cifar10_if100_tau_norm_s0.json')).write_text('{}')
   assert carry.unfinished_rows(root, results) == []
 
 

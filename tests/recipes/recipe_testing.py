@@ -44,6 +44,7 @@ def predict_matches_the_run(workdir, tmp_path, phase=''):
   evaluation; returns the phase it chose."""
   import json
   import os
+  import pathlib
 
   from PIL import Image
 
@@ -64,7 +65,7 @@ def predict_matches_the_run(workdir, tmp_path, phase=''):
   labels = dataset.test_labels
   prob = np.array([next(t['probability'] for t in r['top'] if t['class'] == names[l]) for r, l in zip(rows, labels)])
   chosen = json.loads(out.read_text())['phase']
-  want = json.load(open(os.path.join(workdir, chosen, 'results.json')))
+  want = json.loads(pathlib.Path(workdir, chosen, 'results.json').read_text())
   assert [100 * float((top1[labels == c] == c).mean()) for c in range(len(names))] == want['per_class']
   assert float(-np.log(prob).mean()) == pytest.approx(want['nll'], rel=1e-5)
   return chosen
