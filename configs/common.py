@@ -25,6 +25,10 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.run.eval_batch_size = 512
   c.run.log_every_steps = 20
   c.run.eval_every_epochs = 0  # 0: evaluate only at the end of each phase
+  # Every N epochs (and at the last), evaluate the dataset's validation split and keep the
+  # checkpoint of the best epoch (Kang et al.'s selection); its test results land beside the
+  # last epoch's as best_val_selected. 0: none (datasets without a validation split).
+  c.run.val_every_epochs = 0
   c.run.checkpoint_every_epochs = 1
   c.run.checkpoint_min_seconds = 60.0  # and at most once a minute (0: every due epoch)
   c.run.keep_checkpoints = 2
@@ -59,6 +63,7 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   # Your own images (data.name = folder; configs/folder_lt.py): folders of class subfolders.
   c.data.train_dir = ''
   c.data.test_dir = ''  # '' = hold out a class-balanced share of train_dir
+  c.data.val_dir = ''  # a validation folder (run.val_every_epochs chooses an epoch on it)
   c.data.holdout = 0.2  # that share (of the smallest class, the same number from every class)
   c.data.skip_bad_images = False  # skip (and count) images that cannot be decoded instead of stopping
 

@@ -6,7 +6,9 @@ The host pipeline and recipes of ImageNet-LT (configs/large.py: random resized c
 flip and colour jitter; resize and centre crop for testing; Kang et al.'s optimiser;
 methods ce, bsce, dive, ssd, crt, lws, tau_norm). Arguments: train (the training folder),
 test (a test folder with the same classes; without it, ``holdout`` of the smallest
-class's count is held out from every class, seeded by ``seed``), method, imb (> 1: draw a
+class's count is held out from every class, seeded by ``seed``), val (a validation folder
+with the same classes: the best epoch on it is kept and tested, ``best_val_selected``;
+``run.val_every_epochs``, 1 with it), method, imb (> 1: draw a
 long-tailed subset of the training folder, the CIFAR-LT profile), image_size, model
 (default resnet50), epochs (default 90), seed, smoke (tiny images, ResNet-8, one epoch a
 phase: a CPU check of the whole pipeline).
@@ -17,12 +19,15 @@ from ltjax import config_lib
 
 def get_config(arg=None):
   shared = {k: v for k, v in large.LARGE_ARGS.items() if k != 'mock'}  # a folder needs no TFDS mock
-  args = config_lib.parse_args(arg, {**shared, 'train': '', 'test': '', 'imb': 0.0, 'holdout': 0.2,
+  args = config_lib.parse_args(arg, {**shared, 'train': '', 'test': '', 'val': '', 'imb': 0.0, 'holdout': 0.2,
                                      'image_size': 224, 'model': 'resnet50', 'epochs': 90})
   args.mock = False
   c = large.large_config(args, 'folder', args.model, epochs=args.epochs, ssd_epochs=args.epochs)
   c.data.train_dir = args.train
   c.data.test_dir = args.test
+  c.data.val_dir = args.val
+  if args.val:
+    c.run.val_every_epochs = 1  # choose an epoch on it, as configs/imagenet_lt.py on its own
   c.data.holdout = args.holdout
   c.data.imbalance_factor = args.imb
   c.data.split_seed = args.seed

@@ -106,6 +106,47 @@ def _write_error(mgr, error) -> WorkdirWriteError:
       f'disk (or fix its permissions), then rerun the same command to resume.')
 
 
+class BestKept:
+  """The model variables of the best validation epoch so far, in ``directory`` (a phase's
+  ``best_val/``): orbax keeps the one checkpoint with the highest ``top1`` of its metrics
+  (``BestN``), and the metrics (the validation results and the epoch) are saved with it, so a
+  resumed run knows the best so far. ``offer`` saves only a strictly better epoch: of equal
+  ones the earliest stays, as in Kang et al.'s ``if acc > best_acc``."""
+
+  def __init__(self, directory: str):
+    top1 = lambda metrics: metrics['top1']
+    policy = ocp.checkpoint_managers.BestN(get_metric_fn=top1, n=1, keep_checkpoints_without_metrics=False)
+    # best_fn too: orbax writes a step's metrics only where it ranks by them.
+    options = ocp.CheckpointManagerOptions(create=True, best_fn=top1, best_mode='max', preservation_policy=policy)
+    self.mgr = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    step = self.mgr.best_step()
+    metrics = None if step is None else self.mgr.metrics(step)
+    self._best = None if metrics is None else {**metrics, 'step': int(step)}
+
+  def best(self) -> dict | None:
+    """The kept epoch's metrics (with its ``step``), or None before the first."""
+    return None if self._best is None else dict(self._best)
+
+  def offer(self, step: int, variables, metrics: dict) -> bool:
+    """Saves ``variables`` at ``step`` with ``metrics`` (``top1`` and what else is to be
+    kept) when its ``top1`` beats the kept one's; says whether it did. Every process calls it
+    with the same metrics."""
+    best = self._best
+    if best is not None and (metrics['top1'] <= best['top1'] or step == best['step']):
+      return False  # a resumed run evaluates an epoch again: the same numbers, kept already
+    finish(self.mgr)
+    try:
+      self.mgr.save(step, args=ocp.args.StandardSave(variables), metrics=metrics, force=True)
+    except Exception as e:
+      raise _write_error(self.mgr, e) from e
+    self._best = {**metrics, 'step': int(step)}
+    return True
+
+  def close(self) -> None:
+    finish(self.mgr)
+    self.mgr.close()
+
+
 def _has_items(directory: str, step: int) -> bool:
   return os.path.isdir(os.path.join(directory, str(step), 'state'))
 

@@ -60,6 +60,7 @@ LEGACY_VALUES = {
     'ssd.teacher_bn': 'eval',  # the phase-III teacher on its running statistics
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
     'stage2.backbone_dir': '',  # the CE phase of the same workdir
+    'data.val_dir': '',  # no validation folder
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
     'stage2.nesterov': lambda saved: saved.get('train.nesterov', False),  # inherited from train
@@ -178,6 +179,7 @@ RULES = {
     'run.phases': _ANY, 'run.num_devices': _NONNEG_INT, 'run.data_dir': _ANY, 'run.cache_dir': _ANY,
     'run.download': _ANY, 'run.host_threads': _POS_INT, 'run.host_workers': _NONNEG_INT,
     'run.eval_batch_size': _POS_INT, 'run.log_every_steps': _POS_INT, 'run.eval_every_epochs': _NONNEG_INT,
+    'run.val_every_epochs': _NONNEG_INT,
     'run.checkpoint_every_epochs': _POS_INT, 'run.checkpoint_min_seconds': _NONNEG,
     'run.keep_checkpoints': _POS_INT,
     'data.name': _pick('dataset'),
@@ -189,7 +191,8 @@ RULES = {
     'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),
     'data.augment.jitter': _NONNEG, 'data.image_size': _POS_INT, 'data.resize_size': _POS_INT,
     'data.mock_examples': _NONNEG_INT, 'data.file_list': _ANY,
-    'data.train_dir': _ANY, 'data.test_dir': _ANY, 'data.holdout': _number(0, 1, low_open=True, high_open=True),
+    'data.train_dir': _ANY, 'data.test_dir': _ANY, 'data.val_dir': _ANY,
+    'data.holdout': _number(0, 1, low_open=True, high_open=True),
     'data.skip_bad_images': _ANY,
     'data.file_list_sha256': (lambda v: v == '' or (len(v) == 64 and all(c in '0123456789abcdef' for c in v.lower())),
                               "'' or 64 hexadecimal digits"),
@@ -247,6 +250,16 @@ def validate(config) -> None:
       bad.append(f'{group}.epochs={epochs} with {group}.schedule=cosine_epoch and {group}.first_epoch={first}: '
                  f'every epoch would train at lr 0 (lr/2 (1 + cos(pi (e + {first}) / {epochs})); '
                  f'set {group}.first_epoch=0 or train more epochs')
+  if flat.get('run.val_every_epochs'):
+    from ltjax.data import registry
+
+    spec = registry.DATASETS.get(flat.get('data.name'))
+    if spec is not None and not spec.val_split and not (spec.val_from and flat.get(spec.val_from)):
+      having = [s.name for s in registry.DATASETS.values() if s.val_split]
+      having += [f'{s.name} with {s.val_from}' for s in registry.DATASETS.values() if s.val_from]
+      bad.append(f'run.val_every_epochs={flat["run.val_every_epochs"]} with data.name={spec.name!r}: '
+                 f'{spec.title} has no validation split to choose an epoch on (those with one: '
+                 f'{", ".join(having)}); set run.val_every_epochs=0')
   if flat.get('stage2.backbone_dir'):
     from ltjax.recipes import decoupled
 

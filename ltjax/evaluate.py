@@ -48,6 +48,14 @@ def predict(forward, variables, batches, mesh, num_examples: int) -> np.ndarray:
 
 
 ECE_BINS = 15
+# The accuracies a summary of an evaluation holds (logs, tables, results.json's phases).
+SUMMARY = ('top1', 'top5', 'many', 'medium', 'few')
+
+
+def summary(results: dict) -> dict:
+  """The ``SUMMARY`` accuracies of an evaluation's results, those it has (a shot group
+  without classes has none)."""
+  return {k: results[k] for k in SUMMARY if results.get(k) is not None}
 
 
 def log_softmax(logits) -> np.ndarray:
@@ -140,7 +148,7 @@ def read_results(path: str) -> dict:
     return json.load(f)
 
 
-def _fmt(v):
+def fmt(v):
   return '-' if v is None else f'{v:.2f}'
 
 
@@ -159,7 +167,7 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
   head = '| run | overall | many | medium | few | top-5 | ECE |\n|---|---|---|---|---|---|---|'
   lines = [head]
   for name, r in rows:
-    lines.append(f'| {name} | {_fmt(r.get("top1"))} | {_fmt(r.get("many"))} | '
-                 f'{_fmt(r.get("medium"))} | {_fmt(r.get("few"))} | {_fmt(r.get("top5"))} | '
-                 f'{_fmt(r.get("ece"))} |')
+    lines.append(f'| {name} | {fmt(r.get("top1"))} | {fmt(r.get("many"))} | '
+                 f'{fmt(r.get("medium"))} | {fmt(r.get("few"))} | {fmt(r.get("top5"))} | '
+                 f'{fmt(r.get("ece"))} |')
   return '\n'.join(lines)

@@ -197,6 +197,18 @@ def _check_sources(phases, to_run) -> None:
         f'nothing. Fix: add --config.run.phases={needed} (finished phases are skipped).')
 
 
+def _best_val_selected(best: dict, phase_dir: str, evaluate_fn, mesh) -> dict:
+  """The test results of the phase's best validation epoch (``best``: its validation
+  results, ``epoch`` and ``step``, from ``checkpoint.BestKept``), from its checkpoint in
+  ``phase_dir/best_val`` (also when it is the last epoch: one path, always exercised):
+  Kang et al.'s reported model, beside ltjax's last epoch."""
+  variables = checkpoint.restore_variables(os.path.join(phase_dir, train.BEST_VAL))
+  test = evaluate_fn(jax.device_put(variables, parallel.replicated(mesh)))
+  return {'epoch': int(best['epoch']), 'val': {k: best[k] for k in evaluate.SUMMARY if k in best},
+          **evaluate.summary(test), 'ece': test['ece'],
+          'selected_on': 'the validation split (Kang et al.\'s model selection); the result is top1, the last epoch'}
+
+
 def _say(*args):
   """Prints from process 0 only: one table, not one per host."""
   if parallel.is_main():
@@ -274,11 +286,14 @@ def _run(config, workdir: str, lock) -> dict:
 
     forward = evaluate.make_forward(phase.model, normalize, phase.eval_output, mesh, phase.eval_scale)
 
-    def evaluate_fn(variables, forward=forward):
-      batches = dataset.test_batches(eval_batch, parallel.local_rows(mesh, eval_batch))
-      logits = evaluate.predict(forward, variables, batches, mesh, len(dataset.test_labels))
-      return evaluate.classification_results(logits, dataset.test_labels, counts,
-                                             config.data.many_above, config.data.few_below)
+    def evaluate_fn(variables, forward=forward, split='test'):
+      batches = getattr(dataset, f'{split}_batches')(eval_batch, parallel.local_rows(mesh, eval_batch))
+      labels = getattr(dataset, f'{split}_labels')
+      logits = evaluate.predict(forward, variables, batches, mesh, len(labels))
+      return evaluate.classification_results(logits, labels, counts, config.data.many_above,
+                                             config.data.few_below)
+
+    validate_fn = (lambda variables: evaluate_fn(variables, split='val')) if config.run.val_every_epochs else None
 
     init_variables = teacher_variables = None
     other_runs = {}  # what this phase took from other runs (their checkpoints, results, data)
@@ -288,9 +303,13 @@ def _run(config, workdir: str, lock) -> dict:
       teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize)
     other_runs = {k: v for k, v in other_runs.items() if v is not None}
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
-                                          init_variables, teacher_variables, stream=stream)
+                                          init_variables, teacher_variables, stream=stream,
+                                          validate_fn=validate_fn)
     t = time.perf_counter()
     res = evaluate_fn(variables)
+    best_val = timing.pop('best_val', None)
+    if best_val is not None:
+      res['best_val_selected'] = _best_val_selected(best_val, phase_dir, evaluate_fn, mesh)
     for head, output in phase.extra_heads:
       head_forward = evaluate.make_forward(phase.model, normalize, output, mesh)
       res.setdefault('heads', {})[head] = evaluate_fn(variables, forward=head_forward)
@@ -323,7 +342,7 @@ def _run(config, workdir: str, lock) -> dict:
   summary = dict(results[last])
   rows = evaluate.table_rows(results)
   summary['phase_names'] = list(results)
-  summary['phases'] = {name: {k: r.get(k) for k in ('top1', 'top5', 'many', 'medium', 'few')}
+  summary['phases'] = {name: {k: r.get(k) for k in evaluate.SUMMARY}
                        for name, r in rows}
   if parallel.is_main():
     evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
@@ -332,6 +351,14 @@ def _run(config, workdir: str, lock) -> dict:
           f'(classes many/medium/few: {counts_by_group["many"]}/{counts_by_group["medium"]}/'
           f'{counts_by_group["few"]}), top-1 %:')
     print(evaluate.format_table(rows))
+    for name, r in results.items():
+      best = r.get('best_val_selected')
+      if best:
+        groups = ' / '.join(evaluate.fmt(best.get(k)) for k in ('many', 'medium', 'few'))
+        chosen = (f'its best validation epoch {best["epoch"]} of {r["epochs"]}' if 'epoch' in best
+                  else f'tau {best["tau"]:g} chosen on the validation split')
+        print(f'{name}, {chosen} (validation top-1 {best["val"]["top1"]:.2f}): test top-1 '
+              f'{best["top1"]:.2f}, many / medium / few {groups}')
     print(f'results: {os.path.join(workdir, "results.json")}')
     from ltjax import plots  # matplotlib only once there is something to draw
 

@@ -24,7 +24,7 @@ from flax import struct
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from ltjax import checkpoint, feeds, parallel, preemption
+from ltjax import checkpoint, evaluate, feeds, parallel, preemption
 from ltjax.data import augment
 from ltjax.data.samplers import Sampler
 from ltjax.errors import ConfigError, NonFiniteLossError, Preempted
@@ -382,8 +382,11 @@ def host_seed(seed: int, stream: int = 0) -> int:
   return seed + (stream << 32)
 
 
+BEST_VAL = 'best_val'  # a phase's folder of its best validation epoch's checkpoint
+
+
 def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn=None,
-                init_variables=None, teacher_variables=None, stream: int = 0):
+                init_variables=None, teacher_variables=None, stream: int = 0, validate_fn=None):
   """Trains ``phase`` to its last step, resuming from ``phase_dir/checkpoints``.
 
   ``stream`` (the phase's position in its recipe) gives each phase its own batch order
@@ -394,9 +397,13 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   a phase with ``own_init`` (SSD's new network of phase III) draws them from its stream.
 
   ``evaluate_fn(variables) -> dict`` is called every ``eval_every_epochs`` and its
-  scalars are logged. Returns the final variables (``params``, ``batch_stats``) and
-  timings: ``train_seconds`` (the loop, compile included), ``first_step_seconds``
-  (compile + first step), ``steps_run`` (this process's steps, after any resume).
+  scalars are logged. ``validate_fn`` (the validation split's evaluation) is called every
+  ``run.val_every_epochs`` and at the last epoch: its scalars are logged (``val/``) and the
+  best epoch's variables kept in ``phase_dir/best_val`` (``checkpoint.BestKept``).
+  Returns the final variables (``params``, ``batch_stats``) and timings:
+  ``train_seconds`` (the loop, compile included), ``first_step_seconds`` (compile + first
+  step), ``steps_run`` (this process's steps, after any resume), and with ``validate_fn``
+  ``best_val``: the kept epoch's validation results (``epoch``, ``step``, accuracies).
   ``teacher_variables`` are the frozen teacher's, for a phase with a ``teacher``.
   """
   tc = phase.train
@@ -425,6 +432,8 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                            min_seconds=rc.checkpoint_min_seconds)
   state = feed.restore(mgr, state)
   start = int(state.step)
+  val_every = rc.val_every_epochs if validate_fn is not None else 0
+  kept = checkpoint.BestKept(os.path.join(phase_dir, BEST_VAL)) if val_every and total_steps else None
   step_fn = jax.jit(make_train_step(phase, schedule, feed),
                     in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
@@ -486,11 +495,15 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
           checkpoint.save(mgr, step + 1, state, feed.data_state)
         if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
           res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
-          logger.write(step + 1, {'epoch': epoch, **{k: v for k, v in res.items()
-                                                     if k in ('top1', 'top5', 'many', 'medium', 'few') and v is not None}},
-                       prefix='test/')
+          logger.write(step + 1, {'epoch': epoch, **evaluate.summary(res)}, prefix='test/')
           if is_main:
             bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+        if kept is not None and (epoch % val_every == 0 or last):
+          variables = {'params': state.params, 'batch_stats': state.batch_stats}
+          res = evaluate.summary(validate_fn(variables))
+          logger.write(step + 1, {'epoch': epoch, **res}, prefix='val/')
+          if kept.offer(step + 1, variables, {**res, 'epoch': epoch}) and is_main:
+            bar.write(f'[{phase.name}] epoch {epoch}: validation top-1 {res["top1"]:.2f}, the best so far')
       if step + 1 < total_steps and preemption.reached(step + 1):
         # A SIGTERM / SIGINT: every process stops at this same step, saves and exits.
         if pending is not None:
@@ -512,13 +525,16 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
       checkpoint.save(mgr, total_steps, state, feed.data_state)
     checkpoint.finish(mgr)
+    if kept is not None:
+      stats['best_val'] = kept.best()
     clean = True
   finally:
     # Also when the loop stops on an error (a diverged loss, a full disk, ...): the host
     # pipeline's reader threads, the progress bar and the log files are let go, best
     # effort, never hiding the error. The checkpoint manager is closed only after a clean
     # end: after a failed write, closing it would wait on that write again.
-    for closable in ((mgr, feed, bar, logger) if clean else (feed, bar, logger)):
+    closables = ((mgr, kept, feed, bar, logger) if clean else (feed, bar, logger))
+    for closable in (c for c in closables if c is not None):
       try:
         closable.close()
       except Exception:  # noqa: BLE001

@@ -2,6 +2,7 @@
 data (``:mock``): the host pipeline, the ImageNet backbones, DiVE's teacher and student,
 and SSD's MoCo phases with the host's two views."""
 import json
+import os
 import subprocess
 import sys
 
@@ -38,8 +39,16 @@ def test_imagenet_lt_dive_on_mock_data(tmp_path):
     state = json.load(open(tmp_path / 'w' / phase / 'checkpoints' / '4' / 'data' / 'process_0-of-1.json'))
     assert state['next_index'] == 4
     lines = [json.loads(l) for l in open(tmp_path / 'w' / phase / 'metrics.jsonl')]
-    assert lines[-1]['step'] == 4 and all(l['train/loss'] > 0 for l in lines)
-  assert 'train/distill' in lines[-1]
+    assert lines[-1]['step'] == 4 and all(l['train/loss'] > 0 for l in lines if 'train/loss' in l)
+    # The validation split (Kang et al.'s model selection, every epoch): its one epoch is the
+    # best, kept at step 4, and the test evaluation of that checkpoint is the phase's own.
+    assert [l['val/epoch'] for l in lines if 'val/top1' in l] == [1]
+    best, own = json.load(open(tmp_path / 'w' / phase / 'results.json'))['best_val_selected'], r['phases'][phase]
+    assert best['epoch'] == 1 and 0 <= best['val']['top1'] <= 100
+    assert {k: best[k] for k in ('top1', 'top5')} == {k: own[k] for k in ('top1', 'top5')}
+    assert os.listdir(tmp_path / 'w' / phase / 'best_val') == ['4']
+  assert 'train/distill' in [k for l in lines for k in l]
+  assert 'its best validation epoch 1 of 1' in p.stdout
 
 
 def test_imagenet_lt_ssd_moco_on_mock_data(tmp_path):
@@ -48,4 +57,6 @@ def test_imagenet_lt_ssd_moco_on_mock_data(tmp_path):
   r = json.load(open(tmp_path / 'w' / 'results.json'))
   assert set(r['phases']) == {'selfsup', 'teacher', 'student (hard)', 'student (soft)', 'student_lws'}
   lines = [json.loads(l) for l in open(tmp_path / 'w' / 'selfsup' / 'metrics.jsonl')]
-  assert all(l['train/selfsup'] > 0 for l in lines)  # InfoNCE on the host's two views
+  assert all(l['train/selfsup'] > 0 for l in lines if 'train/loss' in l)  # InfoNCE on the host's two views
+  assert any('val/top1' in l for l in lines)  # every phase chooses its epoch on the validation split
+  assert r['best_val_selected']['epoch'] == 1

@@ -25,6 +25,9 @@ class ArrayDataset:
   train_index: np.ndarray | None = None
   test_index: np.ndarray | None = None
   skipped_images: int = 0  # images left out as unreadable (never, for these datasets)
+  # A validation split held out of training (run.val_every_epochs); None: none.
+  val_images: np.ndarray | None = None
+  val_labels: np.ndarray | None = None
 
   def __post_init__(self):
     self.title = self.title or self.name
@@ -48,3 +51,9 @@ class ArrayDataset:
     from ltjax import evaluate
 
     return evaluate.array_batches(self.test_images, global_batch, rows)
+
+  def val_batches(self, global_batch: int, rows: slice | None = None):
+    """``test_batches`` of the validation images."""
+    from ltjax import evaluate
+
+    return evaluate.array_batches(self.val_images, global_batch, rows)

@@ -132,7 +132,8 @@ def folder_title(directory: str) -> str:
 
 def load_folder(spec, config):
   """``spec``: the registry's ``folder`` entry; ``config.data``: train_dir, test_dir,
-  holdout, imbalance_factor, split_seed, skip_bad_images and the host pipeline's sizes."""
+  val_dir (a validation folder, '' for none), holdout, imbalance_factor, split_seed,
+  skip_bad_images and the host pipeline's sizes."""
   from ltjax.data.host import HostDataset
 
   dc, rc = config.data, config.run
@@ -140,18 +141,29 @@ def load_folder(spec, config):
   ok = check_images(files, dc.skip_bad_images, rc.host_threads, 'training')
   skipped = int((~ok).sum())
   files, labels = [f for f, good in zip(files, ok) if good], labels[ok]
-  if dc.test_dir:
-    test_classes, test_files, test_labels = scan(dc.test_dir, 'test')
-    if test_classes != classes:
-      only_train = sorted(set(classes) - set(test_classes))
-      only_test = sorted(set(test_classes) - set(classes))
+
+  def other_folder(directory, role):
+    """The test or validation folder: the training folder's classes, its images checked."""
+    nonlocal skipped
+    other_classes, other_files, other_labels = scan(directory, role)
+    if other_classes != classes:
+      only_train = sorted(set(classes) - set(other_classes))
+      only_other = sorted(set(other_classes) - set(classes))
       raise DatasetNotPreparedError(
-          f'the test folder {dc.test_dir} has other classes than the training folder {dc.train_dir} '
-          f'(only in training: {only_train[:5]}; only in test: {only_test[:5]}). Fix: give both the '
+          f'the {role} folder {directory} has other classes than the training folder {dc.train_dir} '
+          f'(only in training: {only_train[:5]}; only in {role}: {only_other[:5]}). Fix: give both the '
           f'same class subfolders.')
-    test_ok = check_images(test_files, dc.skip_bad_images, rc.host_threads, 'test')
-    skipped += int((~test_ok).sum())
-    test_files, test_labels = [f for f, good in zip(test_files, test_ok) if good], test_labels[test_ok]
+    other_ok = check_images(other_files, dc.skip_bad_images, rc.host_threads, role)
+    skipped += int((~other_ok).sum())
+    return [f for f, good in zip(other_files, other_ok) if good], other_labels[other_ok]
+
+  val = {}
+  if dc.val_dir:
+    val_files, val_labels = other_folder(dc.val_dir, 'validation')
+    val = dict(val_source=FolderSource(val_files, val_labels), val_records=np.arange(len(val_files)),
+               val_labels=np.asarray(val_labels, np.int32))
+  if dc.test_dir:
+    test_files, test_labels = other_folder(dc.test_dir, 'test')
     train_idx, title_note = np.arange(len(files)), ''
   else:
     train_idx, test_idx = holdout_split(labels, dc.holdout, dc.split_seed)
@@ -174,5 +186,5 @@ def load_folder(spec, config):
       test_source=test_source, test_records=np.arange(len(test_files)), test_labels=np.asarray(test_labels, np.int32),
       num_classes=len(classes), imbalance_factor=float(counts.max() / max(counts.min(), 1)), class_names=classes,
       image_size=dc.image_size, resize_size=dc.resize_size, threads=rc.host_threads, workers=rc.host_workers,
-      skipped_images=skipped)
+      skipped_images=skipped, **val)
   return ds

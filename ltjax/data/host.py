@@ -58,6 +58,10 @@ class HostDataset:
   threads: int = 16  # grain reader threads (PIL decodes and resizes outside the GIL)
   workers: int = 0  # grain worker processes on top (0: threads only)
   skipped_images: int = 0  # unreadable images left out (an image folder with data.skip_bad_images)
+  # A validation split (ImageNet-LT's 20 a class), read as the test split; None: none.
+  val_source: Any = None
+  val_records: np.ndarray | None = None
+  val_labels: np.ndarray | None = None
 
   @property
   def class_counts(self) -> np.ndarray:
@@ -75,6 +79,10 @@ class HostDataset:
     """This process's ``rows`` of every global evaluation batch, read, resized and
     centre-cropped on the host (``test_batches``)."""
     return test_batches(self, global_batch, rows)
+
+  def val_batches(self, global_batch: int, rows: slice | None = None):
+    """``test_batches`` of the validation split."""
+    return test_batches(self, global_batch, rows, split='val')
 
 
 def read_records(source, records) -> list[dict]:
@@ -177,28 +185,30 @@ def train_iterator(ds: HostDataset, sampler: Sampler, seed: int, total_steps: in
 
 
 class _EvalBatch:
-  def __init__(self, ds: HostDataset, global_batch: int, rows: slice):
+  def __init__(self, ds: HostDataset, global_batch: int, rows: slice, split: str):
     self.ds, self.global_batch, self.rows = ds, global_batch, rows
+    self.source, self.records = getattr(ds, f'{split}_source'), getattr(ds, f'{split}_records')
 
   def __call__(self, index: int) -> dict:
     ds = self.ds
-    n = len(ds.test_records)
+    n = len(self.records)
     start = index * self.global_batch
     positions = np.arange(start + self.rows.start, start + self.rows.stop)
     valid = positions < n
-    examples = read_records(ds.test_source, ds.test_records[positions[valid]])
+    examples = read_records(self.source, self.records[positions[valid]])
     images = np.zeros((len(positions), ds.image_size, ds.image_size, 3), np.uint8)  # padding rows
     for i, ex in enumerate(examples):
       images[i] = center_crop(ex['image'], ds.resize_size, ds.image_size)
     return {'images': images}
 
 
-def test_batches(ds: HostDataset, global_batch: int, rows: slice | None = None):
-  """This process's ``rows`` (default: all) of every global evaluation batch (the last
-  one padded with zeros); the caller keeps the first ``len(test_records)`` predictions."""
+def test_batches(ds: HostDataset, global_batch: int, rows: slice | None = None, split: str = 'test'):
+  """This process's ``rows`` (default: all) of every global evaluation batch of ``split``
+  (``test`` or ``val``; the last batch padded with zeros); the caller keeps the first
+  ``len(records)`` predictions."""
   import grain
 
   rows = rows or slice(0, global_batch)
-  num_batches = math.ceil(len(ds.test_records) / global_batch)
-  dataset = grain.MapDataset.range(num_batches).map(_EvalBatch(ds, global_batch, rows))
+  num_batches = math.ceil(len(getattr(ds, f'{split}_records')) / global_batch)
+  dataset = grain.MapDataset.range(num_batches).map(_EvalBatch(ds, global_batch, rows, split))
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=ds.threads, prefetch_buffer_size=2 * ds.threads)))

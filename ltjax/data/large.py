@@ -32,19 +32,30 @@ def load_large(spec, config):
     train, test = open_split(spec.train_split), open_split(spec.test_split)
     scan_train = open_split(spec.train_split, skip) if skip else train
     scan_test = open_split(spec.test_split, skip) if skip else test
+    # The validation split is opened only when a run evaluates it (run.val_every_epochs): a
+    # folder prepared without it still trains.
+    val = open_split(spec.val_split) if spec.val_split and rc.val_every_epochs else None
+    scan_val = (open_split(spec.val_split, skip) if skip else val) if val is not None else None
   cache = (os.path.join(rc.cache_dir, f'{name}_labels{"_mock" if mock else ""}.npz')
            if rc.cache_dir else '')
+  cached = {}
   if cache and os.path.exists(cache):
     with np.load(cache) as z:
-      tr_labels, te_labels, names = z['train_labels'], z['test_labels'], list(z['train_files'])
+      cached = {k: z[k] for k in z.files}
+  if cached:
+    tr_labels, te_labels, names = cached['train_labels'], cached['test_labels'], list(cached['train_files'])
   else:
     keys = ('label', spec.file_key) if spec.file_list else ('label',)
     tr = tfds_io.scan(scan_train, keys, f'{name} train labels')
     te = tfds_io.scan(scan_test, ('label',), f'{name} test labels')
     tr_labels, te_labels = np.asarray(tr['label'], np.int64), np.asarray(te['label'], np.int64)
     names = tr.get(spec.file_key, [])
-    if cache:
-      tfds_io.save_npz(cache, train_labels=tr_labels, test_labels=te_labels, train_files=np.array(names))
+  va_labels = cached.get('val_labels')
+  if val is not None and va_labels is None:
+    va_labels = np.asarray(tfds_io.scan(scan_val, ('label',), f'{name} validation labels')['label'], np.int64)
+  if cache and (not cached or (val is not None and 'val_labels' not in cached)):
+    extra = {} if va_labels is None else {'val_labels': va_labels}
+    tfds_io.save_npz(cache, train_labels=tr_labels, test_labels=te_labels, train_files=np.array(names), **extra)
   num_classes = train.dataset_info.features['label'].num_classes
   if spec.file_list:
     records = file_lists.select_by_file_list(
@@ -61,6 +72,8 @@ def load_large(spec, config):
   return HostDataset(
       name=name, title=spec.title, train_source=train, train_records=records, train_labels=labels,
       test_source=test, test_records=np.arange(len(te_labels)), test_labels=te_labels.astype(np.int32),
+      **({} if val is None else dict(val_source=val, val_records=np.arange(len(va_labels)),
+                                     val_labels=va_labels.astype(np.int32))),
       num_classes=num_classes, imbalance_factor=float(present.max() / present.min()),
       class_names=tfds_io.class_names(train, num_classes), image_size=data_config.image_size,
       resize_size=data_config.resize_size, threads=rc.host_threads, workers=rc.host_workers)

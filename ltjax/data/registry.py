@@ -24,6 +24,10 @@ class DatasetSpec:
   tfds_name: str = ''
   train_split: str = 'train'
   test_split: str = 'test'  # the balanced split that results are reported on
+  # A balanced split held out of training, for choosing an epoch (run.val_every_epochs);
+  # '' where the dataset has none (CIFAR-LT, iNaturalist 2018: its test is the validation split)
+  val_split: str = ''
+  val_from: str = ''  # or the config field that names one (an image folder's data.val_dir)
   num_classes: int = 0  # fixed datasets; 0: read from the source
   images_per_class: int = 0  # CIFAR: n_max of the long-tailed profile
   file_key: str = ''  # the feature that names a record's file
@@ -70,17 +74,17 @@ DATASETS = {s.name: s for s in (
                 images_per_class=5000),
     DatasetSpec('cifar100', 'CIFAR-100-LT', 'arrays', _cifar, tfds_name='cifar100', num_classes=100,
                 images_per_class=500),
-    # test = the 50,000 ILSVRC validation images
+    # test = the 50,000 ILSVRC validation images; validation = OLTR's 20 a class (from ILSVRC train)
     DatasetSpec('imagenet_lt', 'ImageNet-LT', 'host', _large, tfds_name='imagenet_lt',
-                file_key='file_name', manual=_IMAGENET_MANUAL),
+                val_split='validation', file_key='file_name', manual=_IMAGENET_MANUAL),
     # test = the official validation split (24,426)
     DatasetSpec('inat18', 'iNaturalist 2018', 'host', _large, tfds_name='i_naturalist2018',
                 test_split='validation', file_key='id'),
     # Places-LT: OLTR's file list over places365_small's training split; test = its validation
     DatasetSpec('places_lt', 'Places-LT', 'host', _large, tfds_name='places365_small',
                 test_split='validation', file_key='filename', file_list=True),
-    # Your own images: data.train_dir (and data.test_dir) of class subfolders.
-    DatasetSpec('folder', 'image folder', 'host', _folder),
+    # Your own images: data.train_dir (and data.test_dir, data.val_dir) of class subfolders.
+    DatasetSpec('folder', 'image folder', 'host', _folder, val_from='data.val_dir'),
 )}
 
 

@@ -138,6 +138,27 @@ def test_undecodable_image_is_named_or_skipped(tmp_path):
   assert 'skip_bad_images=True' in p.stderr and not workdir.exists()
 
 
+def test_validation_folder_is_read_checked_and_switches_on_epoch_choice(folders, tmp_path):
+  train, test = folders
+  val = write_folder(tmp_path / 'val', [3] * 5, seed=2, offset=80)
+  c = config(train, test, extra=f'val={val}')
+  assert c.data.val_dir == str(val) and c.run.val_every_epochs == 1
+  ds = registry.load(c)
+  assert list(np.bincount(ds.val_labels)) == [3] * 5 and len(ds.val_records) == 15
+  assert not set(ds.val_source.files) & (set(ds.train_source.files) | set(ds.test_source.files))
+  batch = next(iter(ds.val_batches(16)))
+  assert batch['images'].shape == (16, 32, 32, 3) and batch['images'][15].max() == 0  # one padding row
+  assert registry.load(config(train, test)).val_labels is None  # none without val=
+  fewer = write_folder(tmp_path / 'fewer', [3, 3, 3, 3])
+  with pytest.raises(DatasetNotPreparedError, match=r"validation folder .* other classes .*only in validation: \[\]"):
+    registry.load(config(train, test, extra=f'val={fewer}'))
+  # Choosing an epoch needs a validation split: an image folder without val= has none.
+  bare = folder_lt.get_config(f'train={train},smoke')
+  bare.run.val_every_epochs = 1
+  with pytest.raises(config_lib.ConfigError, match=r'image folder has no validation split .*folder with data.val_dir'):
+    config_lib.validate(bare)
+
+
 @pytest.fixture(scope='module')
 def trained(folders, tmp_path_factory):
   """A smoke DiVE trained on the image folders by the README's command: (workdir, stdout)."""

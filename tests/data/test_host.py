@@ -113,6 +113,29 @@ def test_test_split_shards_cover_it_once(imagenet):
   np.testing.assert_array_equal(whole[0], first)
 
 
+def test_imagenet_lt_validation_split_is_read_when_asked_and_cached(tmp_path):
+  """ImageNet-LT's validation split (run.val_every_epochs) is opened only when asked; its
+  labels join a labels cache written without them, which later runs read back."""
+  c = mock_config()
+  c.run.cache_dir = str(tmp_path)
+  assert registry.load(c).val_labels is None
+  cache = tmp_path / 'imagenet_lt_labels_mock.npz'
+  with np.load(cache) as z:
+    assert 'val_labels' not in z.files
+  c.run.val_every_epochs = 1
+  ds = registry.load(c)
+  assert len(ds.val_records) == 48 and ds.val_source is not ds.test_source
+  labels = np.array([int(ds.val_source[i]['label']) for i in range(48)])
+  np.testing.assert_array_equal(ds.val_labels, labels)
+  with np.load(cache) as z:
+    np.testing.assert_array_equal(z['val_labels'], labels)
+    np.testing.assert_array_equal(z['test_labels'], ds.test_labels)
+  again = registry.load(c)  # from the cache
+  np.testing.assert_array_equal(again.val_labels, labels)
+  first = next(iter(ds.val_batches(20)))['images'][0]
+  np.testing.assert_array_equal(first, host.center_crop(ds.val_source[0]['image'], ds.resize_size, ds.image_size))
+
+
 def test_iterator_state_resumes_the_same_batches(imagenet):
   s = sampler_for(imagenet, 'class')
   it = host.train_iterator(imagenet, s, 0, 6)

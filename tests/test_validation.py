@@ -1,0 +1,148 @@
+"""Choosing an epoch on a validation split (``run.val_every_epochs``), as Kang et al.'s code
+does: the best validation epoch's checkpoint is kept (``checkpoint.BestKept``) and its test
+results land in ``best_val_selected``, beside the last epoch's. Checked on the embedded
+digits with the test split standing in as the validation split, so that the chosen epoch and
+its numbers must be those that the test-set evaluations of every epoch logged."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import digits_lt
+from ltjax import checkpoint, config_lib, pipeline, preemption, train
+from ltjax.data import registry
+from ltjax.errors import ConfigError, Preempted
+
+EPOCHS = 6
+
+
+@pytest.fixture
+def val_is_test(monkeypatch):
+  """The digits dataset with a validation split: its test images."""
+  spec = registry.DATASETS['digits']
+
+  def loader(spec_, config):
+    ds = spec.loader(spec_, config)
+    return dataclasses.replace(ds, val_images=ds.test_images, val_labels=ds.test_labels)
+
+  monkeypatch.setitem(registry.DATASETS, 'digits', dataclasses.replace(spec, loader=loader, val_split='test'))
+
+
+def _config():
+  config = digits_lt.get_config('smoke,method=dive')
+  config.train.epochs = EPOCHS
+  config.train.lr_boundaries = ()  # a constant lr after the warm-up: the best epoch may be any
+  config.run.val_every_epochs = 1
+  config.run.eval_every_epochs = 1  # the test set too, every epoch: what the choice must match
+  config.run.checkpoint_min_seconds = 0.0
+  return config
+
+
+def _logged(path, split):
+  with open(path) as f:
+    lines = [json.loads(l) for l in f]
+  return {int(l[f'{split}/epoch']): l[f'{split}/top1'] for l in lines if f'{split}/top1' in l}
+
+
+def _check(workdir, results):
+  for name in ('teacher', 'student'):
+    r = results[name]
+    best = r['best_val_selected']
+    logged_val = _logged(os.path.join(workdir, name, 'metrics.jsonl'), 'val')
+    tested = _logged(os.path.join(workdir, name, 'metrics.jsonl'), 'test')
+    tested[EPOCHS] = r['top1']  # the last epoch's test evaluation is the phase's result
+    assert sorted(logged_val) == list(range(1, EPOCHS + 1))
+    # The earliest epoch of the highest validation top-1 (Kang et al.: ``acc > best_acc``) ...
+    top = max(logged_val.values())
+    assert best['epoch'] == min(e for e, v in logged_val.items() if v == top)
+    assert best['val']['top1'] == top
+    # ... the epoch best_test_epoch chooses on the same images, and its test numbers come
+    # from the kept checkpoint: exactly what that epoch's own evaluation logged.
+    assert best['epoch'] == r['best_test_selected']['epoch']
+    assert best['top1'] == tested[best['epoch']] == r['best_test_selected']['top1']
+    kept = os.path.join(workdir, name, train.BEST_VAL)
+    steps = sorted(int(d) for d in os.listdir(kept) if d.isdigit())
+    assert steps == [best['epoch'] * 7]  # 7 steps an epoch; orbax keeps the best one only
+    assert 'validation split' in best['selected_on']
+
+
+@pytest.mark.slow  # about 30 s
+def test_best_validation_epoch_is_kept_and_tested(tmp_path, val_is_test):
+  workdir = str(tmp_path / 'w')
+  results = pipeline.run(_config(), workdir)
+  _check(workdir, results)
+  # Interrupted mid-phase (a preemption in the student's fourth epoch), then resumed: the
+  # kept best and its numbers are the uninterrupted run's.
+  again = str(tmp_path / 'again')
+  real, hits = preemption.reached, []
+
+  def reached(step):  # the student's step 23 (the teacher's comes first)
+    hits.extend([step] if step == 7 * 3 + 2 else [])
+    return len(hits) == 2
+
+  try:
+    preemption.reached = reached
+    with pytest.raises(Preempted):
+      pipeline.run(_config(), again)  # the teacher finishes, the student stops
+  finally:
+    preemption.reached = real
+  assert not os.path.exists(os.path.join(again, 'student', 'results.json'))
+  kept = checkpoint.BestKept(os.path.join(again, 'student', train.BEST_VAL))
+  assert 1 <= kept.best()['epoch'] <= 3
+  kept.close()
+  resumed = pipeline.run(_config(), again)
+  _check(again, resumed)
+  for name in ('teacher', 'student'):
+    assert resumed[name]['best_val_selected'] == results[name]['best_val_selected']
+
+
+def test_best_kept_keeps_the_earliest_of_the_best(tmp_path):
+  kept = checkpoint.BestKept(str(tmp_path / 'best'))
+  variables = lambda v: {'params': {'w': np.full(3, v, np.float32)}, 'batch_stats': {}}
+  assert kept.best() is None
+  offers = [(10, 50.0, True), (20, 70.0, True), (30, 70.0, False), (40, 60.0, False), (20, 70.0, False),
+            (50, 72.5, True)]
+  for step, top1, saved in offers:
+    assert kept.offer(step, variables(step), {'top1': top1, 'epoch': step // 10}) is saved
+    if step == 40:
+      assert kept.best() == {'top1': 70.0, 'epoch': 2, 'step': 20}
+  kept.close()
+  again = checkpoint.BestKept(str(tmp_path / 'best'))  # a resumed run reads it back
+  assert again.best() == {'top1': 72.5, 'epoch': 5, 'step': 50}
+  again.close()
+  assert sorted(os.listdir(tmp_path / 'best')) == ['50']
+  np.testing.assert_array_equal(checkpoint.restore_variables(str(tmp_path / 'best'))['params']['w'], 50.0)
+
+
+@pytest.mark.parametrize('name', ['digits', 'cifar10', 'inat18'])
+def test_a_dataset_without_a_validation_split_is_refused(name):
+  config = digits_lt.get_config('smoke')
+  config.data.name = name
+  config.run.val_every_epochs = 1
+  with pytest.raises(ConfigError, match=r'run.val_every_epochs=1 .* no validation split .*imagenet_lt.*'
+                                        r'set run.val_every_epochs=0'):
+    config_lib.validate(config)
+
+
+@pytest.mark.slow  # about 20 s
+def test_tau_norm_chooses_tau_on_the_validation_split(tmp_path, val_is_test):
+  """Kang et al.'s tau_norm.py sweeps tau on the validation split's features: with the test
+  split standing in for it, the choice is the test sweep's best, with its numbers."""
+  config = digits_lt.get_config('smoke,method=tau_norm')
+  config.run.val_every_epochs = 2
+  r = pipeline.run(config, str(tmp_path / 'w'))['tau_norm']
+  assert r['tau_val_sweep'] == r['tau_sweep']
+  top = max(row['top1'] for row in r['tau_sweep'])
+  first = next(row for row in r['tau_sweep'] if row['top1'] == top)
+  best = r['best_val_selected']
+  assert best['tau'] == first['tau'] and best['val']['top1'] == best['top1'] == top
+  others = ('top5', 'many', 'medium', 'few')
+  assert {k: best[k] for k in others} == {k: first[k] for k in others}
+  assert 'epoch' not in best and 'validation split' in r['tau_note']
+  # The CE phase before it chose its epoch too: epochs 2 and 4 (the last) evaluated.
+  ce = json.loads((tmp_path / 'w' / 'ce' / 'results.json').read_text())
+  assert ce['best_val_selected']['epoch'] in (2, 4)
+  with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
+    assert [json.loads(l)['val/epoch'] for l in f if 'val/epoch' in l] == [2, 4]
