@@ -110,8 +110,10 @@ class BestKept:
   """The model variables of the best validation epoch so far, in ``directory`` (a phase's
   ``best_val/``): orbax keeps the one checkpoint with the highest ``top1`` of its metrics
   (``BestN``), and the metrics (the validation results and the epoch) are saved with it, so a
-  resumed run knows the best so far. ``offer`` saves only a strictly better epoch: of equal
-  ones the earliest stays, as in Kang et al.'s ``if acc > best_acc``."""
+  resumed run knows the best so far. Only a strictly better epoch is saved (``improves``):
+  of equal ones the earliest stays, as in Kang et al.'s ``if acc > best_acc``. The trainer
+  writes an epoch's main checkpoint before its copy here, so that the kept best is never
+  newer than the step a run resumes from (``drop_after`` for when it is)."""
 
   def __init__(self, directory: str):
     top1 = lambda metrics: metrics['top1']
@@ -119,21 +121,40 @@ class BestKept:
     # best_fn too: orbax writes a step's metrics only where it ranks by them.
     options = ocp.CheckpointManagerOptions(create=True, best_fn=top1, best_mode='max', preservation_policy=policy)
     self.mgr = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    self._best = self._read()
+
+  def _read(self) -> dict | None:
     step = self.mgr.best_step()
     metrics = None if step is None else self.mgr.metrics(step)
-    self._best = None if metrics is None else {**metrics, 'step': int(step)}
+    return None if metrics is None else {**metrics, 'step': int(step)}
 
   def best(self) -> dict | None:
     """The kept epoch's metrics (with its ``step``), or None before the first."""
     return None if self._best is None else dict(self._best)
 
+  def improves(self, step: int, top1: float) -> bool:
+    """Whether an evaluation at ``step`` with ``top1`` beats the kept one (a resumed run
+    evaluates the step it resumed at again: kept already, not again)."""
+    best = self._best
+    return best is None or (top1 > best['top1'] and step != best['step'])
+
+  def drop_after(self, step: int) -> list[int]:
+    """Deletes kept checkpoints newer than ``step`` (a run restarting from an earlier
+    checkpoint, or from scratch, would otherwise be compared with a model of another
+    trajectory); returns their steps. Every process calls it."""
+    late = [s for s in self.mgr.all_steps() if s > step]
+    for s in late:
+      self.mgr.delete(s)
+    if late:
+      self._best = self._read()
+    return late
+
   def offer(self, step: int, variables, metrics: dict) -> bool:
     """Saves ``variables`` at ``step`` with ``metrics`` (``top1`` and what else is to be
-    kept) when its ``top1`` beats the kept one's; says whether it did. Every process calls it
-    with the same metrics."""
-    best = self._best
-    if best is not None and (metrics['top1'] <= best['top1'] or step == best['step']):
-      return False  # a resumed run evaluates an epoch again: the same numbers, kept already
+    kept) when ``improves``; says whether it did. Every process calls it with the same
+    metrics."""
+    if not self.improves(step, metrics['top1']):
+      return False
     finish(self.mgr)
     try:
       self.mgr.save(step, args=ocp.args.StandardSave(variables), metrics=metrics, force=True)

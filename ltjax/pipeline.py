@@ -197,16 +197,24 @@ def _check_sources(phases, to_run) -> None:
         f'nothing. Fix: add --config.run.phases={needed} (finished phases are skipped).')
 
 
-def _best_val_selected(best: dict, phase_dir: str, evaluate_fn, mesh) -> dict:
+def _best_val_selected(best: dict, phase, phase_dir: str, config, evaluate_fn, mesh) -> dict:
   """The test results of the phase's best validation epoch (``best``: its validation
-  results, ``epoch`` and ``step``, from ``checkpoint.BestKept``), from its checkpoint in
-  ``phase_dir/best_val`` (also when it is the last epoch: one path, always exercised):
-  Kang et al.'s reported model, beside ltjax's last epoch."""
+  results, ``epoch``, ``step`` and ``since``, from ``checkpoint.BestKept``), from its
+  checkpoint in ``phase_dir/best_val`` (also when it is the last epoch: one path, always
+  exercised): Kang et al.'s reported model, beside ltjax's last epoch. A choice among fewer
+  epochs than ``run.val_every_epochs`` asks for (validation switched on when a run resumed)
+  says so, and warns."""
   variables = checkpoint.restore_variables(os.path.join(phase_dir, train.BEST_VAL))
   test = evaluate_fn(jax.device_put(variables, parallel.replicated(mesh)))
-  return {'epoch': int(best['epoch']), 'val': {k: best[k] for k in evaluate.SUMMARY if k in best},
-          **evaluate.summary(test), 'ece': test['ece'],
-          'selected_on': 'the validation split (Kang et al.\'s model selection); the result is top1, the last epoch'}
+  out = {'epoch': int(best['epoch']), 'val': {k: best[k] for k in evaluate.SUMMARY if k in best},
+         **evaluate.summary(test), 'ece': test['ece'], 'validated_from_epoch': int(best['since']),
+         'selected_on': 'the validation split (Kang et al.\'s model selection); the result is top1, the last epoch'}
+  first = min(config.run.val_every_epochs, phase.train.epochs)
+  if out['validated_from_epoch'] > first:
+    out['note'] = (f'chosen among epochs {out["validated_from_epoch"]}-{phase.train.epochs} only: the epochs '
+                   f'before were not validated (run.val_every_epochs off before a resume, or a kept best dropped)')
+    _say(f'ltjax: warning: [{phase.name}] best validation epoch {out["note"]}')
+  return out
 
 
 def _say(*args):
@@ -309,7 +317,7 @@ def _run(config, workdir: str, lock) -> dict:
     res = evaluate_fn(variables)
     best_val = timing.pop('best_val', None)
     if best_val is not None:
-      res['best_val_selected'] = _best_val_selected(best_val, phase_dir, evaluate_fn, mesh)
+      res['best_val_selected'] = _best_val_selected(best_val, phase, phase_dir, config, evaluate_fn, mesh)
     for head, output in phase.extra_heads:
       head_forward = evaluate.make_forward(phase.model, normalize, output, mesh)
       res.setdefault('heads', {})[head] = evaluate_fn(variables, forward=head_forward)

@@ -434,6 +434,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   start = int(state.step)
   val_every = rc.val_every_epochs if validate_fn is not None else 0
   kept = checkpoint.BestKept(os.path.join(phase_dir, BEST_VAL)) if val_every and total_steps else None
+  dropped = kept.drop_after(start) if kept is not None else []
+  # The first epoch of this phase's unbroken run of validations: the choice is among the
+  # epochs from there (a run without run.val_every_epochs before a resume validated none).
+  since = kept.best()['since'] if kept is not None and kept.best() else None
   step_fn = jax.jit(make_train_step(phase, schedule, feed),
                     in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
@@ -443,6 +447,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
              dynamic_ncols=True, mininterval=1.0)
   if start and is_main:
     bar.write(f'[{phase.name}] resumed from checkpoint at step {start} of {total_steps}')
+  if dropped and is_main:
+    bar.write(f'ltjax: warning: [{phase.name}] the best validation epoch kept at step {max(dropped)} is newer '
+              f'than the step this run starts from ({start}); it was dropped, and the choice is made '
+              f'again from the epochs this run trains.')
   log_every = max(1, min(config.run.log_every_steps, steps_per_epoch))
   pending, t_last, n_last = None, time.perf_counter(), start
 
@@ -469,8 +477,32 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     bar.set_postfix(epoch=f'{step_done / steps_per_epoch:.1f}', loss=f'{metrics["loss"]:.3f}',
                     img_s=f'{ips:.0f}', refresh=False)
 
+  def validate(step_done, last_metrics=None):
+    """The validation split at the end of epoch ``step_done / steps_per_epoch``: logged,
+    and a new best kept, after the main checkpoint of that step is written."""
+    nonlocal since
+    epoch = step_done // steps_per_epoch
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    res = evaluate.summary(validate_fn(variables))
+    logger.write(step_done, {'epoch': epoch, **res}, prefix='val/')
+    since = epoch if since is None else since
+    if kept.improves(step_done, res['top1']):
+      if mgr.latest_step() != step_done:
+        if last_metrics is not None:
+          check_finite(step_done, {k: float(v) for k, v in jax.device_get(last_metrics).items()})
+        checkpoint.save(mgr, step_done, state, feed.data_state)
+      checkpoint.finish(mgr)  # a crash from here on resumes at this step, which is validated again
+      kept.offer(step_done, variables, {**res, 'epoch': epoch, 'since': since})
+      if is_main:
+        bar.write(f'[{phase.name}] epoch {epoch}: validation top-1 {res["top1"]:.2f}, the best so far')
+
   clean = False  # the loop finished, or stopped on purpose with its checkpoint written
   try:
+    # A run that resumes at the end of a validation epoch validates it (again): a crash
+    # between that epoch's checkpoint and its validation would otherwise skip it.
+    if kept is not None and start and start % steps_per_epoch == 0 and (
+        (start // steps_per_epoch) % val_every == 0 or start == total_steps):
+      validate(start)
     t_loop = time.perf_counter()
     first_step_seconds = None
     for step in range(start, total_steps):
@@ -499,11 +531,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
           if is_main:
             bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
         if kept is not None and (epoch % val_every == 0 or last):
-          variables = {'params': state.params, 'batch_stats': state.batch_stats}
-          res = evaluate.summary(validate_fn(variables))
-          logger.write(step + 1, {'epoch': epoch, **res}, prefix='val/')
-          if kept.offer(step + 1, variables, {**res, 'epoch': epoch}) and is_main:
-            bar.write(f'[{phase.name}] epoch {epoch}: validation top-1 {res["top1"]:.2f}, the best so far')
+          validate(step + 1, metrics)
       if step + 1 < total_steps and preemption.reached(step + 1):
         # A SIGTERM / SIGINT: every process stops at this same step, saves and exits.
         if pending is not None:

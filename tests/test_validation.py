@@ -6,6 +6,7 @@ its numbers must be those that the test-set evaluations of every epoch logged.""
 import dataclasses
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from configs import digits_lt
 from ltjax import checkpoint, config_lib, pipeline, preemption, train
 from ltjax.data import registry
+from ltjax.data.arrays import ArrayDataset
 from ltjax.errors import ConfigError, Preempted
 
 EPOCHS = 6
@@ -20,7 +22,8 @@ EPOCHS = 6
 
 @pytest.fixture
 def val_is_test(monkeypatch):
-  """The digits dataset with a validation split: its test images."""
+  """The digits dataset with a validation split: its test images. Returns the list of
+  ``val_batches`` calls (each validation reads the validation split, not the test split)."""
   spec = registry.DATASETS['digits']
 
   def loader(spec_, config):
@@ -28,6 +31,17 @@ def val_is_test(monkeypatch):
     return dataclasses.replace(ds, val_images=ds.test_images, val_labels=ds.test_labels)
 
   monkeypatch.setitem(registry.DATASETS, 'digits', dataclasses.replace(spec, loader=loader, val_split='test'))
+  calls, real = [], ArrayDataset.val_batches
+
+  def val_batches(self, *args, **kwargs):
+    calls.append(len(calls) + 1)
+    if calls[-1] in fail_at:
+      raise RuntimeError('the machine went away')
+    return real(self, *args, **kwargs)
+
+  fail_at = set()
+  monkeypatch.setattr(ArrayDataset, 'val_batches', val_batches)
+  return calls, fail_at
 
 
 def _config():
@@ -97,6 +111,47 @@ def test_best_validation_epoch_is_kept_and_tested(tmp_path, val_is_test):
   for name in ('teacher', 'student'):
     assert resumed[name]['best_val_selected'] == results[name]['best_val_selected']
 
+  # Killed between an epoch's checkpoint and its validation (the student's third epoch): the
+  # rerun resumes at that checkpoint and validates that epoch before it trains on.
+  crashed = tmp_path / 'crashed'
+  calls, fail_at = val_is_test
+  fail_at.add(len(calls) + EPOCHS + 3)
+  with pytest.raises(RuntimeError, match='went away'):
+    pipeline.run(_config(), str(crashed))
+  for _ in range(100):  # orbax finishes that checkpoint in the background
+    if os.path.exists(crashed / 'student' / 'checkpoints' / '21' / 'default'):
+      break
+    time.sleep(0.1)
+  assert sorted(int(d) for d in os.listdir(crashed / 'student' / 'checkpoints') if d.isdigit())[-1] == 21
+  fail_at.clear()
+  resumed = pipeline.run(_config(), str(crashed))
+  _check(str(crashed), resumed)
+  assert resumed['student']['best_val_selected'] == results['student']['best_val_selected']
+
+
+@pytest.mark.slow  # about 20 s
+def test_validation_switched_on_at_a_resume_says_which_epochs_it_chose_among(tmp_path, val_is_test, capsys):
+  config = _config()
+  config.run.val_every_epochs = 0
+  real, hits = preemption.reached, []
+
+  def reached(step):  # the student's step 23, in its fourth epoch
+    hits.extend([step] if step == 23 else [])
+    return len(hits) == 2
+
+  try:
+    preemption.reached = reached
+    with pytest.raises(Preempted):
+      pipeline.run(config, str(tmp_path / 'w'))
+  finally:
+    preemption.reached = real
+  r = pipeline.run(_config(), str(tmp_path / 'w'))
+  assert 'best_val_selected' not in r['teacher']  # finished before: not validated
+  best = r['student']['best_val_selected']
+  assert best['validated_from_epoch'] == 4 and best['epoch'] >= 4
+  assert best['note'].startswith('chosen among epochs 4-6 only')
+  assert 'warning: [student] best validation epoch chosen among epochs 4-6 only' in capsys.readouterr().out
+
 
 def test_best_kept_keeps_the_earliest_of_the_best(tmp_path):
   kept = checkpoint.BestKept(str(tmp_path / 'best'))
@@ -111,9 +166,17 @@ def test_best_kept_keeps_the_earliest_of_the_best(tmp_path):
   kept.close()
   again = checkpoint.BestKept(str(tmp_path / 'best'))  # a resumed run reads it back
   assert again.best() == {'top1': 72.5, 'epoch': 5, 'step': 50}
+  assert not again.improves(50, 80.0)  # the step it holds, validated again after a resume
+  assert again.drop_after(50) == [] and again.best()['step'] == 50
   again.close()
   assert sorted(os.listdir(tmp_path / 'best')) == ['50']
   np.testing.assert_array_equal(checkpoint.restore_variables(str(tmp_path / 'best'))['params']['w'], 50.0)
+  # A run restarting before the kept step (its checkpoints deleted, or set aside as damaged):
+  # the kept model is of another trajectory, and goes.
+  again = checkpoint.BestKept(str(tmp_path / 'best'))
+  assert again.drop_after(40) == [50] and again.best() is None and again.improves(10, 0.0)
+  again.close()
+  assert not any(d.isdigit() for d in os.listdir(tmp_path / 'best'))
 
 
 @pytest.mark.parametrize('name', ['digits', 'cifar10', 'inat18'])
@@ -141,6 +204,8 @@ def test_tau_norm_chooses_tau_on_the_validation_split(tmp_path, val_is_test):
   others = ('top5', 'many', 'medium', 'few')
   assert {k: best[k] for k in others} == {k: first[k] for k in others}
   assert 'epoch' not in best and 'validation split' in r['tau_note']
+  calls, _ = val_is_test
+  assert len(calls) == 2 + 9  # the CE phase's epochs 2 and 4, then the tau sweep
   # The CE phase before it chose its epoch too: epochs 2 and 4 (the last) evaluated.
   ce = json.loads((tmp_path / 'w' / 'ce' / 'results.json').read_text())
   assert ce['best_val_selected']['epoch'] in (2, 4)
