@@ -22,8 +22,9 @@ EPOCHS = 6
 
 @pytest.fixture
 def val_is_test(monkeypatch):
-  """The digits dataset with a validation split: its test images. Returns the list of
-  ``val_batches`` calls (each validation reads the validation split, not the test split)."""
+  """The digits dataset with a validation split: its test images. Returns the numbers of the
+  ``val_batches`` calls so far (each validation reads the validation split, not the test
+  split) and a set of call numbers that raise instead (a crash in that validation)."""
   spec = registry.DATASETS['digits']
 
   def loader(spec_, config):
