@@ -158,7 +158,7 @@ def load_folder(spec, config):
     return [f for f, good in zip(other_files, other_ok) if good], other_labels[other_ok]
 
   val = {}
-  if dc.val_dir:
+  if dc.val_dir and rc.val_every_epochs:  # read only where a run validates, as data/large.py
     val_files, val_labels = other_folder(dc.val_dir, 'validation')
     val = dict(val_source=FolderSource(val_files, val_labels), val_records=np.arange(len(val_files)),
                val_labels=np.asarray(val_labels, np.int32))

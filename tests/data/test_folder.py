@@ -149,6 +149,8 @@ def test_validation_folder_is_read_checked_and_switches_on_epoch_choice(folders,
   batch = next(iter(ds.val_batches(16)))
   assert batch['images'].shape == (16, 32, 32, 3) and batch['images'][15].max() == 0  # one padding row
   assert registry.load(config(train, test)).val_labels is None  # none without val=
+  c.run.val_every_epochs = 0  # validation switched off: the folder is not even read
+  assert registry.load(c).val_labels is None
   fewer = write_folder(tmp_path / 'fewer', [3, 3, 3, 3])
   with pytest.raises(DatasetNotPreparedError, match=r"validation folder .* other classes .*only in validation: \[\]"):
     registry.load(config(train, test, extra=f'val={fewer}'))
