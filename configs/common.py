@@ -11,6 +11,12 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
+  # What a later phase takes from an earlier phase of the run (the CE backbone of crt, lws
+  # and tau_norm, SSD's phase-I backbone, DiVE's and SSD's teacher): 'last', its last
+  # epoch, or 'best_val', its best validation epoch (run.val_every_epochs), as Kang et
+  # al.'s stage 2 loads stage 1's state_dict_best. With best_val, run.val_every_epochs
+  # decides what later phases train on, so a workdir keeps it.
+  c.handoff = 'last'
 
   # How this run executes (config_lib.RUN_GROUP): may change when a workdir is resumed,
   # never changes a result.

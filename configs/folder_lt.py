@@ -7,8 +7,8 @@ flip and colour jitter; resize and centre crop for testing; Kang et al.'s optimi
 methods ce, bsce, dive, ssd, crt, lws, tau_norm). Arguments: train (the training folder),
 test (a test folder with the same classes; without it, ``holdout`` of the smallest
 class's count is held out from every class, seeded by ``seed``), val (a validation folder
-with the same classes: the best epoch on it is kept and tested, ``best_val_selected``;
-``run.val_every_epochs``, 1 with it), method, imb (> 1: draw a
+with the same classes: the best epoch on it is kept and tested, ``best_val_selected``,
+and later phases start from it, ``handoff``; ``run.val_every_epochs``, 1 with it), method, imb (> 1: draw a
 long-tailed subset of the training folder, the CIFAR-LT profile), image_size, model
 (default resnet50), epochs (default 90), seed, smoke (tiny images, ResNet-8, one epoch a
 phase: a CPU check of the whole pipeline).
@@ -27,7 +27,9 @@ def get_config(arg=None):
   c.data.test_dir = args.test
   c.data.val_dir = args.val
   if args.val:
-    c.run.val_every_epochs = 1  # choose an epoch on it, as configs/imagenet_lt.py on its own
+    # Choose an epoch on it, and start later phases from it, as configs/imagenet_lt.py.
+    c.run.val_every_epochs = 1
+    c.handoff = 'last' if c.method == 'ssd' else 'best_val'
   c.data.holdout = args.holdout
   c.data.imbalance_factor = args.imb
   c.data.split_seed = args.seed

@@ -12,7 +12,8 @@ lr 0.2 cosine (set once an epoch), weight decay 5e-4 (Kang et al.); their cRT / 
 batch 256, lr 0.1 cosine, MoCo v2 with a 115,712-key queue; LWS 5 epochs. Arguments:
 method, seed, epochs (override the phase length), smoke (tiny images and batches on
 the real data), mock (the same on TFDS's mock data: no dataset needed). The validation
-split (20 images a class) is evaluated after every epoch (``run.val_every_epochs``).
+split (20 images a class) is evaluated after every epoch (``run.val_every_epochs``), and
+later phases start from an earlier one's best validation epoch (``handoff``; SSD: its last).
 
 The TFDS data must be prepared by hand (the ILSVRC2012 tars need an image-net.org
 account): README "Large datasets".
@@ -28,4 +29,8 @@ def get_config(arg=None):
   # validation split after every epoch and tests the best epoch's weights: results.json
   # keeps that as best_val_selected beside ltjax's last epoch.
   c.run.val_every_epochs = 1
+  # And its stage 2 (cRT, LWS, tau-norm: load_model's state_dict_best) starts from that best
+  # epoch, as BALMS's code (BSCE, the DiVE teacher's loss) does. SSD-LT's stages pass on
+  # last_checkpoint.pth.tar: SSD keeps the last epoch.
+  c.handoff = 'last' if c.method == 'ssd' else 'best_val'
   return c

@@ -46,6 +46,11 @@ def parse_args(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
 # phases it runs) and never what it computes: the one group that may differ between the
 # runs of one workdir (``pipeline.check_workdir``).
 RUN_GROUP = 'run'
+# What later phases take from an earlier one (config.handoff): its last epoch, or its best
+# validation epoch. With 'best_val' the run field that says which epochs are validated
+# decides what later phases train on, and a workdir keeps it (``HANDOFF_KEEPS``).
+HANDOFFS = ('last', 'best_val')
+HANDOFF_KEEPS = 'run.val_every_epochs'
 
 
 def _stage2_step(saved: dict) -> bool:
@@ -61,6 +66,7 @@ LEGACY_VALUES = {
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
     'stage2.backbone_dir': '',  # the CE phase of the same workdir
     'data.val_dir': '',  # no validation folder
+    'handoff': 'last',  # later phases took an earlier phase's last epoch
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
     'stage2.nesterov': lambda saved: saved.get('train.nesterov', False),  # inherited from train
@@ -154,7 +160,8 @@ def _choices():
           'schedule': train.SCHEDULES,
           'dtype': ('float32', 'bfloat16'), 'generator': ('lws', 'crt'), 'phase4_head': ('hard', 'soft'),
           'target': ('t_tau', 't_tilde'), 'batch_norm': train.BATCH_NORM_MODES,
-          'focal_form': supervised.FOCAL_FORMS, 'progressive_form': samplers.PROGRESSIVE_FORMS}
+          'focal_form': supervised.FOCAL_FORMS, 'progressive_form': samplers.PROGRESSIVE_FORMS,
+          'handoff': HANDOFFS}
 
 
 def _pick(kind):
@@ -175,7 +182,7 @@ _SCHEDULE = {
 }
 _SAMPLING = ('sampler', 'samples_per_class', 'progressive_form')  # data.* and stage2.*, not train.*
 RULES = {
-    'method': _pick('method'), 'seed': _NONNEG_INT,
+    'method': _pick('method'), 'seed': _NONNEG_INT, 'handoff': _pick('handoff'),
     'run.phases': _ANY, 'run.num_devices': _NONNEG_INT, 'run.data_dir': _ANY, 'run.cache_dir': _ANY,
     'run.download': _ANY, 'run.host_threads': _POS_INT, 'run.host_workers': _NONNEG_INT,
     'run.eval_batch_size': _POS_INT, 'run.log_every_steps': _POS_INT, 'run.eval_every_epochs': _NONNEG_INT,
@@ -260,6 +267,10 @@ def validate(config) -> None:
       bad.append(f'run.val_every_epochs={flat["run.val_every_epochs"]} with data.name={spec.name!r}: '
                  f'{spec.title} has no validation split to choose an epoch on (those with one: '
                  f'{", ".join(having)}); set run.val_every_epochs=0')
+  if flat.get('handoff') == 'best_val' and not flat.get('run.val_every_epochs'):
+    bad.append("handoff='best_val' with run.val_every_epochs=0: later phases would take an earlier phase's "
+               'best validation epoch, but no epoch is validated; set run.val_every_epochs (1: every '
+               "epoch, as Kang et al.) where the dataset has a validation split, or handoff='last'")
   if flat.get('stage2.backbone_dir'):
     from ltjax.recipes import decoupled
 

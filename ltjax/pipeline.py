@@ -32,6 +32,11 @@ def check_workdir(config, workdir: str) -> bool:
       saved = json.load(f)
     a, b = (traverse_util.flatten_dict({k: v for k, v in d.items() if k != config_lib.RUN_GROUP}, sep='.')
             for d in (saved, current))
+    if b.get('handoff') == 'best_val':  # which epochs are validated picks what later phases take
+      group, key = config_lib.HANDOFF_KEEPS.split('.')
+      for flat, d in ((a, saved), (b, current)):
+        if key in d.get(group, {}):
+          flat[config_lib.HANDOFF_KEEPS] = d[group][key]
     # A field added to ltjax since that run reads as the value that ltjax then had.
     legacy = config_lib.with_legacy_values(a, b)
     added = set(legacy) - set(a)
@@ -58,8 +63,15 @@ def check_workdir(config, workdir: str) -> bool:
   return False
 
 
-def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_field: str = '') -> str:
-  """The checkpoint folder of phase ``name`` of this run, which must have finished."""
+def _has_checkpoint(directory: str) -> bool:
+  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+
+
+def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_field: str = '',
+                                handoff: str = 'last') -> str:
+  """The checkpoint folder of phase ``name`` of this run, which must have finished: its
+  last epoch's (``checkpoints/``), or with ``handoff='best_val'`` its best validation
+  epoch's (``best_val/``)."""
   source = os.path.join(workdir, name)
   if not os.path.exists(os.path.join(source, 'results.json')):
     elsewhere = (f', or point --config.{path_field} at the phase folder of a finished run'
@@ -68,15 +80,25 @@ def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_fi
         f'phase {needed_by!r} needs the final checkpoint of phase {name!r}, but {source} holds '
         f'no finished run of it. Fix: run the whole recipe in this workdir (the same command '
         f'runs {name!r} first, also with --config.run.phases={name},{needed_by}){elsewhere}.')
+  if handoff == 'best_val':
+    best = os.path.join(source, train.BEST_VAL)
+    if not _has_checkpoint(best):
+      raise MissingCheckpointError(
+          f"phase {needed_by!r} takes phase {name!r} at its best validation epoch (handoff='best_val'), "
+          f'but {best} holds no checkpoint: that phase kept none (it trained no epoch, or its kept '
+          f'best was dropped). Fix: run the recipe in a new workdir.')
+    return best
   return os.path.join(source, 'checkpoints')
 
 
-def _checkpoints_at(path: str, name: str, field: str) -> str:
+def _checkpoints_at(path: str, name: str, field: str, handoff: str = 'last') -> str:
   """The checkpoint folder a user's ``path`` names: a phase folder (``.../<name>``) or a
-  run's workdir, whose phase must have finished, or an orbax checkpoint folder itself
-  (its newest checkpoint, as it is)."""
-  for candidate in (os.path.join(path, 'checkpoints'), os.path.join(path, name, 'checkpoints'), path):
-    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+  run's workdir, whose phase must have finished (its ``checkpoints/``, or with
+  ``handoff='best_val'`` its ``best_val/``), or an orbax checkpoint folder itself (its
+  newest checkpoint, as it is)."""
+  sub = train.BEST_VAL if handoff == 'best_val' else 'checkpoints'
+  for candidate in (os.path.join(path, sub), os.path.join(path, name, sub), path):
+    if _has_checkpoint(candidate):
       phase_dir = os.path.dirname(candidate)
       if candidate != path and not os.path.exists(os.path.join(phase_dir, 'results.json')):
         raise MissingCheckpointError(
@@ -84,10 +106,18 @@ def _checkpoints_at(path: str, name: str, field: str) -> str:
             f'results.json). Fix: finish it (rerun its command in its workdir), or point '
             f'--config.{field} at {candidate} to take its newest checkpoint as it is.')
       return candidate
+  if handoff == 'best_val':
+    for phase_dir in (path, os.path.join(path, name)):
+      if _has_checkpoint(os.path.join(phase_dir, 'checkpoints')):
+        raise MissingCheckpointError(
+            f"--config.{field}={path!r}: handoff='best_val' takes the {name!r} phase at its best "
+            f'validation epoch, but {phase_dir} kept none (it ran without run.val_every_epochs). Fix: '
+            f'point --config.{field} at {os.path.join(phase_dir, "checkpoints")} to take its last '
+            f'epoch as it is, or train that phase with validation.')
   raise MissingCheckpointError(
       f'--config.{field}={path!r} holds no checkpoint: give the folder of a finished {name!r} '
-      f'phase (with checkpoints/ inside), the workdir of a run that has one ({path}/{name}/'
-      f'checkpoints), or an orbax checkpoint folder.')
+      f'phase (with {sub}/ inside), the workdir of a run that has one ({path}/{name}/'
+      f'{sub}), or an orbax checkpoint folder.')
 
 
 def _load_checked(directory: str, model, dataset, normalize, what: str, field: str) -> dict:
@@ -119,13 +149,16 @@ def _other_run(directory: str, dataset, what: str, name: str, field: str) -> dic
   checkpoint folder) says of itself: its phase's results and its dataset, for this run's
   results.json; a warning where that dataset or imbalance factor differs from this run's."""
   directory = os.path.abspath(directory)
-  phase_dir = os.path.dirname(directory) if os.path.basename(directory) == 'checkpoints' else directory
+  best = os.path.basename(directory) == train.BEST_VAL
+  phase_dir = os.path.dirname(directory) if os.path.basename(directory) in ('checkpoints', train.BEST_VAL) else directory
   out = {'checkpoints': directory}
   results_path = os.path.join(phase_dir, 'results.json')
   if os.path.exists(results_path):
     r = evaluate.read_results(results_path)
     out.update({k: r.get(k) for k in ('method', 'phase', 'dataset', 'imbalance_factor', 'seed', 'top1', 'many',
                                       'medium', 'few')})
+    if best and r.get('best_val_selected'):  # what was taken: that epoch, not the last
+      out['best_val_selected'] = r['best_val_selected']
     if r.get('phase') not in (None, name):  # e.g. the cRT phase folder for a CE backbone
       _say(f'warning: the {what} in {directory} is phase {r["phase"]!r} of a {r.get("method")} run, not a '
            f'{name!r} phase: check --config.{field}')
@@ -137,26 +170,27 @@ def _other_run(directory: str, dataset, what: str, name: str, field: str) -> dic
   return out
 
 
-def _load_teacher(phase, workdir: str, dataset, normalize) -> tuple[dict, dict | None]:
-  """The frozen teacher's variables, checked against the teacher model of this config, and
-  where it comes from another run, what that run says of it (``_other_run``)."""
+def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str) -> tuple[dict, dict | None]:
+  """The frozen teacher's variables (of the epoch ``handoff`` names), checked against the
+  teacher model of this config, and where it comes from another run, what that run says
+  of it (``_other_run``)."""
   teacher = phase.teacher
   if not teacher.path:
-    directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field)
+    directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field, handoff)
     return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field), None
-  directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field)
+  directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field, handoff)
   variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
   return variables, _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field)
 
 
-def _load_init(phase, phases, workdir: str, dataset, normalize) -> tuple[dict, dict | None]:
-  """The final variables of the phase that ``phase`` starts from (``init_from``): this
-  run's, or another run's at ``init_path``, checked against that phase's model here (and
-  then what that run says of it, ``_other_run``)."""
+def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str) -> tuple[dict, dict | None]:
+  """The variables of the phase that ``phase`` starts from (``init_from``), at the epoch
+  ``handoff`` names: this run's, or another run's at ``init_path``, checked against that
+  phase's model here (and then what that run says of it, ``_other_run``)."""
   if not phase.init_path:
     return checkpoint.restore_variables(
-        _finished_phase_checkpoints(workdir, phase.init_from, phase.name, phase.init_path_field)), None
-  directory = _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field)
+        _finished_phase_checkpoints(workdir, phase.init_from, phase.name, phase.init_path_field, handoff)), None
+  directory = _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field, handoff)
   source = next(p for p in phases if p.name == phase.init_from)
   what = f'{phase.init_from!r} model'
   variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
@@ -214,6 +248,24 @@ def _best_val_selected(best: dict, phase, phase_dir: str, config, evaluate_fn, m
     out['note'] = (f'chosen among epochs {out["validated_from_epoch"]}-{phase.train.epochs} only: the epochs '
                    f'before were not validated (run.val_every_epochs off before a resume, or a kept best dropped)')
     _say(f'ltjax: warning: [{phase.name}] best validation epoch {out["note"]}')
+  return out
+
+
+def _handoff(config, workdir: str, name: str, needed_by: str) -> dict | None:
+  """Which epoch of this run's phase ``name`` phase ``needed_by`` takes, where
+  ``config.handoff`` says its best validation epoch (said, and kept in results.json): that
+  phase's ``best_val_selected``."""
+  if config.handoff != 'best_val':
+    return None
+  r = evaluate.read_results(os.path.join(workdir, name, 'results.json'))
+  best = r.get('best_val_selected') or {}
+  out = {'phase': name, 'checkpoint': train.BEST_VAL, 'epoch': best.get('epoch'), 'epochs': r.get('epochs'),
+         'val_top1': (best.get('val') or {}).get('top1')}
+  val = f'{out["val_top1"]:.2f}' if out['val_top1'] is not None else '?'
+  _say(f'[{needed_by}] takes phase {name!r} at its best validation epoch {out["epoch"]} of {out["epochs"]} '
+       f'(validation top-1 {val}; handoff=best_val)')
+  if best.get('note'):
+    _say(f'ltjax: warning: [{needed_by}] phase {name!r}\'s best validation epoch was {best["note"]}')
   return out
 
 
@@ -305,11 +357,18 @@ def _run(config, workdir: str, lock) -> dict:
 
     init_variables = teacher_variables = None
     other_runs = {}  # what this phase took from other runs (their checkpoints, results, data)
+    handoff = {}  # this run's earlier phases taken at their best validation epoch
     if phase.init_from:
-      init_variables, other_runs['init_from'] = _load_init(phase, phases, workdir, dataset, normalize)
+      init_variables, other_runs['init_from'] = _load_init(phase, phases, workdir, dataset, normalize,
+                                                           config.handoff)
+      if not phase.init_path:
+        handoff['init_from'] = _handoff(config, workdir, phase.init_from, phase.name)
     if phase.teacher is not None:
-      teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize)
+      teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize, config.handoff)
+      if not phase.teacher.path:
+        handoff['teacher'] = _handoff(config, workdir, phase.teacher.phase, phase.name)
     other_runs = {k: v for k, v in other_runs.items() if v is not None}
+    handoff = {k: v for k, v in handoff.items() if v is not None}
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
                                           init_variables, teacher_variables, stream=stream,
                                           validate_fn=validate_fn)
@@ -325,6 +384,8 @@ def _run(config, workdir: str, lock) -> dict:
       res['main_head'] = phase.main_head
     if other_runs:
       res['from_other_runs'] = other_runs
+    if handoff:
+      res['handoff'] = handoff
     if phase.extra_eval is not None:
       res.update(phase.extra_eval(variables, init_variables, evaluate_fn))
     timing['eval_seconds'] = time.perf_counter() - t

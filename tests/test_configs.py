@@ -255,8 +255,11 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   def record(config, drop):
     recorded = json.loads(config.to_json())
     for key in drop:
-      group, field = key.split('.')
-      del recorded[group][field]
+      *groups, field = key.split('.')
+      node = recorded
+      for group in groups:
+        node = node[group]
+      del node[field]
     evaluate.write_results(str(tmp_path / 'config.json'), recorded)
 
   old = digits_lt.get_config('smoke,method=ssd')

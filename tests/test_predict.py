@@ -148,8 +148,11 @@ def test_a_workdir_from_before_newer_config_fields_still_builds_its_phases(tmp_p
 
   recorded = json.loads(digits_lt.get_config('method=ssd').to_json())
   for key in [*config_lib.LEGACY_VALUES, *config_lib.LEGACY_UNREAD]:
-    group, field = key.split('.')
-    del recorded[group][field]
+    *groups, field = key.split('.')
+    node = recorded
+    for group in groups:
+      node = node[group]
+    del node[field]
   (tmp_path / 'config.json').write_text(json.dumps(recorded))
   saved.write(str(tmp_path), load_digits_lt(20.0))
   with pytest.raises(MissingCheckpointError, match=r"no finished run of any phase of 'ssd'"):

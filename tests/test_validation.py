@@ -15,7 +15,7 @@ from configs import digits_lt
 from ltjax import checkpoint, config_lib, pipeline, preemption, train
 from ltjax.data import registry
 from ltjax.data.arrays import ArrayDataset
-from ltjax.errors import ConfigError, Preempted
+from ltjax.errors import ConfigError, MissingCheckpointError, Preempted, WorkdirConflictError
 
 EPOCHS = 6
 
@@ -45,8 +45,9 @@ def val_is_test(monkeypatch):
   return calls, fail_at
 
 
-def _config():
+def _config(handoff='last'):
   config = digits_lt.get_config('smoke,method=dive')
+  config.handoff = handoff
   config.train.epochs = EPOCHS
   config.train.lr_boundaries = ()  # a constant lr after the warm-up: the best epoch may be any
   config.run.val_every_epochs = 1
@@ -86,8 +87,12 @@ def _check(workdir, results):
 @pytest.mark.slow  # about 30 s
 def test_best_validation_epoch_is_kept_and_tested(tmp_path, val_is_test):
   workdir = str(tmp_path / 'w')
-  results = pipeline.run(_config(), workdir)
+  results = pipeline.run(_config('best_val'), workdir)
   _check(workdir, results)
+  # The student distilled the teacher's best validation epoch (Kang et al.'s stage 2).
+  assert results['student']['handoff']['teacher'] == {
+      'phase': 'teacher', 'checkpoint': train.BEST_VAL, 'epoch': results['teacher']['best_val_selected']['epoch'],
+      'epochs': EPOCHS, 'val_top1': results['teacher']['best_val_selected']['val']['top1']}
   # Interrupted mid-phase (a preemption in the student's fourth epoch), then resumed: the
   # kept best and its numbers are the uninterrupted run's.
   again = str(tmp_path / 'again')
@@ -100,14 +105,14 @@ def test_best_validation_epoch_is_kept_and_tested(tmp_path, val_is_test):
   try:
     preemption.reached = reached
     with pytest.raises(Preempted):
-      pipeline.run(_config(), again)  # the teacher finishes, the student stops
+      pipeline.run(_config('best_val'), again)  # the teacher finishes, the student stops
   finally:
     preemption.reached = real
   assert not os.path.exists(os.path.join(again, 'student', 'results.json'))
   kept = checkpoint.BestKept(os.path.join(again, 'student', train.BEST_VAL))
   assert 1 <= kept.best()['epoch'] <= 3
   kept.close()
-  resumed = pipeline.run(_config(), again)
+  resumed = pipeline.run(_config('best_val'), again)
   _check(again, resumed)
   for name in ('teacher', 'student'):
     assert resumed[name]['best_val_selected'] == results[name]['best_val_selected']
@@ -118,14 +123,14 @@ def test_best_validation_epoch_is_kept_and_tested(tmp_path, val_is_test):
   calls, fail_at = val_is_test
   fail_at.add(len(calls) + EPOCHS + 3)
   with pytest.raises(RuntimeError, match='went away'):
-    pipeline.run(_config(), str(crashed))
+    pipeline.run(_config('best_val'), str(crashed))
   for _ in range(100):  # orbax finishes that checkpoint in the background
     if os.path.exists(crashed / 'student' / 'checkpoints' / '21' / 'default'):
       break
     time.sleep(0.1)
   assert sorted(int(d) for d in os.listdir(crashed / 'student' / 'checkpoints') if d.isdigit())[-1] == 21
   fail_at.clear()
-  resumed = pipeline.run(_config(), str(crashed))
+  resumed = pipeline.run(_config('best_val'), str(crashed))
   _check(str(crashed), resumed)
   assert resumed['student']['best_val_selected'] == results['student']['best_val_selected']
 
@@ -212,3 +217,75 @@ def test_tau_norm_chooses_tau_on_the_validation_split(tmp_path, val_is_test):
   assert ce['best_val_selected']['epoch'] in (2, 4)
   with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
     assert [json.loads(l)['val/epoch'] for l in f if 'val/epoch' in l] == [2, 4]
+
+
+@pytest.mark.slow  # about 40 s
+@pytest.mark.parametrize('handoff', ['best_val', 'last'])
+def test_a_later_phase_starts_from_the_epoch_that_handoff_names(tmp_path, val_is_test, handoff, capsys):
+  """Kang et al.'s stage 2 loads stage 1's best validation epoch (``state_dict_best``):
+  ``handoff='best_val'``. tau-norm at tau 0 with the bias kept is the CE model itself, so
+  its sweep's first row must be the test result of the CE epoch handed on."""
+  config = digits_lt.get_config('smoke,method=tau_norm')
+  config.handoff = handoff
+  config.train.epochs = 4  # a constant lr after the warm-up: here the third epoch is the best
+  config.train.lr_boundaries = ()
+  config.run.val_every_epochs = 1
+  config.loss.tau_norm_bias = True
+  r = pipeline.run(config, str(tmp_path / 'w'))
+  ce, tau0 = r['ce'], r['tau_norm']['tau_sweep'][0]
+  best = ce['best_val_selected']
+  assert tau0['tau'] == 0.0
+  assert best['top1'] > ce['top1'], 'here the best epoch is better than the last: the two can be told apart'
+  taken = best if handoff == 'best_val' else ce
+  assert {k: tau0[k] for k in ('top1', 'many', 'medium', 'few')} == {k: taken[k] for k in ('top1', 'many', 'medium', 'few')}
+  out = capsys.readouterr().out
+  if handoff == 'best_val':
+    assert r['tau_norm']['handoff'] == {'init_from': {
+        'phase': 'ce', 'checkpoint': train.BEST_VAL, 'epoch': best['epoch'], 'epochs': 4,
+        'val_top1': best['val']['top1']}}
+    assert f"[tau_norm] takes phase 'ce' at its best validation epoch {best['epoch']} of 4" in out
+  else:
+    assert 'handoff' not in r['tau_norm'] and 'takes phase' not in out
+
+
+def test_handoff_best_val_needs_validation_and_keeps_its_epochs(tmp_path):
+  config = digits_lt.get_config('smoke,method=crt')
+  config.handoff = 'best_val'
+  with pytest.raises(ConfigError, match=r"handoff='best_val' with run.val_every_epochs=0: .* set "
+                                        r"run.val_every_epochs .* or handoff='last'"):
+    config_lib.validate(config)
+  # Which epochs are validated picks what later phases train on: a workdir keeps it.
+  config = digits_lt.get_config('smoke,method=crt')
+  config.run.val_every_epochs = 1
+  workdir = str(tmp_path / 'w')
+  for handoff in ('last', 'best_val'):
+    config.handoff = handoff
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json())
+    other = config.copy_and_resolve_references()
+    other.run.val_every_epochs = 2
+    if handoff == 'last':
+      assert pipeline.check_workdir(other, workdir)
+    else:
+      with pytest.raises(WorkdirConflictError, match=r'run.val_every_epochs: 1 in the workdir, 2 now'):
+        pipeline.check_workdir(other, workdir)
+
+
+def test_handoff_best_val_from_another_run_takes_its_best_val_folder(tmp_path):
+  """``stage2.backbone_dir`` (and the teacher paths) under ``handoff='best_val'``: a phase
+  folder or workdir gives its ``best_val/``; one that kept none is refused by name, with its
+  ``checkpoints/`` as the way to take its last epoch; an orbax folder is taken as it is."""
+  phase = tmp_path / 'run' / 'ce'
+  (phase / 'checkpoints' / '28').mkdir(parents=True)
+  (phase / 'results.json').write_text('{}')
+  with pytest.raises(MissingCheckpointError, match=r"handoff='best_val' takes the 'ce' phase at its best "
+                                                   r'validation epoch, but .*ce kept none .* point '
+                                                   r'--config.stage2.backbone_dir at .*ce/checkpoints'):
+    pipeline._checkpoints_at(str(tmp_path / 'run'), 'ce', 'stage2.backbone_dir', 'best_val')
+  assert pipeline._checkpoints_at(str(phase / 'checkpoints'), 'ce', 'stage2.backbone_dir', 'best_val') == \
+      str(phase / 'checkpoints')
+  (phase / train.BEST_VAL / '14').mkdir(parents=True)
+  for path in (tmp_path / 'run', phase):
+    assert pipeline._checkpoints_at(str(path), 'ce', 'stage2.backbone_dir', 'best_val') == str(phase / train.BEST_VAL)
+    assert pipeline._checkpoints_at(str(path), 'ce', 'stage2.backbone_dir') == str(phase / 'checkpoints')
