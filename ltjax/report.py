@@ -5,9 +5,11 @@
 A row per phase (and per extra head) of each run: method / phase, dataset, imbalance
 factor, seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a
 shot group without classes). Runs that differ only in their seed are one row, shown as
-mean ± sample standard deviation. Written to ``OUT/report.md`` with ``OUT/per_class.png``
-(per-class top-1 against class size) and ``OUT/reliability.png`` (a reliability
-diagram per row).
+mean ± sample standard deviation. Runs that chose an epoch on a validation split
+(``run.val_every_epochs``: ``best_val_selected``) get a second table of those epochs'
+test results, beside the last epoch's. Written to ``OUT/report.md`` with
+``OUT/per_class.png`` (per-class top-1 against class size) and ``OUT/reliability.png`` (a
+reliability diagram per row).
 
 The CIFAR-LT reproduction (``bench/reproduce.py``) has tables of its own, one per dataset:
 
@@ -32,6 +34,7 @@ import numpy as np
 from ltjax import evaluate, files
 
 METRICS = ('top1', 'many', 'medium', 'few', 'top5', 'ece')
+BEST_VAL_METRICS = ('top1', 'many', 'medium', 'few')
 
 
 def rows_of(workdir: str) -> list[dict]:
@@ -95,6 +98,13 @@ def group(rows: list[dict]) -> list[dict]:
       g['class_counts'] = next(m['class_counts'] for m in members if m.get('per_class'))
       g['shot_groups'] = members[0].get('shot_groups', {'many_above': 100, 'few_below': 20})
     g['reliability'] = _merge_reliability([m.get('reliability') for m in members])
+    chosen = [m['best_val_selected'] for m in members if m.get('best_val_selected')]
+    if chosen:  # the epoch (tau-norm: the tau) each seed chose on its validation split
+      g['best_val'] = {
+          'n': len(chosen), 'partial': any(c.get('note') for c in chosen),
+          'chosen': [f'epoch {c["epoch"]}' if 'epoch' in c else f'tau {c["tau"]:g}' for c in chosen],
+          'val': _mean_std([(c.get('val') or {}).get('top1') for c in chosen]),
+          **{k: _mean_std([c.get(k) for c in chosen]) for k in BEST_VAL_METRICS}}
     out.append(g)
   return out
 
@@ -113,6 +123,28 @@ def table(groups: list[dict]) -> str:
     seeds = ','.join(str(s) for s in g['seeds'])
     cells = ' | '.join(_cell(g[k], g[k + '_std']) for k in METRICS)
     lines.append(f'| {g["run"]} | {g["dataset"]} | {imb} | {seeds} | {cells} |')
+  return '\n'.join(lines)
+
+
+def best_val_table(groups: list[dict]) -> str:
+  """The rows that chose an epoch on a validation split: what each seed chose, the
+  validation top-1, and the test results of those checkpoints (mean ± std over the seeds
+  that chose; '*' where a choice covered fewer epochs than asked, its results.json says
+  why). '' where no row chose."""
+  chosen = [g for g in groups if g.get('best_val')]
+  if not chosen:
+    return ''
+  lines = ['Chosen on the validation split (best_val_selected, Kang et al.\'s selection); the table above '
+           'is the last epoch:', '',
+           '| method | dataset | IF | seed | chosen | validation | overall | many | medium | few |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for g in chosen:
+    b = g['best_val']
+    imb = '-' if g['imbalance_factor'] is None else f'{g["imbalance_factor"]:g}'
+    seeds = ','.join(str(s) for s in g['seeds']) + (f' ({b["n"]} chose)' if b['n'] < g['n'] else '')
+    cells = ' | '.join(_cell(*b[k]) for k in ('val', *BEST_VAL_METRICS))
+    lines.append(f'| {g["run"]} | {g["dataset"]} | {imb} | {seeds} | {", ".join(b["chosen"])}'
+                 f'{" *" if b["partial"] else ""} | {cells} |')
   return '\n'.join(lines)
 
 
@@ -175,6 +207,9 @@ def main(argv=None):
 
   groups = group(rows)
   text = table(groups)
+  best = best_val_table(groups)
+  if best:
+    text += '\n\n' + best
   os.makedirs(args.out, exist_ok=True)
   figures = plots.write_figures([(g['run'] + (f' (n={g["n"]})' if g['n'] > 1 else ''), g) for g in groups], args.out)
   with open(os.path.join(args.out, 'report.md'), 'w') as f:

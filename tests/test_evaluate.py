@@ -111,6 +111,38 @@ def test_report_table_mean_std_over_seeds_and_figures(tmp_path):
     report.main([str(tmp_path / 'missing')])
 
 
+def test_report_has_the_validation_choices_beside_the_last_epochs(tmp_path):
+  import json
+
+  from ltjax import report
+
+  _fabricate(tmp_path / 'a0', 'crt', [('ce', 90.0, 80.0), ('crt', 92.0, 84.0)], seed=0)
+  _fabricate(tmp_path / 'a1', 'crt', [('ce', 91.0, 82.0), ('crt', 93.0, 86.0)], seed=1)
+  _fabricate(tmp_path / 'a2', 'crt', [('ce', 89.0, 81.0), ('crt', 90.0, 83.0)], seed=2)
+  chosen = {('a0', 'ce'): (7, 88.0, 91.0, 81.0), ('a1', 'ce'): (9, 90.0, 93.0, 85.0),
+            ('a0', 'crt'): (2, 89.0, 92.5, 84.0)}
+  for (run, phase), (epoch, val, top1, few) in chosen.items():
+    path = tmp_path / run / phase / 'results.json'
+    r = json.loads(path.read_text())
+    r['best_val_selected'] = {'epoch': epoch, 'val': {'top1': val}, 'top1': top1, 'many': 100.0, 'medium': 90.0,
+                              'few': few, **({'note': 'chosen among epochs 5-10 only'} if run == 'a1' else {})}
+    path.write_text(json.dumps(r))
+  out = tmp_path / 'report'
+  report.main([str(tmp_path / d) for d in ('a0', 'a1', 'a2')] + ['--out', str(out)])
+  text = (out / 'report.md').read_text()
+  lines = text.splitlines()
+  assert lines[2].startswith('| crt/ce | digits | 20 | 0,1,2 | 90.00 ± 1.00 |')  # the last epochs, as before
+  start = lines.index('| method | dataset | IF | seed | chosen | validation | overall | many | medium | few |')
+  assert 'last epoch' in lines[start - 2]
+  # Seeds 0 and 1 chose (seed 2 ran without validation); seed 1's choice was partial.
+  assert lines[start + 2] == ('| crt/ce | digits | 20 | 0,1,2 (2 chose) | epoch 7, epoch 9 * | 89.00 ± 1.41 | '
+                              '92.00 ± 1.41 | 100.00 ± 0.00 | 90.00 ± 0.00 | 83.00 ± 2.83 |')
+  assert lines[start + 3] == ('| crt | digits | 20 | 0,1,2 (1 chose) | epoch 2 | 89.00 | 92.50 | 100.00 | '
+                              '90.00 | 84.00 |')
+  assert len(lines) > start + 4 and not lines[start + 4].startswith('|')
+  assert report.best_val_table(report.group(report.rows_of(str(tmp_path / 'a2')))) == ''
+
+
 def test_no_figure_without_per_class_results(tmp_path):
   from ltjax import plots
   assert plots.per_class_figure([('x', {'top1': 50.0})], str(tmp_path / 'a.png')) is None
