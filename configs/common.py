@@ -66,6 +66,10 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.data.mock_examples = 0  # > 0: tfds.testing.mock_data with this many random records a split
   c.data.file_list = ''  # Places-LT: path or URL of Places_LT_train.txt (OLTR's list)
   c.data.file_list_sha256 = ''  # its checksum, checked when set
+  # Places-LT's validation images (run.val_every_epochs): OLTR's Places_LT_val.txt, 20 a class
+  # from places365's training split; path or URL, and its checksum.
+  c.data.val_file_list = ''
+  c.data.val_file_list_sha256 = ''
   # Your own images (data.name = folder; configs/folder_lt.py): folders of class subfolders.
   c.data.train_dir = ''
   c.data.test_dir = ''  # '' = hold out a class-balanced share of train_dir

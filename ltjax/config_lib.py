@@ -66,6 +66,8 @@ LEGACY_VALUES = {
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
     'stage2.backbone_dir': '',  # the CE phase of the same workdir
     'data.val_dir': '',  # no validation folder
+    'data.val_file_list': '',  # no Places-LT validation list
+    'data.val_file_list_sha256': '',
     'handoff': 'last',  # later phases took an earlier phase's last epoch
     'stage2.batch_size': 0,  # the main phase's batch
     'stage2.first_epoch': lambda saved: saved.get('train.first_epoch', 0),  # inherited from train
@@ -173,6 +175,8 @@ _NONNEG_INT = _number(0, integer=True)
 _POS = _number(0, low_open=True)
 _NONNEG = _number(0)
 _PROB = _number(0, 1)
+_SHA256 = (lambda v: v == '' or (len(v) == 64 and all(c in '0123456789abcdef' for c in v.lower())),
+           "'' or 64 hexadecimal digits")
 _SCHEDULE = {
     'epochs': _POS_INT, 'batch_size': _POS_INT, 'lr': _POS, 'momentum': _number(0, 1, high_open=True),
     'nesterov': _ANY, 'weight_decay': _NONNEG, 'schedule': _pick('schedule'), 'warmup_epochs': _NONNEG,
@@ -201,8 +205,7 @@ RULES = {
     'data.train_dir': _ANY, 'data.test_dir': _ANY, 'data.val_dir': _ANY,
     'data.holdout': _number(0, 1, low_open=True, high_open=True),
     'data.skip_bad_images': _ANY,
-    'data.file_list_sha256': (lambda v: v == '' or (len(v) == 64 and all(c in '0123456789abcdef' for c in v.lower())),
-                              "'' or 64 hexadecimal digits"),
+    'data.file_list_sha256': _SHA256, 'data.val_file_list': _ANY, 'data.val_file_list_sha256': _SHA256,
     'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),
     'model.head_init': _pick('head_init'), 'model.normed_init': _pick('normed_init'),
     'model.conv_impl': _pick('conv_impl'), 'model.conv_init': _pick('conv_init'),

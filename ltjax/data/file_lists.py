@@ -1,6 +1,6 @@
 """Subsets given as a published list of files (Places-LT: OLTR's ``Places_LT_train.txt``
-over TFDS ``places365_small``): reading the list (path or URL, checked by its sha256)
-and finding its files among a split's records."""
+and ``Places_LT_val.txt`` over TFDS ``places365_small``'s training split): reading a list
+(path or URL, checked by its sha256) and finding its files among a split's records."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,10 @@ import numpy as np
 from ltjax.errors import ConfigError, DatasetNotPreparedError
 
 
+# The config field of each list, and the OLTR file it names.
+_LISTS = {'data.file_list': 'Places_LT_train.txt', 'data.val_file_list': 'Places_LT_val.txt'}
+
+
 def normalize_file_name(name: str) -> str:
   """A Places image path as both the OLTR list and TFDS write it: no leading slash or
   ``data_256/`` folder (``/data_256/a/airfield/00000129.jpg`` -> ``a/airfield/00000129.jpg``)."""
@@ -17,9 +21,10 @@ def normalize_file_name(name: str) -> str:
   return name[len('data_256/'):] if name.startswith('data_256/') else name
 
 
-def select_by_file_list(file_names, entries) -> np.ndarray:
+def select_by_file_list(file_names, entries, field: str = 'data.file_list') -> np.ndarray:
   """Record indices of the listed files, in list order: ``entries`` are lines ``path label``
-  (Places-LT's ``Places_LT_train.txt``). A listed file that the split lacks is an error."""
+  (Places-LT's ``Places_LT_train.txt``, or the list of config ``field``). A listed file that
+  the split lacks is an error."""
   position = {normalize_file_name(f): i for i, f in enumerate(file_names)}
   records, missing = [], []
   for line in entries:
@@ -34,21 +39,22 @@ def select_by_file_list(file_names, entries) -> np.ndarray:
   if missing:
     raise DatasetNotPreparedError(
         f'{len(missing)} of the {len(records) + len(missing)} files of the list are not in the TFDS '
-        f'split (first: {missing[0]!r}). Fix: check that --config.data.file_list is the list of this '
-        f'dataset (Places-LT: Places_LT_train.txt of OLTR) and that the split is fully prepared.')
+        f'split (first: {missing[0]!r}). Fix: check that --config.{field} is the list of this '
+        f'dataset (Places-LT: {_LISTS[field]} of OLTR) and that the split is fully prepared.')
   return np.asarray(records, np.int64)
 
 
-def read_file_list(location: str, sha256: str = '') -> list[str]:
+def read_file_list(location: str, sha256: str = '', field: str = 'data.file_list') -> list[str]:
   """The lines of a file list from a path or URL (fetched, never stored in the project),
-  checked against ``sha256`` when given."""
+  checked against ``sha256`` when given; ``field`` (``data.file_list``, the training list,
+  or ``data.val_file_list``) names the config field in errors."""
   import hashlib
   import urllib.request
 
   if not location:
-    raise ConfigError('places_lt needs --config.data.file_list: the path or URL of OLTR\'s '
-                      'Places_LT_train.txt (https://github.com/zhmiao/OpenLongTailRecognition-OLTR, '
-                      '"Places_LT_v2" lists), and --config.data.file_list_sha256 to pin it.')
+    raise ConfigError(f'places_lt needs --config.{field}: the path or URL of OLTR\'s {_LISTS[field]} '
+                      f'(https://github.com/zhmiao/OpenLongTailRecognition-OLTR, "Places_LT_v2" lists), '
+                      f'and --config.{field}_sha256 to pin it.')
   if '://' in location:
     with urllib.request.urlopen(location, timeout=60) as f:
       data = f.read()

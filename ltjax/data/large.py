@@ -62,6 +62,21 @@ def load_large(spec, config):
         names, file_lists.read_file_list(data_config.file_list, data_config.file_list_sha256))
   else:
     records = np.arange(len(tr_labels))
+  if spec.file_list and rc.val_every_epochs:
+    # Places-LT's validation images are training-split records too (OLTR's Places_LT_val.txt),
+    # read only where a run validates, as the validation splits above.
+    field = 'data.val_file_list'
+    val_records = file_lists.select_by_file_list(names, file_lists.read_file_list(
+        data_config.val_file_list, data_config.val_file_list_sha256, field), field)
+    shared = np.intersect1d(records, val_records)
+    if len(shared):
+      raise DatasetNotPreparedError(
+          f'{name}: {len(shared)} of the {len(val_records)} validation files are also in the training list '
+          f'(first: {names[shared[0]]!r}). Fix: check that --config.data.val_file_list is the validation '
+          f'list (Places-LT: Places_LT_val.txt) and --config.data.file_list the training list.')
+    val, va_labels = train, tr_labels[val_records]
+  else:
+    val_records = None if va_labels is None else np.arange(len(va_labels))
   labels = tr_labels[records].astype(np.int32)
   counts = np.bincount(labels, minlength=num_classes)
   if not mock and counts.min() == 0:
@@ -72,7 +87,7 @@ def load_large(spec, config):
   return HostDataset(
       name=name, title=spec.title, train_source=train, train_records=records, train_labels=labels,
       test_source=test, test_records=np.arange(len(te_labels)), test_labels=te_labels.astype(np.int32),
-      **({} if val is None else dict(val_source=val, val_records=np.arange(len(va_labels)),
+      **({} if val is None else dict(val_source=val, val_records=val_records,
                                      val_labels=va_labels.astype(np.int32))),
       num_classes=num_classes, imbalance_factor=float(present.max() / present.min()),
       class_names=tfds_io.class_names(train, num_classes), image_size=data_config.image_size,

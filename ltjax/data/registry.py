@@ -27,7 +27,9 @@ class DatasetSpec:
   # A balanced split held out of training, for choosing an epoch (run.val_every_epochs);
   # '' where the dataset has none (CIFAR-LT, iNaturalist 2018: its test is the validation split)
   val_split: str = ''
-  val_from: str = ''  # or the config field that names one (an image folder's data.val_dir)
+  # or the config field that names one: an image folder's data.val_dir, Places-LT's
+  # data.val_file_list (a file list over the training split, as data.file_list)
+  val_from: str = ''
   num_classes: int = 0  # fixed datasets; 0: read from the source
   images_per_class: int = 0  # CIFAR: n_max of the long-tailed profile
   file_key: str = ''  # the feature that names a record's file
@@ -80,9 +82,10 @@ DATASETS = {s.name: s for s in (
     # test = the official validation split (24,426)
     DatasetSpec('inat18', 'iNaturalist 2018', 'host', _large, tfds_name='i_naturalist2018',
                 test_split='validation', file_key='id'),
-    # Places-LT: OLTR's file list over places365_small's training split; test = its validation
+    # Places-LT: OLTR's file lists over places365_small's training split (train, and the
+    # validation images of data.val_file_list); test = places365's validation split
     DatasetSpec('places_lt', 'Places-LT', 'host', _large, tfds_name='places365_small',
-                test_split='validation', file_key='filename', file_list=True),
+                test_split='validation', val_from='data.val_file_list', file_key='filename', file_list=True),
     # Your own images: data.train_dir (and data.test_dir, data.val_dir) of class subfolders.
     DatasetSpec('folder', 'image folder', 'host', _folder, val_from='data.val_dir'),
 )}

@@ -192,6 +192,30 @@ def test_places_lt_on_mock_data(tmp_path):
   ds = registry.load(c)
   np.testing.assert_array_equal(ds.train_records, [5, 1, 17])
   assert ds.num_classes == 365 and len(ds.test_labels) == 30
+  assert ds.val_labels is None
+  # The validation images (OLTR's Places_LT_val.txt) are records of the training split too,
+  # read only where a run validates.
+  val_listing = tmp_path / 'val.txt'
+  val_listing.write_text('\n'.join(f'{names[i]} 7' for i in (9, 3)))
+  c.data.val_file_list = str(val_listing)
+  assert registry.load(c).val_labels is None
+  c.run.val_every_epochs = 1
+  config_lib.validate(c)
+  ds = registry.load(c)
+  np.testing.assert_array_equal(ds.val_records, [9, 3])
+  assert ds.val_source is ds.train_source
+  np.testing.assert_array_equal(ds.val_labels, [int(ds.train_source[i]['label']) for i in (9, 3)])
+  first = next(iter(ds.val_batches(4)))['images'][0]
+  np.testing.assert_array_equal(first, host.center_crop(ds.train_source[9]['image'], ds.resize_size, ds.image_size))
+  val_listing.write_text(f'{names[3]} 7\n{names[17]} 7')  # a training image
+  with pytest.raises(DatasetNotPreparedError, match=r'1 of the 2 validation files are also in the training list'):
+    registry.load(c)
+  val_listing.write_text(f'{names[3]} 7\nnot/there.jpg 7')
+  with pytest.raises(DatasetNotPreparedError, match=r'--config.data.val_file_list is the list .*Places_LT_val.txt'):
+    registry.load(c)
+  c.data.val_file_list = ''
+  with pytest.raises(ConfigError, match=r'places_lt with data.val_file_list'):
+    config_lib.validate(c)
 
 
 def test_imagenet_lt_not_prepared_names_the_manual_download(tmp_path):
