@@ -57,6 +57,9 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
   c.stage2.weight_decay = weight_decay
   c.stage2.schedule = 'cosine_epoch'
   c.stage2.first_epoch = 1
+  # tau-norm: Kang et al.'s tau_norm.py sweeps np.linspace(0, 2, 21) (the validation split
+  # chooses among them, run.val_every_epochs).
+  c.loss.tau_norm_sweep = tuple(round(0.1 * i, 1) for i in range(21))
   if args.method == 'ssd':
     # SSD's official ImageNet-LT recipe (METHODS.md): MoCo v2 phase I, batch 256,
     # lr 0.1, weight decay 5e-4, 1.5x the 90 epochs; LWS for 5 epochs, batch 512, lr 0.2

@@ -208,6 +208,16 @@ def test_large_configs_have_kangs_classifier_stages():
   # CIFAR's classifier stage: cosine every step, the reference codes' class-aware cycles.
   c = cifar_lt.get_config('method=crt')
   assert (c.stage2.schedule, c.stage2.epochs, c.stage2.sampler) == ('cosine', 10, 'class_aware')
+  # ImageNet-LT: stage 2 and DiVE's student start from the best validation epoch
+  # (load_model's state_dict_best; BALMS's code the same), tau over tau_norm.py's
+  # np.linspace(0, 2, 21); SSD-LT's stages pass on their last checkpoint.
+  for method in ('crt', 'lws', 'tau_norm', 'dive'):
+    c = imagenet_lt.get_config(f'method={method}')
+    assert (c.handoff, c.run.val_every_epochs) == ('best_val', 1)
+    np.testing.assert_allclose(c.loss.tau_norm_sweep, np.linspace(0, 2, 21))
+  assert imagenet_lt.get_config('method=ssd').handoff == 'last'
+  c = inat18.get_config('method=tau_norm')  # no validation split: the last epoch, Kang's grid on the test set
+  assert (c.handoff, c.run.val_every_epochs, len(c.loss.tau_norm_sweep)) == ('last', 0, 21)
 
 
 def test_large_config_variants_and_errors():
