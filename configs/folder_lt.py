@@ -29,7 +29,8 @@ def get_config(arg=None):
   if args.val:
     # Choose an epoch on it, and start later phases from it, as configs/imagenet_lt.py.
     c.run.val_every_epochs = 1
-    c.handoff = 'last' if c.method == 'ssd' else 'best_val'
+    if c.method in large.BEST_VAL_HANDOFF:
+      c.handoff = 'best_val'
   c.data.holdout = args.holdout
   c.data.imbalance_factor = args.imb
   c.data.split_seed = args.seed

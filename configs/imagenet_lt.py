@@ -30,7 +30,8 @@ def get_config(arg=None):
   # keeps that as best_val_selected beside ltjax's last epoch.
   c.run.val_every_epochs = 1
   # And its stage 2 (cRT, LWS, tau-norm: load_model's state_dict_best) starts from that best
-  # epoch, as BALMS's code (BSCE, the DiVE teacher's loss) does. SSD-LT's stages pass on
-  # last_checkpoint.pth.tar: SSD keeps the last epoch.
-  c.handoff = 'last' if c.method == 'ssd' else 'best_val'
+  # epoch, as BALMS's code (BSCE, the DiVE teacher's loss) does; SSD keeps the last epoch
+  # (large.BEST_VAL_HANDOFF).
+  if c.method in large.BEST_VAL_HANDOFF:
+    c.handoff = 'best_val'
   return c

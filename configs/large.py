@@ -6,6 +6,11 @@ from ltjax.errors import ConfigError
 
 LARGE_METHODS = ('ce', 'bsce', 'dive', 'ssd', 'crt', 'lws', 'tau_norm')
 LARGE_ARGS = {'method': 'ce', 'seed': 0, 'epochs': 0, 'smoke': False, 'mock': False}
+# The methods whose later phase starts from an earlier one's best validation epoch where a run
+# validates (config.handoff='best_val'): Kang et al.'s stage 2 (load_model's state_dict_best)
+# and DiVE's student (its teacher from BALMS's code, the same). SSD-LT's stages pass on
+# last_checkpoint.pth.tar; one-phase methods hand nothing on (and keep the default).
+BEST_VAL_HANDOFF = ('crt', 'lws', 'tau_norm', 'dive')
 
 
 def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, crt_epochs: int = 10,
@@ -57,9 +62,10 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
   c.stage2.weight_decay = weight_decay
   c.stage2.schedule = 'cosine_epoch'
   c.stage2.first_epoch = 1
-  # tau-norm: Kang et al.'s tau_norm.py sweeps np.linspace(0, 2, 21) (the validation split
-  # chooses among them, run.val_every_epochs).
-  c.loss.tau_norm_sweep = tuple(round(0.1 * i, 1) for i in range(21))
+  if args.method == 'tau_norm':  # (only it reads the field: other runs' workdirs keep theirs)
+    # Kang et al.'s tau_norm.py sweeps np.linspace(0, 2, 21) (on ImageNet-LT the
+    # validation split chooses among them, run.val_every_epochs).
+    c.loss.tau_norm_sweep = tuple(round(0.1 * i, 1) for i in range(21))
   if args.method == 'ssd':
     # SSD's official ImageNet-LT recipe (METHODS.md): MoCo v2 phase I, batch 256,
     # lr 0.1, weight decay 5e-4, 1.5x the 90 epochs; LWS for 5 epochs, batch 512, lr 0.2

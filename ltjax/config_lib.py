@@ -51,6 +51,9 @@ RUN_GROUP = 'run'
 # decides what later phases train on, and a workdir keeps it (``HANDOFF_KEEPS``).
 HANDOFFS = ('last', 'best_val')
 HANDOFF_KEEPS = 'run.val_every_epochs'
+# The fields that only say which images an epoch is chosen on: like the run group, they may
+# change when a workdir is resumed (validation switched on), except under handoff='best_val'.
+VALIDATION_ONLY = ('data.val_dir', 'data.val_file_list', 'data.val_file_list_sha256')
 
 
 def _stage2_step(saved: dict) -> bool:

@@ -24,7 +24,9 @@ from ltjax.data import augment, registry, saved
 def check_workdir(config, workdir: str) -> bool:
   """Refuses a workdir that holds a run of a different config, naming the fields
   that differ; the ``run`` group (how this run executes, never what it computes) may
-  differ. Returns whether the workdir already holds this config."""
+  differ, and so may the validation images (``config_lib.VALIDATION_ONLY``) unless later
+  phases start from the epoch they choose (``handoff='best_val'``, which also keeps
+  ``run.val_every_epochs``). Returns whether the workdir already holds this config."""
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json())
   if os.path.exists(path):
@@ -41,6 +43,10 @@ def check_workdir(config, workdir: str) -> bool:
     legacy = config_lib.with_legacy_values(a, b)
     added = set(legacy) - set(a)
     a = legacy
+    if b.get('handoff') != 'best_val':  # the validation images pick an epoch to report, not what is trained
+      for flat in (a, b):
+        for key in config_lib.VALIDATION_ONLY:
+          flat.pop(key, None)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
       def was(k):
@@ -105,6 +111,10 @@ def _checkpoints_at(path: str, name: str, field: str, handoff: str = 'last') -> 
             f'--config.{field}={path!r}: the {name!r} phase in {phase_dir} has not finished (no '
             f'results.json). Fix: finish it (rerun its command in its workdir), or point '
             f'--config.{field} at {candidate} to take its newest checkpoint as it is.')
+      if candidate == path and handoff == 'best_val' and os.path.basename(os.path.normpath(path)) != train.BEST_VAL:
+        _say(f"ltjax: warning: --config.{field}={path!r} is a checkpoint folder: its newest checkpoint is "
+             f"taken as it is, not a best validation epoch (handoff='best_val'); give the phase folder to "
+             f'take its {train.BEST_VAL}/')
       return candidate
   if handoff == 'best_val':
     for phase_dir in (path, os.path.join(path, name)):
@@ -170,7 +180,7 @@ def _other_run(directory: str, dataset, what: str, name: str, field: str) -> dic
   return out
 
 
-def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str) -> tuple[dict, dict | None]:
+def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str = 'last') -> tuple[dict, dict | None]:
   """The frozen teacher's variables (of the epoch ``handoff`` names), checked against the
   teacher model of this config, and where it comes from another run, what that run says
   of it (``_other_run``)."""
@@ -183,7 +193,7 @@ def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str) -> tupl
   return variables, _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field)
 
 
-def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str) -> tuple[dict, dict | None]:
+def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = 'last') -> tuple[dict, dict | None]:
   """The variables of the phase that ``phase`` starts from (``init_from``), at the epoch
   ``handoff`` names: this run's, or another run's at ``init_path``, checked against that
   phase's model here (and then what that run says of it, ``_other_run``)."""

@@ -2,8 +2,8 @@
 
   python -m ltjax.report runs/ce_s0 runs/ce_s1 runs/dive_s0 runs/dive_s1 [--out report]
 
-A row per phase (and per extra head) of each run: method / phase, dataset, imbalance
-factor, seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a
+A row per phase (and per extra head) of each run: method / phase (marked where it started
+from an earlier phase's best validation epoch, ``handoff``), dataset, imbalance factor, seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a
 shot group without classes). Runs that differ only in their seed are one row, shown as
 mean ± sample standard deviation. Runs that chose an epoch on a validation split
 (``run.val_every_epochs``: ``best_val_selected``) get a second table of those epochs'
@@ -52,7 +52,10 @@ def rows_of(workdir: str) -> list[dict]:
   rows = []
   method = summary.get('method')
   for label, r in evaluate.table_rows(results):
-    rows.append({**r, 'run': f'{method}/{label}' if method != label else label,
+    run = f'{method}/{label}' if method != label else label
+    if r.get('handoff'):  # started from an earlier phase's best validation epoch: not a 'last' run's row
+      run += ' [best-val handoff]'
+    rows.append({**r, 'run': run,
                  'dataset': summary.get('dataset'), 'imbalance_factor': summary.get('imbalance_factor'),
                  'seed': summary.get('seed')})
   return rows
@@ -135,7 +138,7 @@ def best_val_table(groups: list[dict]) -> str:
   if not chosen:
     return ''
   lines = ['Chosen on the validation split (best_val_selected, Kang et al.\'s selection); the table above '
-           'is the last epoch:', '',
+           'is the last epoch (tau-norm: the configured tau):', '',
            '| method | dataset | IF | seed | chosen | validation | overall | many | medium | few |',
            '|---|---|---|---|---|---|---|---|---|---|']
   for g in chosen:

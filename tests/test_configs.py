@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import cifar_lt, digits_lt, folder_lt, imagenet_lt, inat18
+from configs import cifar_lt, common, digits_lt, folder_lt, imagenet_lt, inat18
 from ltjax import config_lib, train
 
 
@@ -214,8 +214,13 @@ def test_large_configs_have_kangs_classifier_stages():
   for method in ('crt', 'lws', 'tau_norm', 'dive'):
     c = imagenet_lt.get_config(f'method={method}')
     assert (c.handoff, c.run.val_every_epochs) == ('best_val', 1)
-    np.testing.assert_allclose(c.loss.tau_norm_sweep, np.linspace(0, 2, 21))
-  assert imagenet_lt.get_config('method=ssd').handoff == 'last'
+  np.testing.assert_allclose(imagenet_lt.get_config('method=tau_norm').loss.tau_norm_sweep, np.linspace(0, 2, 21))
+  # Fields a method does not read keep their defaults, so that its runs' workdirs from
+  # before they were set still resume.
+  default = common.base_config()
+  for method in ('ssd', 'ce', 'bsce'):
+    c = imagenet_lt.get_config(f'method={method}')
+    assert (c.handoff, c.loss.tau_norm_sweep) == ('last', default.loss.tau_norm_sweep)
   c = inat18.get_config('method=tau_norm')  # no validation split: the last epoch, Kang's grid on the test set
   assert (c.handoff, c.run.val_every_epochs, len(c.loss.tau_norm_sweep)) == ('last', 0, 21)
 

@@ -141,6 +141,11 @@ def test_report_has_the_validation_choices_beside_the_last_epochs(tmp_path):
                               '90.00 | 84.00 |')
   assert len(lines) > start + 4 and not lines[start + 4].startswith('|')
   assert report.best_val_table(report.group(report.rows_of(str(tmp_path / 'a2')))) == ''
+  # A phase that started from an earlier phase's best validation epoch is not merged with
+  # one that started from the last epoch.
+  path = tmp_path / 'a2' / 'crt' / 'results.json'
+  path.write_text(json.dumps({**json.loads(path.read_text()), 'handoff': {'init_from': {'phase': 'ce'}}}))
+  assert [r['run'] for r in report.rows_of(str(tmp_path / 'a2'))] == ['crt/ce', 'crt [best-val handoff]']
 
 
 def test_no_figure_without_per_class_results(tmp_path):

@@ -265,14 +265,16 @@ def test_handoff_best_val_needs_validation_and_keeps_its_epochs(tmp_path):
       f.write(config.to_json())
     other = config.copy_and_resolve_references()
     other.run.val_every_epochs = 2
+    other.data.val_dir = '/elsewhere/val'  # validation images: they too pick what later phases take
     if handoff == 'last':
       assert pipeline.check_workdir(other, workdir)
     else:
-      with pytest.raises(WorkdirConflictError, match=r'run.val_every_epochs: 1 in the workdir, 2 now'):
+      with pytest.raises(WorkdirConflictError, match=r"data.val_dir: '' in the workdir, '/elsewhere/val' now\n"
+                                                     r'  run.val_every_epochs: 1 in the workdir, 2 now'):
         pipeline.check_workdir(other, workdir)
 
 
-def test_handoff_best_val_from_another_run_takes_its_best_val_folder(tmp_path):
+def test_handoff_best_val_from_another_run_takes_its_best_val_folder(tmp_path, capsys):
   """``stage2.backbone_dir`` (and the teacher paths) under ``handoff='best_val'``: a phase
   folder or workdir gives its ``best_val/``; one that kept none is refused by name, with its
   ``checkpoints/`` as the way to take its last epoch; an orbax folder is taken as it is."""
@@ -285,7 +287,12 @@ def test_handoff_best_val_from_another_run_takes_its_best_val_folder(tmp_path):
     pipeline._checkpoints_at(str(tmp_path / 'run'), 'ce', 'stage2.backbone_dir', 'best_val')
   assert pipeline._checkpoints_at(str(phase / 'checkpoints'), 'ce', 'stage2.backbone_dir', 'best_val') == \
       str(phase / 'checkpoints')
+  assert 'is a checkpoint folder: its newest checkpoint is taken as it is, not a best validation epoch' in \
+      capsys.readouterr().out
   (phase / train.BEST_VAL / '14').mkdir(parents=True)
   for path in (tmp_path / 'run', phase):
     assert pipeline._checkpoints_at(str(path), 'ce', 'stage2.backbone_dir', 'best_val') == str(phase / train.BEST_VAL)
     assert pipeline._checkpoints_at(str(path), 'ce', 'stage2.backbone_dir') == str(phase / 'checkpoints')
+  assert pipeline._checkpoints_at(str(phase / train.BEST_VAL), 'ce', 'stage2.backbone_dir', 'best_val') == \
+      str(phase / train.BEST_VAL)
+  assert 'warning' not in capsys.readouterr().out
