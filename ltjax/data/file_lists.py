@@ -15,10 +15,23 @@ _LISTS = {'data.file_list': 'Places_LT_train.txt', 'data.val_file_list': 'Places
 
 
 def normalize_file_name(name: str) -> str:
-  """A Places image path as both the OLTR list and TFDS write it: no leading slash or
-  ``data_256/`` folder (``/data_256/a/airfield/00000129.jpg`` -> ``a/airfield/00000129.jpg``)."""
+  """A Places image path as OLTR's lists, TFDS, and Kang et al.'s and BALMS's copies of the
+  lists write it, as one key: no leading slash, ``data_256/`` or ``train/`` folder, no
+  one-letter folder, a category's parts joined by ``/`` (Kang's copies join them by
+  ``-``): ``/data_256/a/apartment_building/outdoor/00000093.jpg`` and
+  ``train/apartment_building-outdoor/00000093.jpg`` are both
+  ``apartment_building/outdoor/00000093.jpg``."""
   name = name.strip().lstrip('/')
-  return name[len('data_256/'):] if name.startswith('data_256/') else name
+  for prefix in ('data_256/', 'train/'):
+    if name.startswith(prefix):
+      name = name[len(prefix):]
+      break
+  parts = name.split('/')
+  if len(parts) < 2:
+    return name
+  if len(parts) > 2 and len(parts[0]) == 1:  # OLTR's and TFDS's first-letter folder
+    parts = parts[1:]
+  return '/'.join([*(p.replace('-', '/') for p in parts[:-1]), parts[-1]])
 
 
 def select_by_file_list(file_names, entries, field: str = 'data.file_list') -> np.ndarray:

@@ -167,6 +167,12 @@ def test_places_lt_file_list_selection(tmp_path):
   np.testing.assert_array_equal(file_lists.select_by_file_list(files, entries), [2, 0])
   with pytest.raises(DatasetNotPreparedError, match='1 of the 2 files'):
     file_lists.select_by_file_list(files, ['/data_256/c/canyon/00000001.jpg 40', entries[0]])
+  # Kang et al.'s and BALMS's copies of the lists: train/<category parts joined by '-'>/<file>.
+  files.append('data_256/a/apartment_building/outdoor/00000093.jpg')
+  kang = ['train/apartment_building-outdoor/00000093.jpg 8', 'train/airfield/00000002.jpg 0']
+  np.testing.assert_array_equal(file_lists.select_by_file_list(files, kang), [3, 1])
+  assert file_lists.normalize_file_name('/data_256/a/apartment_building/outdoor/00000093.jpg') == \
+      file_lists.normalize_file_name(kang[0].split()[0]) == 'apartment_building/outdoor/00000093.jpg'
   listing = tmp_path / 'Places_LT_train.txt'
   listing.write_text('\n'.join(entries))
   digest = hashlib.sha256(listing.read_bytes()).hexdigest()
