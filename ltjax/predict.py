@@ -7,7 +7,9 @@ probabilities.
 It reads everything from the workdir: the recipe and model (``config.json``), the class
 names and how the dataset's test images were prepared (``dataset.json``: resize and
 centre crop, or a whole-image resize), and the final checkpoint of a finished phase (by
-default the recipe's last finished one: DiVE's student, SSD's student_lws). A PATH is an
+default the recipe's last finished one: DiVE's student, SSD's student_lws), or with
+``--checkpoint=best_val`` the phase's best validation epoch (``run.val_every_epochs``: the
+model that ``best_val_selected`` reports). A PATH is an
 image file or a folder (searched recursively for images). Images are batched over every
 device, whatever device count trained the model; ``--out`` writes CSV (``.csv``) or JSON
 (``.json``).
@@ -30,6 +32,8 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir of a training run (python -m ltjax.main).')
 _PHASE = flags.DEFINE_string('phase', '', 'The phase whose model predicts (default: the recipe\'s last '
                              'finished phase: DiVE\'s student, SSD\'s student_lws).')
+_CHECKPOINT = flags.DEFINE_enum('checkpoint', 'last', ['last', 'best_val'], 'The phase\'s last epoch, or '
+                                'its best validation epoch (kept where the run validated: run.val_every_epochs).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to give per image (at most the class count).')
 _OUT = flags.DEFINE_string('out', '', 'Also write the predictions to this .csv or .json file.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Images per batch over all devices (0: the run\'s '
@@ -69,14 +73,15 @@ def find_images(paths) -> list[str]:
 class Predictor:
   """The model of a finished phase of ``workdir``, ready to predict: ``phase``,
   ``class_names``, ``dataset`` (``data/saved.py``: ``prepare`` an image file) and
-  ``logits(images)``."""
+  ``logits(images)``; ``which``: its last epoch (``last``) or its best validation epoch
+  (``best_val``; ``epoch`` says which)."""
 
-  def __init__(self, workdir: str, phase: str = '', mesh=None):
+  def __init__(self, workdir: str, phase: str = '', mesh=None, which: str = 'last'):
     import jax
     import ml_collections
     from flax import traverse_util
 
-    from ltjax import checkpoint, config_lib, evaluate, parallel, recipes
+    from ltjax import checkpoint, config_lib, evaluate, parallel, recipes, train
     from ltjax.data import augment, saved
     from ltjax.errors import MissingCheckpointError
 
@@ -110,7 +115,18 @@ class Predictor:
           f'finished phase with --phase.')
     chosen = next(p for p in finished if p.name == phase) if phase else finished[-1]
     self.phase, self.method, self.class_names = chosen.name, config.method, self.dataset.class_names
-    directory = os.path.join(workdir, chosen.name, 'checkpoints')
+    self.which, self.epoch = which, None
+    if which == 'best_val':
+      directory = os.path.join(workdir, chosen.name, train.BEST_VAL)
+      if not (os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))):
+        raise MissingCheckpointError(
+            f'phase {chosen.name!r} of {workdir} kept no best validation epoch ({directory} holds no '
+            f'checkpoint: the run did not validate, run.val_every_epochs, or the phase trained no '
+            f'epoch). Fix: leave out --checkpoint=best_val to use its last epoch.')
+      best = evaluate.read_results(os.path.join(workdir, chosen.name, 'results.json')).get('best_val_selected') or {}
+      self.epoch = best.get('epoch')
+    else:
+      directory = os.path.join(workdir, chosen.name, 'checkpoints')
     variables = checkpoint.restore_variables(directory)  # host arrays
     self.mesh = mesh if mesh is not None else parallel.make_mesh(0)
     aug, scale = config.data.augment, self.dataset.pixel_scale
@@ -200,8 +216,9 @@ def format_output(path: str, rows: list[dict], meta: dict) -> str:
 
 
 def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_size: int = 0,
-        skip_bad: bool = False, threads: int = 8, quiet: bool = False) -> list[dict]:
-  """Predicts every image of ``paths``; prints a line per image (unless ``quiet``) and
+        skip_bad: bool = False, threads: int = 8, quiet: bool = False, which: str = 'last') -> list[dict]:
+  """Predicts every image of ``paths`` with the model of ``phase`` at ``which`` (``last``
+  or ``best_val``: ``Predictor``); prints a line per image (unless ``quiet``) and
   writes ``out``. Returns one dict per image: ``path``, ``top`` (class, probability)
   and, for an image skipped as unreadable, ``error``."""
   from tqdm.auto import tqdm
@@ -218,8 +235,9 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
     # A probe file beside it: an existing --out stays as it is until the end.
     files.check_writable(os.path.dirname(os.path.abspath(out)), what=f'--out={out}',
                          fix='choose a path in a folder this user can write')
-  predictor = Predictor(workdir, phase)
-  print(f'ltjax: predicting {len(images)} image(s) with phase {predictor.phase!r} of {predictor.method} '
+  predictor = Predictor(workdir, phase, which=which)
+  at = f' at its best validation epoch {predictor.epoch}' if which == 'best_val' else ''
+  print(f'ltjax: predicting {len(images)} image(s) with phase {predictor.phase!r}{at} of {predictor.method} '
         f'({os.path.join(workdir, predictor.phase)})', file=sys.stderr)
   k = min(k, len(predictor.class_names))
   size = predictor.batch_size(batch_size, len(images))
@@ -245,7 +263,7 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
     print(f'ltjax: skipped {path}: cannot be decoded', file=sys.stderr)
   if out:
     meta = {'workdir': os.path.abspath(workdir), 'phase': predictor.phase, 'method': predictor.method,
-            'top_k': k, 'class_names': predictor.class_names, 'skipped': len(bad)}
+            'checkpoint': which, **({'epoch': predictor.epoch} if which == 'best_val' else {}), 'top_k': k, 'class_names': predictor.class_names, 'skipped': len(bad)}
     files.write_atomic(out, format_output(out, rows, meta))
     print(f'{len(rows)} prediction(s) of phase {predictor.phase!r} written to {out}', file=sys.stderr)
   return rows
@@ -261,7 +279,7 @@ def main(argv):
 
   try:
     run(_WORKDIR.value, argv[1:], _PHASE.value, _TOP_K.value, _OUT.value, _BATCH.value,
-        _SKIP_BAD.value, _THREADS.value, _QUIET.value)
+        _SKIP_BAD.value, _THREADS.value, _QUIET.value, _CHECKPOINT.value)
   except LtjaxError as e:
     if _VERBOSE.value:
       raise

@@ -8,11 +8,12 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from configs import digits_lt
-from ltjax import checkpoint, config_lib, pipeline, preemption, train
+from ltjax import checkpoint, config_lib, pipeline, predict, preemption, train
 from ltjax.data import registry
 from ltjax.data.arrays import ArrayDataset
 from ltjax.errors import ConfigError, MissingCheckpointError, Preempted, WorkdirConflictError
@@ -244,6 +245,17 @@ def test_a_later_phase_starts_from_the_epoch_that_handoff_names(tmp_path, val_is
         'phase': 'ce', 'checkpoint': train.BEST_VAL, 'epoch': best['epoch'], 'epochs': 4,
         'val_top1': best['val']['top1']}}
     assert f"[tau_norm] takes phase 'ce' at its best validation epoch {best['epoch']} of 4" in out
+    # ltjax.predict --checkpoint=best_val: the model that best_val_selected reports.
+    chosen = predict.Predictor(str(tmp_path / 'w'), 'ce', which='best_val')
+    assert chosen.epoch == best['epoch']
+    kept = checkpoint.restore_variables(str(tmp_path / 'w' / 'ce' / train.BEST_VAL))
+    last = checkpoint.restore_variables(str(tmp_path / 'w' / 'ce' / 'checkpoints'))
+    for got, want in zip(jax.tree.leaves(chosen.variables), jax.tree.leaves(kept)):
+      np.testing.assert_array_equal(np.asarray(got), want)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(last)))
+    with pytest.raises(MissingCheckpointError, match=r"phase 'tau_norm' .* kept no best validation epoch .* "
+                                                     r'leave out --checkpoint=best_val'):
+      predict.Predictor(str(tmp_path / 'w'), 'tau_norm', which='best_val')  # it trained no epoch
   else:
     assert 'handoff' not in r['tau_norm'] and 'takes phase' not in out
 
