@@ -8,8 +8,9 @@ methods ce, bsce, dive, ssd, crt, lws, tau_norm). Arguments: train (the training
 test (a test folder with the same classes; without it, ``holdout`` of the smallest
 class's count is held out from every class, seeded by ``seed``), val (a validation folder
 with the same classes: the best epoch on it is kept and tested, ``best_val_selected``,
-and later phases start from it, ``handoff``; ``run.val_every_epochs``, 1 with it), method, imb (> 1: draw a
-long-tailed subset of the training folder, the CIFAR-LT profile), image_size, model
+and crt's, lws's, tau_norm's and dive's later phase starts from it, ``handoff``;
+``run.val_every_epochs``, 1 with it), method, imb (> 1: draw a long-tailed subset of the
+training folder, the CIFAR-LT profile), image_size, model
 (default resnet50), epochs (default 90), seed, smoke (tiny images, ResNet-8, one epoch a
 phase: a CPU check of the whole pipeline).
 """

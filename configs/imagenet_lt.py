@@ -13,7 +13,8 @@ batch 256, lr 0.1 cosine, MoCo v2 with a 115,712-key queue; LWS 5 epochs. Argume
 method, seed, epochs (override the phase length), smoke (tiny images and batches on
 the real data), mock (the same on TFDS's mock data: no dataset needed). The validation
 split (20 images a class) is evaluated after every epoch (``run.val_every_epochs``), and
-later phases start from an earlier one's best validation epoch (``handoff``; SSD: its last).
+the later phase of crt, lws, tau_norm and dive starts from an earlier one's best
+validation epoch (``handoff``; SSD: its last, as SSD-LT).
 
 The TFDS data must be prepared by hand (the ILSVRC2012 tars need an image-net.org
 account): README "Large datasets".

@@ -9,8 +9,8 @@ names and how the dataset's test images were prepared (``dataset.json``: resize 
 centre crop, or a whole-image resize), and the final checkpoint of a finished phase (by
 default the recipe's last finished one: DiVE's student, SSD's student_lws), or with
 ``--checkpoint=best_val`` the phase's best validation epoch (``run.val_every_epochs``: the
-model that ``best_val_selected`` reports). A PATH is an
-image file or a folder (searched recursively for images). Images are batched over every
+model that ``best_val_selected`` reports). A PATH is an image file or a folder (searched
+recursively for images). Images are batched over every
 device, whatever device count trained the model; ``--out`` writes CSV (``.csv``) or JSON
 (``.json``).
 
@@ -263,7 +263,8 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
     print(f'ltjax: skipped {path}: cannot be decoded', file=sys.stderr)
   if out:
     meta = {'workdir': os.path.abspath(workdir), 'phase': predictor.phase, 'method': predictor.method,
-            'checkpoint': which, **({'epoch': predictor.epoch} if which == 'best_val' else {}), 'top_k': k, 'class_names': predictor.class_names, 'skipped': len(bad)}
+            'checkpoint': which, **({'epoch': predictor.epoch} if which == 'best_val' else {}),
+            'top_k': k, 'class_names': predictor.class_names, 'skipped': len(bad)}
     files.write_atomic(out, format_output(out, rows, meta))
     print(f'{len(rows)} prediction(s) of phase {predictor.phase!r} written to {out}', file=sys.stderr)
   return rows

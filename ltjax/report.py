@@ -3,8 +3,9 @@
   python -m ltjax.report runs/ce_s0 runs/ce_s1 runs/dive_s0 runs/dive_s1 [--out report]
 
 A row per phase (and per extra head) of each run: method / phase (marked where it started
-from an earlier phase's best validation epoch, ``handoff``), dataset, imbalance factor, seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a
-shot group without classes). Runs that differ only in their seed are one row, shown as
+from an earlier phase's best validation epoch, ``handoff``), dataset, imbalance factor,
+seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a shot group
+without classes). Runs that differ only in their seed are one row, shown as
 mean ± sample standard deviation. Runs that chose an epoch on a validation split
 (``run.val_every_epochs``: ``best_val_selected``) get a second table of those epochs'
 test results, beside the last epoch's. Written to ``OUT/report.md`` with
