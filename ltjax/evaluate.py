@@ -120,18 +120,25 @@ def classification_results(logits: np.ndarray, labels: np.ndarray, class_counts,
   return res
 
 
-def best_test_epoch(metrics_path: str, last_top1: float, last_epoch: int) -> dict:
-  """The epoch of highest test top-1 among the periodic evaluations that the phase
-  logged (``test/epoch``, ``test/top1`` in ``metrics.jsonl``; a resumed run's repeated
-  epochs count once) and the last epoch. Chosen on the test set: only for comparison
-  with references that report their best test epoch; ltjax's number is the last epoch."""
+def logged_top1(metrics_path: str, split: str) -> dict[int, float]:
+  """``{epoch: top1}`` of the evaluations of ``split`` (``test``, ``val``) that a phase
+  logged in ``metrics.jsonl`` (a resumed run's repeated epochs count once, the latest)."""
   by_epoch = {}
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       for line in f:
         record = json.loads(line)
-        if 'test/epoch' in record and 'test/top1' in record:
-          by_epoch[int(record['test/epoch'])] = float(record['test/top1'])
+        if f'{split}/epoch' in record and f'{split}/top1' in record:
+          by_epoch[int(record[f'{split}/epoch'])] = float(record[f'{split}/top1'])
+  return by_epoch
+
+
+def best_test_epoch(metrics_path: str, last_top1: float, last_epoch: int) -> dict:
+  """The epoch of highest test top-1 among the periodic evaluations that the phase
+  logged (``test/epoch``, ``test/top1`` in ``metrics.jsonl``; a resumed run's repeated
+  epochs count once) and the last epoch. Chosen on the test set: only for comparison
+  with references that report their best test epoch; ltjax's number is the last epoch."""
+  by_epoch = logged_top1(metrics_path, 'test')
   by_epoch[int(last_epoch)] = float(last_top1)
   best = max(sorted(by_epoch), key=lambda e: by_epoch[e])  # the earliest of equal ones
   return {'epoch': best, 'top1': by_epoch[best], 'evaluated_epochs': len(by_epoch),

@@ -253,10 +253,20 @@ def _best_val_selected(best: dict, phase, phase_dir: str, config, evaluate_fn, m
   out = {'epoch': int(best['epoch']), 'val': {k: best[k] for k in evaluate.SUMMARY if k in best},
          **evaluate.summary(test), 'ece': test['ece'], 'validated_from_epoch': int(best['since']),
          'selected_on': 'the validation split (Kang et al.\'s model selection); the result is top1, the last epoch'}
-  first = min(config.run.val_every_epochs, phase.train.epochs)
+  every, epochs = config.run.val_every_epochs, phase.train.epochs
+  first = min(every, epochs)
   if out['validated_from_epoch'] > first:
-    out['note'] = (f'chosen among epochs {out["validated_from_epoch"]}-{phase.train.epochs} only: the epochs '
+    out['note'] = (f'chosen among epochs {out["validated_from_epoch"]}-{epochs} only: the epochs '
                    f'before were not validated (run.val_every_epochs off before a resume, or a kept best dropped)')
+  elif parallel.is_main():  # (process 0 writes metrics.jsonl) a gap: validation off for part of the run
+    asked = {e for e in range(out['validated_from_epoch'], epochs + 1) if e % every == 0 or e == epochs}
+    missing = sorted(asked - set(evaluate.logged_top1(os.path.join(phase_dir, 'metrics.jsonl'), 'val')))
+    if missing:
+      shown = ', '.join(map(str, missing[:8])) + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
+      out['note'] = (f'chosen among fewer epochs than asked: epoch{"s" if len(missing) > 1 else ""} {shown} '
+                     f'{"were" if len(missing) > 1 else "was"} not validated (run.val_every_epochs off for part '
+                     f'of the run)')
+  if 'note' in out:
     _say(f'ltjax: warning: [{phase.name}] best validation epoch {out["note"]}')
   return out
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import digits_lt
-from ltjax import checkpoint, config_lib, pipeline, predict, preemption, train
+from ltjax import checkpoint, config_lib, evaluate, pipeline, predict, preemption, train
 from ltjax.data import registry
 from ltjax.data.arrays import ArrayDataset
 from ltjax.errors import ConfigError, MissingCheckpointError, Preempted, WorkdirConflictError
@@ -158,6 +158,37 @@ def test_validation_switched_on_at_a_resume_says_which_epochs_it_chose_among(tmp
   assert best['validated_from_epoch'] == 4 and best['epoch'] >= 4
   assert best['note'].startswith('chosen among epochs 4-6 only')
   assert 'warning: [student] best validation epoch chosen among epochs 4-6 only' in capsys.readouterr().out
+
+
+@pytest.mark.slow  # about 25 s
+def test_validation_off_for_part_of_a_run_says_which_epochs_it_missed(tmp_path, val_is_test, capsys):
+  """Validated in epochs 1-2, resumed without validation for epochs 3-4 (stopped in epoch
+  5, whose checkpoint is the stop's), resumed again with it: epochs 3 and 4 were never
+  validated, and the choice says so."""
+  workdir = str(tmp_path / 'w')
+
+  def run_until(config, stop_step):
+    real = preemption.reached
+    try:
+      preemption.reached = lambda step: step == stop_step
+      with pytest.raises(Preempted):
+        pipeline.run(config, workdir)
+    finally:
+      preemption.reached = real
+
+  config = _config()
+  config.run.phases = 'teacher'
+  run_until(config, 7 * 2 + 2)  # in epoch 3: epochs 1 and 2 validated
+  config.run.val_every_epochs = 0
+  run_until(config, 7 * 4 + 2)  # in epoch 5
+  r = pipeline.run(_config(), workdir)['teacher']  # resumes at step 30, in epoch 5
+  best = r['best_val_selected']
+  assert sorted(evaluate.logged_top1(os.path.join(workdir, 'teacher', 'metrics.jsonl'), 'val')) == [1, 2, 5, 6]
+  assert best['validated_from_epoch'] == 1
+  assert best['note'] == ('chosen among fewer epochs than asked: epochs 3, 4 were not validated '
+                          '(run.val_every_epochs off for part of the run)')
+  assert f'warning: [teacher] best validation epoch {best["note"]}' in capsys.readouterr().out
+  assert json.loads((tmp_path / 'w' / 'teacher' / 'results.json').read_text())['best_val_selected']['note'] == best['note']
 
 
 def test_best_kept_keeps_the_earliest_of_the_best(tmp_path):
