@@ -113,14 +113,22 @@ class BestKept:
   resumed run knows the best so far. Only a strictly better epoch is saved (``improves``):
   of equal ones the earliest stays, as in Kang et al.'s ``if acc > best_acc``. The trainer
   writes an epoch's main checkpoint before its copy here, so that the kept best is never
-  newer than the step a run resumes from (``drop_after`` for when it is)."""
+  newer than the step a run resumes from (``drop_after`` for when it is). A kept step whose
+  metrics cannot be read is set aside (``<step>.damaged``, as damaged main checkpoints
+  are), with a warning: the choice starts again from the epochs this run validates."""
 
   def __init__(self, directory: str):
     top1 = lambda metrics: metrics['top1']
     policy = ocp.checkpoint_managers.BestN(get_metric_fn=top1, n=1, keep_checkpoints_without_metrics=False)
     # best_fn too: orbax writes a step's metrics only where it ranks by them.
     options = ocp.CheckpointManagerOptions(create=True, best_fn=top1, best_mode='max', preservation_policy=policy)
-    self.mgr = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    directory = os.path.abspath(directory)
+    try:
+      self.mgr = ocp.CheckpointManager(directory, options=options)
+    except Exception:  # orbax reads every step's metrics when it opens the folder
+      if not _set_aside_unreadable_metrics(directory):
+        raise
+      self.mgr = ocp.CheckpointManager(directory, options=options)
     self._best = self._read()
 
   def _read(self) -> dict | None:
@@ -166,6 +174,35 @@ class BestKept:
   def close(self) -> None:
     finish(self.mgr)
     self.mgr.close()
+
+
+def _set_aside_unreadable_metrics(directory: str) -> list[str]:
+  """Renames the step folders of ``directory`` (a ``BestKept`` folder) whose saved metrics
+  cannot be read to ``<step>.damaged`` and says so; returns them. Process 0 renames, every
+  process waits for it."""
+  damaged = []
+  for d in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    if not d.isdigit():
+      continue
+    try:
+      with open(os.path.join(directory, d, 'metrics', 'metrics')) as f:
+        json.load(f)['top1']
+    except Exception as e:  # missing, cut short, not JSON, no top1
+      damaged.append((os.path.join(directory, d), f'{type(e).__name__}: {str(e)[:120]}'))
+  if jax.process_index() == 0:
+    for src, why in damaged:
+      dst, n = f'{src}.damaged', 1
+      while os.path.exists(dst):
+        dst, n = f'{src}.damaged{n}', n + 1
+      os.rename(src, dst)
+      print(f'ltjax: warning: the best validation checkpoint {src} cannot be read ({why}); kept as {dst}. '
+            f'The best validation epoch is chosen again from the epochs this run validates.',
+            file=sys.stderr, flush=True)
+  if damaged and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('damaged best validation checkpoints set aside')
+  return [src for src, _ in damaged]
 
 
 def _has_items(directory: str, step: int) -> bool:

@@ -191,7 +191,7 @@ def test_validation_off_for_part_of_a_run_says_which_epochs_it_missed(tmp_path, 
   assert json.loads((tmp_path / 'w' / 'teacher' / 'results.json').read_text())['best_val_selected']['note'] == best['note']
 
 
-def test_best_kept_keeps_the_earliest_of_the_best(tmp_path):
+def test_best_kept_keeps_the_earliest_of_the_best(tmp_path, capfd):
   kept = checkpoint.BestKept(str(tmp_path / 'best'))
   variables = lambda v: {'params': {'w': np.full(3, v, np.float32)}, 'batch_stats': {}}
   assert kept.best() is None
@@ -213,8 +213,18 @@ def test_best_kept_keeps_the_earliest_of_the_best(tmp_path):
   # the kept model is of another trajectory, and goes.
   again = checkpoint.BestKept(str(tmp_path / 'best'))
   assert again.drop_after(40) == [50] and again.best() is None and again.improves(10, 0.0)
+  again.offer(30, variables(30), {'top1': 60.0, 'epoch': 3})
   again.close()
-  assert not any(d.isdigit() for d in os.listdir(tmp_path / 'best'))
+  assert sorted(os.listdir(tmp_path / 'best')) == ['30']
+  # Its metrics cut short (a copy of the workdir that stopped half-way): set aside, said,
+  # and the choice starts again.
+  (tmp_path / 'best' / '30' / 'metrics' / 'metrics').write_text('{"top1": 60.0, "ep')
+  again = checkpoint.BestKept(str(tmp_path / 'best'))
+  assert again.best() is None and again.improves(40, 0.0)
+  again.close()
+  assert sorted(os.listdir(tmp_path / 'best')) == ['30.damaged']
+  assert f'the best validation checkpoint {tmp_path / "best" / "30"} cannot be read (JSONDecodeError' in \
+      capfd.readouterr().err
 
 
 @pytest.mark.parametrize('name', ['digits', 'cifar10', 'inat18'])
