@@ -123,12 +123,8 @@ class BestKept:
     # best_fn too: orbax writes a step's metrics only where it ranks by them.
     options = ocp.CheckpointManagerOptions(create=True, best_fn=top1, best_mode='max', preservation_policy=policy)
     directory = os.path.abspath(directory)
-    try:
-      self.mgr = ocp.CheckpointManager(directory, options=options)
-    except Exception:  # orbax reads every step's metrics when it opens the folder
-      if not _set_aside_unreadable_metrics(directory):
-        raise
-      self.mgr = ocp.CheckpointManager(directory, options=options)
+    _set_aside_unreadable_metrics(directory)  # orbax reads every step's metrics when it opens the folder
+    self.mgr = ocp.CheckpointManager(directory, options=options)
     self._best = self._read()
 
   def _read(self) -> dict | None:
@@ -178,8 +174,12 @@ class BestKept:
 
 def _set_aside_unreadable_metrics(directory: str) -> list[str]:
   """Renames the step folders of ``directory`` (a ``BestKept`` folder) whose saved metrics
-  cannot be read to ``<step>.damaged`` and says so; returns them. Process 0 renames, every
-  process waits for it."""
+  cannot be read to ``<step>.damaged`` and says so; returns them. Every process reads
+  them before process 0 renames any, and every process waits for that (both barriers
+  whether or not one is damaged, so that no process waits alone)."""
+  multi = jax.process_count() > 1
+  if multi:
+    from jax.experimental import multihost_utils
   damaged = []
   for d in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
     if not d.isdigit():
@@ -189,6 +189,8 @@ def _set_aside_unreadable_metrics(directory: str) -> list[str]:
         json.load(f)['top1']
     except Exception as e:  # missing, cut short, not JSON, no top1
       damaged.append((os.path.join(directory, d), f'{type(e).__name__}: {str(e)[:120]}'))
+  if multi:
+    multihost_utils.sync_global_devices('best validation metrics read')
   if jax.process_index() == 0:
     for src, why in damaged:
       dst, n = f'{src}.damaged', 1
@@ -198,9 +200,7 @@ def _set_aside_unreadable_metrics(directory: str) -> list[str]:
       print(f'ltjax: warning: the best validation checkpoint {src} cannot be read ({why}); kept as {dst}. '
             f'The best validation epoch is chosen again from the epochs this run validates.',
             file=sys.stderr, flush=True)
-  if damaged and jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
+  if multi:
     multihost_utils.sync_global_devices('damaged best validation checkpoints set aside')
   return [src for src, _ in damaged]
 

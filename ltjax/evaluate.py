@@ -127,7 +127,10 @@ def logged_top1(metrics_path: str, split: str) -> dict[int, float]:
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       for line in f:
-        record = json.loads(line)
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill or a full disk
+          continue
         if f'{split}/epoch' in record and f'{split}/top1' in record:
           by_epoch[int(record[f'{split}/epoch'])] = float(record[f'{split}/top1'])
   return by_epoch

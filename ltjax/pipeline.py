@@ -257,15 +257,16 @@ def _best_val_selected(best: dict, phase, phase_dir: str, config, evaluate_fn, m
   first = min(every, epochs)
   if out['validated_from_epoch'] > first:
     out['note'] = (f'chosen among epochs {out["validated_from_epoch"]}-{epochs} only: the epochs '
-                   f'before were not validated (run.val_every_epochs off before a resume, or a kept best dropped)')
+                   f'before were not validated (run.val_every_epochs off before a resume, or a kept best dropped or '
+                   f'set aside as damaged)')
   elif parallel.is_main():  # (process 0 writes metrics.jsonl) a gap: validation off for part of the run
     asked = {e for e in range(out['validated_from_epoch'], epochs + 1) if e % every == 0 or e == epochs}
     missing = sorted(asked - set(evaluate.logged_top1(os.path.join(phase_dir, 'metrics.jsonl'), 'val')))
     if missing:
       shown = ', '.join(map(str, missing[:8])) + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
       out['note'] = (f'chosen among fewer epochs than asked: epoch{"s" if len(missing) > 1 else ""} {shown} '
-                     f'{"were" if len(missing) > 1 else "was"} not validated (run.val_every_epochs off for part '
-                     f'of the run)')
+                     f'{"were" if len(missing) > 1 else "was"} not validated (run.val_every_epochs was off, or '
+                     f'another value, for part of the run)')
   if 'note' in out:
     _say(f'ltjax: warning: [{phase.name}] best validation epoch {out["note"]}')
   return out

@@ -107,9 +107,9 @@ class Predictor:
     if phase and phase not in names:
       raise MissingCheckpointError(f'--phase={phase} is not a phase of {config.method!r}: {names}.')
     if not finished or (phase and phase not in [p.name for p in finished]):
-      which = f'phase {phase!r}' if phase else f'any phase of {config.method!r} ({", ".join(names)})'
+      named = f'phase {phase!r}' if phase else f'any phase of {config.method!r} ({", ".join(names)})'
       raise MissingCheckpointError(
-          f'{workdir} holds no finished run of {which}'
+          f'{workdir} holds no finished run of {named}'
           f'{"; finished: " + ", ".join(p.name for p in finished) if finished else ""}. Fix: let '
           f'the training finish (rerun its command with this --workdir to resume it), or choose a '
           f'finished phase with --phase.')
@@ -124,7 +124,13 @@ class Predictor:
             f'checkpoint: the run did not validate, run.val_every_epochs, or the phase trained no '
             f'epoch). Fix: leave out --checkpoint=best_val to use its last epoch.')
       best = evaluate.read_results(os.path.join(workdir, chosen.name, 'results.json')).get('best_val_selected') or {}
-      self.epoch = best.get('epoch')
+      if best.get('epoch') is None:
+        raise MissingCheckpointError(
+            f'phase {chosen.name!r} of {workdir} reports no best validation epoch (its results.json has no '
+            f'best_val_selected epoch: validation was switched off before the phase finished, or it chose '
+            f'a tau), so the checkpoint in {directory} is not a choice it made. Fix: leave out '
+            f'--checkpoint=best_val to use its last epoch.')
+      self.epoch = best['epoch']
     else:
       directory = os.path.join(workdir, chosen.name, 'checkpoints')
     variables = checkpoint.restore_variables(directory)  # host arrays

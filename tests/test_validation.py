@@ -186,7 +186,7 @@ def test_validation_off_for_part_of_a_run_says_which_epochs_it_missed(tmp_path, 
   assert sorted(evaluate.logged_top1(os.path.join(workdir, 'teacher', 'metrics.jsonl'), 'val')) == [1, 2, 5, 6]
   assert best['validated_from_epoch'] == 1
   assert best['note'] == ('chosen among fewer epochs than asked: epochs 3, 4 were not validated '
-                          '(run.val_every_epochs off for part of the run)')
+                          '(run.val_every_epochs was off, or another value, for part of the run)')
   assert f'warning: [teacher] best validation epoch {best["note"]}' in capsys.readouterr().out
   assert json.loads((tmp_path / 'w' / 'teacher' / 'results.json').read_text())['best_val_selected']['note'] == best['note']
 
@@ -297,6 +297,11 @@ def test_a_later_phase_starts_from_the_epoch_that_handoff_names(tmp_path, val_is
     with pytest.raises(MissingCheckpointError, match=r"phase 'tau_norm' .* kept no best validation epoch .* "
                                                      r'leave out --checkpoint=best_val'):
       predict.Predictor(str(tmp_path / 'w'), 'tau_norm', which='best_val')  # it trained no epoch
+    # A best_val/ that the results do not report (validation switched off before the end).
+    path = tmp_path / 'w' / 'ce' / 'results.json'
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != 'best_val_selected'}))
+    with pytest.raises(MissingCheckpointError, match=r"phase 'ce' .* reports no best validation epoch"):
+      predict.Predictor(str(tmp_path / 'w'), 'ce', which='best_val')
   else:
     assert 'handoff' not in r['tau_norm'] and 'takes phase' not in out
 
