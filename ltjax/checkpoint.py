@@ -268,6 +268,12 @@ def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:
   mgr.reload()
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoints in ``directory`` (orbax's step folders; its
+  temporary and set-aside ``.damaged`` folders are not steps), sorted; [] where none."""
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
 def restore_variables(directory: str) -> dict:
   """The model variables (``params``, ``batch_stats``) of the newest checkpoint in
   ``directory``, as saved, without needing the optimizer that wrote them: host NumPy
@@ -277,7 +283,7 @@ def restore_variables(directory: str) -> dict:
   import numpy as np
 
   directory = os.path.abspath(directory)
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  steps = saved_steps(directory)
   if not steps:
     raise MissingCheckpointError(
         f'{directory} holds no checkpoint. Fix: finish training that phase (rerun its command to '

@@ -69,10 +69,6 @@ def check_workdir(config, workdir: str) -> bool:
   return False
 
 
-def _has_checkpoint(directory: str) -> bool:
-  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
-
-
 def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_field: str = '',
                                 handoff: str = 'last') -> str:
   """The checkpoint folder of phase ``name`` of this run, which must have finished: its
@@ -88,7 +84,7 @@ def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_fi
         f'runs {name!r} first, also with --config.run.phases={name},{needed_by}){elsewhere}.')
   if handoff == 'best_val':
     best = os.path.join(source, train.BEST_VAL)
-    if not _has_checkpoint(best):
+    if not checkpoint.saved_steps(best):
       raise MissingCheckpointError(
           f"phase {needed_by!r} takes phase {name!r} at its best validation epoch (handoff='best_val'), "
           f'but {best} holds no checkpoint: that phase kept none (it trained no epoch, or its kept '
@@ -104,7 +100,7 @@ def _checkpoints_at(path: str, name: str, field: str, handoff: str = 'last') -> 
   newest checkpoint, as it is)."""
   sub = train.BEST_VAL if handoff == 'best_val' else 'checkpoints'
   for candidate in (os.path.join(path, sub), os.path.join(path, name, sub), path):
-    if _has_checkpoint(candidate):
+    if checkpoint.saved_steps(candidate):
       phase_dir = os.path.dirname(candidate)
       if candidate != path and not os.path.exists(os.path.join(phase_dir, 'results.json')):
         raise MissingCheckpointError(
@@ -118,7 +114,7 @@ def _checkpoints_at(path: str, name: str, field: str, handoff: str = 'last') -> 
       return candidate
   if handoff == 'best_val':
     for phase_dir in (path, os.path.join(path, name)):
-      if _has_checkpoint(os.path.join(phase_dir, 'checkpoints')):
+      if checkpoint.saved_steps(os.path.join(phase_dir, 'checkpoints')):
         raise MissingCheckpointError(
             f"--config.{field}={path!r}: handoff='best_val' takes the {name!r} phase at its best "
             f'validation epoch, but {phase_dir} kept none (it ran without run.val_every_epochs). Fix: '

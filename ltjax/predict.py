@@ -118,7 +118,7 @@ class Predictor:
     self.which, self.epoch = which, None
     if which == 'best_val':
       directory = os.path.join(workdir, chosen.name, train.BEST_VAL)
-      if not (os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))):
+      if not checkpoint.saved_steps(directory):
         raise MissingCheckpointError(
             f'phase {chosen.name!r} of {workdir} kept no best validation epoch ({directory} holds no '
             f'checkpoint: the run did not validate, run.val_every_epochs, or the phase trained no '
