@@ -11,13 +11,15 @@
 #      send-back: $OUT/results.tgz (row JSONs, logs, metrics) and $OUT/workdirs.tgz (the
 #      unfinished rows, newest checkpoints; in pieces over 15.5 MiB), which
 #      `carry.py receive` unpacks here.
-# Settings (environment): ROWS (patterns, default 'cifar10_if100_*_s0'), PARALLEL (6),
+# Settings (environment): ROWS (patterns, default 'cifar10_if100_*_s0'), PARALLEL (default
+# 6 where CUDA MPS runs, else 2 on a GPU, 1 on a CPU: without MPS the rows' processes take turns on the GPU, so
+# more of them only slow each down), MPS (1: try to start it, 0: don't),
 # DEADLINE (seconds, 420: with timeout_s 540 that leaves 2 minutes for the set-up, the
 # rows' 30 s stop and the send-back), EXTRA (more ltjax flags, space-separated, e.g.
 # '--config.run.eval_every_epochs=5' over the default 10), SMOKE=1 (smoke rows into results/smoke and
 # runs/reproduce_smoke: the CPU rehearsal).
 source bench/gpu_common.sh
-ROWS=${ROWS:-'cifar10_if100_*_s0'} PARALLEL=${PARALLEL:-6} DEADLINE=${DEADLINE:-420}
+ROWS=${ROWS:-'cifar10_if100_*_s0'} PARALLEL=${PARALLEL:-auto} DEADLINE=${DEADLINE:-420}
 if [[ ${SMOKE:-0} == 1 ]]; then
   RESULTS=results/smoke WORKROOT=runs/reproduce_smoke SMOKE_FLAG=--smoke
 else
@@ -33,6 +35,7 @@ for flag in "${extra[@]}"; do EXTRA_FLAGS+=("--extra=$flag"); done
 finish() {
   local status=$?
   [[ -n ${SMI:-} ]] && kill "$SMI" 2>/dev/null
+  (( ${MPS_ON:-0} )) && echo quit | "$mps_control" 2>/dev/null
   log "send back"
   python3 bench/carry.py send-back --workroot "$WORKROOT" --results "$RESULTS" --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
   local sent=${PIPESTATUS[0]}
@@ -57,6 +60,28 @@ if command -v nvidia-smi >/dev/null; then
   SMI=$!
 fi
 python3 -c "import importlib.metadata as m; print(*(f'{p} {m.version(p)}' for p in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections', 'tensorboardX', 'numpy')), sep=', ')" 2>&1 | tee -a "$OUT/log.txt"
+
+# CUDA MPS: the rows' kernels run on the GPU at the same time. ResNet-32's kernels at batch
+# 128 fill few of the 132 multiprocessors, and without MPS the processes' contexts take
+# turns, so N rows side by side each run about 1/N as fast. Kept only if a JAX probe runs
+# under it; otherwise the daemon is stopped and the rows run without it.
+MPS_ON=0
+mps_control=$(command -v nvidia-cuda-mps-control || ls /usr/local/nvidia/bin/nvidia-cuda-mps-control 2>/dev/null || true)
+if [[ ${MPS:-1} == 1 && -n $mps_control ]]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/ltjax-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ltjax-mps/log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if "$mps_control" -d && timeout 60 python3 -c "import jax, jax.numpy as jnp; print('MPS probe:', jax.devices(), float(jnp.ones(8).sum()))" 2>&1 | tee -a "$OUT/log.txt" && [[ ${PIPESTATUS[0]} == 0 ]]; then
+    MPS_ON=1
+  else
+    echo quit | "$mps_control" 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    cat /tmp/ltjax-mps/log/*.log 2>/dev/null | tail -5 | tee -a "$OUT/log.txt"
+  fi
+fi
+if [[ $PARALLEL == auto ]]; then
+  if (( MPS_ON )); then PARALLEL=6; elif command -v nvidia-smi >/dev/null; then PARALLEL=2; else PARALLEL=1; fi
+fi
+log "CUDA MPS: $( (( MPS_ON )) && echo on || echo "off (${mps_control:-no nvidia-cuda-mps-control})"); rows side by side: $PARALLEL"
 
 log "unpack the carried caches"
 python3 bench/carry.py unpack .carry --into .device_cache 2>&1 | tee -a "$OUT/log.txt"
