@@ -26,7 +26,7 @@ echo "wheels: $(ls .whl | tr '\n' ' ')"
 # The packed caches, unless .carry holds exactly these factors already (a rerun after a
 # commit or a call only refreshes the commit and the cut rows).
 want=$(tr ',' '\n' <<<"$IMB" | sed 's/.*/cifar10_lt_if&_seed0.carry.json/' | sort | tr '\n' ' ')
-have=$(find .carry -name '*.carry.json' -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')
+have=$( { find .carry -name '*.carry.json' -printf '%f\n' 2>/dev/null || true; } | sort | tr '\n' ' ')
 if [[ $want != "$have" ]]; then
   rm -rf .carry  # the caches themselves stay in .device_cache
   $PY bench/carry.py pack --imb "$IMB" --data-dir "$DATA_DIR" --cache-dir .device_cache --out .carry
