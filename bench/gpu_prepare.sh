@@ -8,7 +8,8 @@
 #    folder at most 56 MiB; one call carries one folder (IF 100 fits in one, IF 1 needs two);
 # 3. .carry/workdirs.tgz: the rows cut in an earlier session (runs/reproduce, received
 #    with bench/carry.py receive), each phase's newest checkpoint, to resume there;
-# 4. .carry/commit: HEAD and whether tracked files differ (no .git travels);
+# 4. .carry/commit: HEAD and whether tracked files differ, and .carry/tree.sha256, the
+#    tracked files' checksums (a .git there is not this checkout's);
 # 5. the size of what travels, and the call.
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
@@ -38,6 +39,7 @@ $PY bench/carry.py workdirs --workroot runs/reproduce --results results/cifar_lt
 dirty=false
 [[ -z $(git status --porcelain --untracked-files=no) ]] || dirty=true
 echo "$(git rev-parse HEAD) $dirty" > .carry/commit
+git ls-files -z | xargs -0 sha256sum > .carry/tree.sha256  # checked there
 [[ $dirty == false ]] || echo "warning: tracked files differ from HEAD: the rows will say dirty: true" >&2
 
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
@@ -63,7 +65,7 @@ fi
 cat <<EOF
 The call (device run):
   command:   DEADLINE=420 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
-  carry:     [".whl", "$last"$runs_carry, ".carry/commit"]
+  carry:     [".whl", "$last"$runs_carry, ".carry/commit", ".carry/tree.sha256"]
   timeout_s: 540
 Afterwards, here: $PY bench/carry.py receive <files_at>   (results/ and runs/reproduce/),
 commit results/cifar_lt/*.json, render: $PY -m ltjax.report --reproduction results/cifar_lt --readme README.md,

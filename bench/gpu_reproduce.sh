@@ -47,9 +47,17 @@ trap finish EXIT
 pid=
 trap 'log "SIGTERM: the rows stop and save, then the send-back"; [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null' TERM
 
-# No .git travels: the commit is the one gpu_prepare.sh wrote beside the caches.
-if [[ -f .carry/commit ]] && ! git rev-parse HEAD >/dev/null 2>&1; then
-  read -r LTJAX_COMMIT LTJAX_DIRTY < .carry/commit; export LTJAX_COMMIT LTJAX_DIRTY
+# The commit is the one gpu_prepare.sh wrote beside the caches: a .git there, if any, is
+# not this checkout's (one lease's rows said the session's first commit, dirty, while
+# the tree was a later commit's exactly). The tree is checked against that commit's
+# files (.carry/tree.sha256): a file that differs makes the rows dirty.
+if [[ -f .carry/commit ]]; then
+  read -r LTJAX_COMMIT LTJAX_DIRTY < .carry/commit
+  if [[ -f .carry/tree.sha256 ]] && ! differ=$(sha256sum --quiet -c .carry/tree.sha256 2>&1); then
+    log "tracked files differ from commit $LTJAX_COMMIT: $(tr '\n' ' ' <<<"$differ")"
+    LTJAX_DIRTY=true
+  fi
+  export LTJAX_COMMIT LTJAX_DIRTY
 fi
 log "commit ${LTJAX_COMMIT:-$(git rev-parse HEAD 2>/dev/null)} rows '$ROWS' parallel $PARALLEL deadline $DEADLINE s"
 mkdir -p "$WORKROOT"
