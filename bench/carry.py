@@ -8,7 +8,10 @@ JPEG-re-encoded pixels. Here the images are stored as a lossless prediction resi
 (green, red - green, blue - green; each pixel of a plane minus left + upper - upper-left,
 lossless JPEG's predictor 4, i.e. a 2-D difference that two cumulative sums undo) under
 LZMA: IF 100 packs to 30.8 MiB (47% of its 65.8 MiB of arrays); at that ratio IF 10 is
-about 40 MiB and IF 1 about 79. A cache larger than ``--part-mib`` is split into parts
+about 40 MiB and IF 1 about 79. Packed together, a long-tailed cache takes its images
+from the larger one whose training images and test split hold all of its own (IF 1's
+holds those of every factor): it carries only its positions there, and unpacks after it
+(IF 100 beside IF 1: 0.1 MiB more). A cache larger than ``--part-mib`` is split into parts
 that go to separate folders, ``OUT/1``, ``OUT/2``, ...: each folder is carried by its own
 call to the warm machine (a carried folder stays there for the next call while the
 machine is held), and ``unpack`` joins them once every part is there.
@@ -50,6 +53,7 @@ MAX_FILES_BACK = 8  # a lent machine sends back 8 files of at most 16 MiB
 FORMAT = 'ltjax-carry-1'
 IMAGE_CODEC = 'gcc-gradient-planar'  # colour decorrelation, 2-D difference, planes first
 LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+BASE_POSITIONS = '_base_positions'  # a derived cache's rows of its base's training arrays
 
 
 # ---------------------------------------------------------------- the image codec
@@ -82,23 +86,69 @@ def digest(a: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------- pack
-def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-  """One LZMA blob of an ``.npz`` of the encoded arrays, and what each array was."""
+def pack_arrays(arrays: dict[str, np.ndarray], derived: tuple[np.ndarray, dict] | None = None
+                ) -> tuple[bytes, dict]:
+  """One LZMA blob of an ``.npz`` of the encoded arrays, and what each array was;
+  ``derived`` (``derive``'s answer) leaves out what the base cache holds."""
+  pos, how = derived if derived is not None else (None, {})
   encoded, meta = {}, {}
+  if pos is not None:
+    encoded[BASE_POSITIONS] = pos.astype(np.int64)
   for key, a in arrays.items():
-    codec = IMAGE_CODEC if is_image_array(a) else 'raw'
-    encoded[key] = encode_images(a) if codec == IMAGE_CODEC else a
+    codec = how.get(key) or (IMAGE_CODEC if is_image_array(a) else 'raw')
+    if codec not in ('same', 'take'):
+      encoded[key] = encode_images(a) if codec == IMAGE_CODEC else a
     meta[key] = {'codec': codec, 'dtype': a.dtype.str, 'shape': list(a.shape), 'sha256': digest(a)}
   buf = io.BytesIO()
   np.savez(buf, **encoded)
   return lzma.compress(buf.getvalue(), preset=LZMA_PRESET), meta
 
 
-def unpack_arrays(blob: bytes, meta: dict) -> dict[str, np.ndarray]:
+def base_positions(index: np.ndarray, base_index: np.ndarray) -> np.ndarray | None:
+  """Where each of ``index`` sits in ``base_index``, or None if one is not there."""
+  order = np.argsort(base_index, kind='stable')
+  at = np.searchsorted(base_index[order], index)
+  if np.any(at >= len(base_index)):
+    return None
+  pos = order[at]
+  return pos if np.array_equal(base_index[pos], index) else None
+
+
+def derive(arrays: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> tuple[np.ndarray, dict] | None:
+  """How a long-tailed cache is taken from a larger one (IF 1's holds every training
+  image of IF 100's, and the same test split): the positions of its training images in
+  the base, and for each array that needs no bytes of its own, 'same' (the base's array)
+  or 'take' (the base's rows at those positions). None unless the images are both."""
+  if 'train_index' not in arrays or 'train_index' not in base:
+    return None
+  pos = base_positions(arrays['train_index'], base['train_index'])
+  if pos is None:
+    return None
+  n, nb = len(pos), len(base['train_index'])
+  how = {}
+  for key, a in arrays.items():
+    b = base.get(key)
+    if b is None:
+      continue
+    if a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b):
+      how[key] = 'same'
+    elif a.ndim and b.ndim and a.shape[0] == n and b.shape[0] == nb and a.dtype == b.dtype and np.array_equal(a, b[pos]):
+      how[key] = 'take'
+  if how.get('train_images') != 'take' or how.get('test_images') != 'same':
+    return None
+  return pos, how
+
+
+def unpack_arrays(blob: bytes, meta: dict, base: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
   with np.load(io.BytesIO(lzma.decompress(blob)), allow_pickle=False) as z:
     out = {}
     for key, m in meta.items():
-      a = decode_images(z[key]) if m['codec'] == IMAGE_CODEC else z[key]
+      if m['codec'] == 'same':
+        a = base[key]
+      elif m['codec'] == 'take':
+        a = base[key][z[BASE_POSITIONS]]
+      else:
+        a = decode_images(z[key]) if m['codec'] == IMAGE_CODEC else z[key]
       if a.dtype.str != m['dtype'] or list(a.shape) != m['shape'] or digest(a) != m['sha256']:
         raise SystemExit(f'carry: error: {key} does not unpack to the array that was packed '
                          f'(dtype/shape/SHA-256 differ); pack it again here')
@@ -126,12 +176,28 @@ def pack(npz_paths: list[str], out: str, part_mib: float) -> list[str]:
     folders.append((folder, size))
     return folder
 
-  for path in npz_paths:
+  def load(path):
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+
+  def train_size(path):
+    with np.load(path, allow_pickle=False) as z:
+      return len(z['train_labels']) if 'train_labels' in z.files else 0
+
+  bases: dict[str, tuple[str, dict]] = {}  # name -> (npz file name, arrays)
+  for path in sorted(npz_paths, key=train_size, reverse=True):  # the largest first: the bases
     name = os.path.basename(path)[:-len('.npz')]
     t0 = time.time()
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-    blob, meta = pack_arrays(arrays)
+    arrays = load(path)
+    derived, base_name = None, None
+    for base_name, (_, base) in bases.items():
+      derived = derive(arrays, base)
+      if derived is not None:
+        break
+    blob, meta = pack_arrays(arrays, derived)
+    if derived is None:
+      base_name = None
+      bases[name] = (os.path.basename(path), arrays)
     raw = sum(a.nbytes for a in arrays.values())
     step = limit - 4096  # room for the manifest beside the first part
     chunks = [blob[i:i + step] for i in range(0, len(blob), step)]
@@ -143,10 +209,13 @@ def pack(npz_paths: list[str], out: str, part_mib: float) -> list[str]:
       parts.append({'file': os.path.basename(part), 'folder': os.path.basename(folder), 'bytes': len(chunk),
                     'sha256': hashlib.sha256(chunk).hexdigest()})
     manifest = {'format': FORMAT, 'name': name, 'npz': os.path.basename(path), 'arrays': meta, 'parts': parts}
+    if base_name is not None:
+      manifest['base'] = {'name': base_name, 'npz': bases[base_name][0]}
     first = os.path.join(out, parts[0]['folder'])
     write_atomic(os.path.join(first, f'{name}.carry.json'), json.dumps(manifest, indent=1))
     print(f'{path}: {raw / 2**20:.1f} MiB of arrays -> {len(blob) / 2**20:.1f} MiB in {len(parts)} part(s) '
-          f'({", ".join(p["folder"] for p in parts)}), {time.time() - t0:.0f} s', flush=True)
+          f'({", ".join(p["folder"] for p in parts)})'
+          + (f', its images taken from {base_name}' if base_name else '') + f', {time.time() - t0:.0f} s', flush=True)
   return [f for f, _ in folders]
 
 
@@ -159,12 +228,20 @@ def unpack(root: str, into: str) -> list[str]:
     raise SystemExit(f'carry: error: no packed cache (*.carry.json) under {root}; pack one here with '
                      f'python bench/carry.py pack --data-dir ../shared/tfds --imb 100 --out {root}')
   found = {os.path.basename(p): p for p in glob.glob(os.path.join(root, '**', '*.part*'), recursive=True)}
-  written = []
+  loaded = []
   for path in manifests:
     with open(path) as f:
       m = json.load(f)
     if m.get('format') != FORMAT:
       raise SystemExit(f'carry: error: {path} is not a {FORMAT} manifest')
+    loaded.append(m)
+  names = {m['name'] for m in loaded}
+  for m in loaded:
+    if 'base' in m and m['base']['name'] not in names and not os.path.exists(os.path.join(into, m['base']['npz'])):
+      raise SystemExit(f'carry: error: {m["name"]} takes its images from {m["base"]["name"]}, which was not '
+                       f'carried (no {m["base"]["name"]}.carry.json): carry the folder that holds it too')
+  written = []
+  for m in sorted(loaded, key=lambda m: 'base' in m):  # the bases first
     target = os.path.join(into, m['npz'])
     if os.path.exists(target):
       print(f'{target}: there already', flush=True)
@@ -182,7 +259,11 @@ def unpack(root: str, into: str) -> list[str]:
         raise SystemExit(f'carry: error: {found[p["file"]]} is damaged (SHA-256 differs); pack it again')
       chunks.append(chunk)
     t0 = time.time()
-    arrays = unpack_arrays(b''.join(chunks), m['arrays'])
+    base = None
+    if 'base' in m:
+      with np.load(os.path.join(into, m['base']['npz']), allow_pickle=False) as z:
+        base = {k: z[k] for k in z.files}
+    arrays = unpack_arrays(b''.join(chunks), m['arrays'], base)
     save_npz(target, **arrays)  # atomic, uncompressed: fast to read there
     print(f'{target}: unpacked and checked ({time.time() - t0:.1f} s)', flush=True)
     written.append(target)
@@ -221,13 +302,22 @@ def unfinished_rows(workroot: str, results: str) -> list[str]:
   return sorted(unfinished | (bases & here))
 
 
-def pack_workdirs(workroot: str, results: str, path: str) -> list[str]:
+def pack_workdirs(workroot: str, results: str, path: str, patterns: list[str] | None = None) -> list[str]:
   """One ``.tgz`` of every unfinished row's workdir (``unfinished_rows``: with the base
   rows still needed), each phase with its newest checkpoint alone: what a row needs to
-  resume, or start, on another machine. Returns the rows in it."""
+  resume, or start, on another machine. ``patterns`` (fnmatch, as reproduce.py's
+  ``--rows``) keeps only the rows the next call runs, and the bases they refit on: the
+  others stay here for a later call. Returns the rows in it."""
+  import fnmatch
   import tarfile
 
   rows = unfinished_rows(workroot, results)
+  if patterns:
+    from ltjax import reproduction
+
+    chosen = [r for r in reproduction.all_rows() if any(fnmatch.fnmatch(r.name, p) for p in patterns)]
+    wanted = {r.name for r in chosen} | {r.base for r in chosen if r.base}
+    rows = [r for r in rows if r in wanted]
   if rows:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tarfile.open(path, 'w:gz') as tar:
@@ -379,6 +469,8 @@ def main(argv=None) -> int:
   w.add_argument('--workroot', default='runs/reproduce')
   w.add_argument('--results', default='results/cifar_lt')
   w.add_argument('--out', required=True)
+  w.add_argument('--rows', help="only these rows (reproduce.py's --rows patterns, space- or comma-separated) "
+                                'and the rows they refit on')
   args = ap.parse_args(argv)
   if args.cmd == 'pack':
     paths = list(args.npz)
@@ -394,7 +486,8 @@ def main(argv=None) -> int:
   elif args.cmd == 'send-back':
     send_back(args.workroot, args.results, args.out, args.max_mib)
   elif args.cmd == 'workdirs':
-    rows = pack_workdirs(args.workroot, args.results, args.out)
+    patterns = args.rows.replace(',', ' ').split() if args.rows else None
+    rows = pack_workdirs(args.workroot, args.results, args.out, patterns)
     print(f'{args.out}: {", ".join(rows)}' if rows else f'no unfinished row under {args.workroot}', flush=True)
   else:
     receive(args.files_at)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Here, before the call to a lent GPU machine: everything bench/gpu_reproduce.sh needs
 # there, and the call itself, printed. Run from the repo root with everything committed:
-#   bash bench/gpu_prepare.sh [IMB[,IMB...]]      (default 100; needs ../shared/tfds)
+#   [ROWS='patterns'] bash bench/gpu_prepare.sh [IMB[,IMB...]]   (default 100; needs ../shared/tfds)
 # 1. .whl/: wheels of the packages the machine lacks (ml-collections, tensorboardX;
 #    jax, flax, optax, orbax are there), at the versions of this venv;
 # 2. .carry/1, .carry/2, ...: the packed CIFAR-LT caches (bench/carry.py pack), each
-#    folder at most 56 MiB; one call carries one folder (IF 100 fits in one, IF 1 needs two);
+#    folder at most 56 MiB; one call carries one folder (IF 100 fits in one, IF 1 needs two;
+#    packed with IF 1, IF 100, 50 and 10 take their images from it and add 0.1 MiB);
 # 3. .carry/workdirs.tgz: the rows cut in an earlier session (runs/reproduce, received
 #    with bench/carry.py receive), each phase's newest checkpoint, to resume there;
 # 4. .carry/commit: HEAD and whether tracked files differ, and .carry/tree.sha256, the
@@ -35,7 +36,10 @@ else
   echo "packed caches: $have(there already)"
 fi
 rm -f .carry/workdirs.tgz
-$PY bench/carry.py workdirs --workroot runs/reproduce --results results/cifar_lt --out .carry/workdirs.tgz
+# ROWS (reproduce.py's patterns), as the call will have it: only those rows' workdirs and
+# their bases travel; the other cut rows stay in runs/reproduce for a later call.
+$PY bench/carry.py workdirs --workroot runs/reproduce --results results/cifar_lt --out .carry/workdirs.tgz \
+  ${ROWS:+--rows "$ROWS"}
 dirty=false
 [[ -z $(git status --porcelain --untracked-files=no) ]] || dirty=true
 echo "$(git rev-parse HEAD) $dirty" > .carry/commit
@@ -64,7 +68,7 @@ if (( ${#folders[@]} > 1 )); then
 fi
 cat <<EOF
 The call (device run):
-  command:   DEADLINE=420 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
+  command:   ${ROWS:+ROWS='$ROWS' }DEADLINE=420 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
   carry:     [".whl", "$last"$runs_carry, ".carry/commit", ".carry/tree.sha256"]
   timeout_s: 540
 Afterwards, here: $PY bench/carry.py receive <files_at>   (results/ and runs/reproduce/),

@@ -80,6 +80,48 @@ def test_pack_in_parts_and_unpack_exactly(carry, tmp_path):
       assert z[k].dtype == a.dtype and np.array_equal(z[k], a), k
 
 
+def test_a_long_tailed_cache_takes_its_images_from_the_balanced_one(carry, tmp_path):
+  full = _cache(tmp_path / 'cifar10_lt_if1_seed0.npz', n=300)
+  idx = np.sort(np.random.default_rng(1).choice(300, 40, replace=False))[::-1].copy()  # not sorted
+  lt = dict(full, train_images=full['train_images'][idx], train_labels=full['train_labels'][idx],
+            train_index=full['train_index'][idx])
+  np.savez(tmp_path / 'cifar10_lt_if100_seed0.npz', **lt)
+  # the smaller named first: the larger is packed first all the same, as the base
+  folders = carry.pack([str(tmp_path / 'cifar10_lt_if100_seed0.npz'), str(tmp_path / 'cifar10_lt_if1_seed0.npz')],
+                       str(tmp_path / 'carry'), part_mib=10)
+  (folder,) = folders
+  with open(os.path.join(folder, 'cifar10_lt_if100_seed0.carry.json')) as f:
+    m = json.load(f)
+  assert m['base'] == {'name': 'cifar10_lt_if1_seed0', 'npz': 'cifar10_lt_if1_seed0.npz'}
+  codecs = {k: v['codec'] for k, v in m['arrays'].items()}
+  assert codecs['train_images'] == codecs['train_labels'] == codecs['train_index'] == 'take'
+  assert codecs['test_images'] == codecs['test_labels'] == codecs['num_classes'] == 'same'
+  assert os.path.getsize(os.path.join(folder, 'cifar10_lt_if100_seed0.part1')) < 2000  # no image bytes
+
+  # unpacked after its base, to the very arrays
+  written = carry.unpack(folder, str(tmp_path / 'cache'))
+  assert [os.path.basename(w) for w in written] == ['cifar10_lt_if1_seed0.npz', 'cifar10_lt_if100_seed0.npz']
+  for path, want in zip(written, (full, lt)):
+    with np.load(path) as z:
+      assert sorted(z.files) == sorted(want)
+      for k, a in want.items():
+        assert z[k].dtype == a.dtype and np.array_equal(z[k], a), k
+
+  # carried without its base: the error names it
+  alone = tmp_path / 'alone'
+  os.makedirs(alone)
+  for name in ('cifar10_lt_if100_seed0.carry.json', 'cifar10_lt_if100_seed0.part1'):
+    os.rename(os.path.join(folder, name), alone / name)
+  with pytest.raises(SystemExit, match='takes its images from cifar10_lt_if1_seed0, which was not carried'):
+    carry.unpack(str(alone), str(tmp_path / 'cache2'))
+
+  # a cache whose images are not all in the other is packed whole
+  other = dict(lt, train_images=lt['train_images'].copy())
+  other['train_images'][0, 0, 0, 0] ^= 1
+  assert carry.derive(other, full) is None
+  assert carry.derive(dict(lt, train_index=lt['train_index'] + 1000), full) is None
+
+
 def test_a_damaged_part_is_named(carry, tmp_path):
   _cache(tmp_path / 'x.npz', n=40)
   (folder,) = carry.pack([str(tmp_path / 'x.npz')], str(tmp_path / 'carry'), part_mib=10)
@@ -195,6 +237,27 @@ def test_a_finished_base_row_travels_while_a_row_on_it_is_not_done(carry, tmp_pa
   assert carry.unfinished_rows(root, results) == ['cifar10_if100_crt_s0']  # tau-norm still needs it
   pathlib.Path(os.path.join(results, 'cifar10_if100_tau_norm_s0.json')).write_text('{}')
   assert carry.unfinished_rows(root, results) == []
+
+
+def test_workdirs_of_the_chosen_rows_and_their_bases_only(carry, tmp_path, monkeypatch):
+  """What travels must fit 64 MiB: --rows keeps the rows the next call runs and the cRT
+  row that LWS refits on; the other cut rows stay here for a later call."""
+  monkeypatch.chdir(tmp_path)
+  root, results = 'runs/reproduce', 'results/cifar_lt'
+  os.makedirs(results)
+  for row in ('cifar10_if100_crt_s0', 'cifar10_if100_dive_s0', 'cifar10_if100_ce_s1'):
+    os.makedirs(os.path.join(root, row, 'p', 'checkpoints', '5'))
+  pathlib.Path(os.path.join(results, 'cifar10_if100_crt_s0.json')).write_text('{}')
+  assert carry.pack_workdirs(root, results, 'all.tgz') == [
+      'cifar10_if100_ce_s1', 'cifar10_if100_crt_s0', 'cifar10_if100_dive_s0']
+  assert carry.pack_workdirs(root, results, 'some.tgz', ['cifar10_if100_dive_s0', 'cifar10_if100_lws_*']) == [
+      'cifar10_if100_crt_s0', 'cifar10_if100_dive_s0']
+  with tarfile.open('some.tgz') as t:
+    assert not any('ce_s1' in n for n in t.getnames())
+  assert carry.pack_workdirs(root, results, 'none.tgz', ['cifar10_if10_*']) == []
+  carry.main(['workdirs', '--out', 'cli.tgz', '--rows', 'cifar10_if100_dive_s0,cifar10_if1_ce_s0'])
+  with tarfile.open('cli.tgz') as t:
+    assert {n.split('/')[2] for n in t.getnames() if n.count('/') >= 2} == {'cifar10_if100_dive_s0'}
 
 
 @pytest.mark.parametrize('evil', ['top', 'dotdot', 'symlink', 'absolute'])
