@@ -50,13 +50,17 @@ tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 whl=$(du -sb .whl | cut -f1)
 runs=$( [[ -f .carry/workdirs.tgz ]] && du -sb .carry/workdirs.tgz | cut -f1 || echo 0)
 echo
-for folder in .carry/[0-9]*; do
-  size=$(du -sb "$folder" | cut -f1)
-  total=$(( tree + whl + size + runs + 4096 ))
-  echo "$folder: $(( size >> 20 )) MiB; a call carrying it with .whl$( [[ $runs != 0 ]] && echo ' and the cut rows'): $(( total >> 20 )) MiB of 64"
-done
 folders=(.carry/[0-9]*)
 last=${folders[-1]}
+for folder in "${folders[@]}"; do
+  size=$(du -sb "$folder" | cut -f1)
+  if [[ $folder == "$last" ]]; then
+    total=$(( tree + whl + size + runs + 4096 ))
+    echo "$folder: $(( size >> 20 )) MiB; the run's call, with .whl$( [[ $runs != 0 ]] && echo ' and the cut rows'): $(( total >> 20 )) MiB of 64"
+  else
+    echo "$folder: $(( size >> 20 )) MiB; its call: $(( (tree + size) >> 20 )) MiB of 64"
+  fi
+done
 runs_carry=$( [[ -f .carry/workdirs.tgz ]] && echo ', ".carry/workdirs.tgz"' || true)
 echo
 if (( ${#folders[@]} > 1 )); then
@@ -68,9 +72,9 @@ if (( ${#folders[@]} > 1 )); then
 fi
 cat <<EOF
 The call (device run):
-  command:   ${ROWS:+ROWS='$ROWS' }DEADLINE=420 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
+  command:   ${ROWS:+ROWS='$ROWS' }DEADLINE=500 bash bench/gpu_reproduce.sh       (ROWS=..., PARALLEL=..., EXTRA=...)
   carry:     [".whl", "$last"$runs_carry, ".carry/commit", ".carry/tree.sha256"]
-  timeout_s: 540
+  timeout_s: 580
 Afterwards, here: $PY bench/carry.py receive <files_at>   (results/ and runs/reproduce/),
 commit results/cifar_lt/*.json, render: $PY -m ltjax.report --reproduction results/cifar_lt --readme README.md,
 and run this script again before the next call (the cut rows, the new commit).
