@@ -11,7 +11,7 @@ LZMA: IF 100 packs to 30.8 MiB (47% of its 65.8 MiB of arrays); at that ratio IF
 about 40 MiB and IF 1 about 79. Packed together, a long-tailed cache takes its images
 from the larger one whose training images and test split hold all of its own (IF 1's
 holds those of every factor): it carries only its positions there, and unpacks after it
-(IF 100 beside IF 1: 0.1 MiB more). A cache larger than ``--part-mib`` is split into parts
+(IF 100 beside IF 1: 6 KB more). A cache larger than ``--part-mib`` is split into parts
 that go to separate folders, ``OUT/1``, ``OUT/2``, ...: each folder is carried by its own
 call to the warm machine (a carried folder stays there for the next call while the
 machine is held), and ``unpack`` joins them once every part is there.
@@ -302,20 +302,19 @@ def unfinished_rows(workroot: str, results: str) -> list[str]:
   return sorted(unfinished | (bases & here))
 
 
-def pack_workdirs(workroot: str, results: str, path: str, patterns: list[str] | None = None) -> list[str]:
+def pack_workdirs(workroot: str, results: str, path: str, patterns: str | None = None) -> list[str]:
   """One ``.tgz`` of every unfinished row's workdir (``unfinished_rows``: with the base
   rows still needed), each phase with its newest checkpoint alone: what a row needs to
-  resume, or start, on another machine. ``patterns`` (fnmatch, as reproduce.py's
-  ``--rows``) keeps only the rows the next call runs, and the bases they refit on: the
+  resume, or start, on another machine. ``patterns`` (reproduce.py's ``--rows``, shell
+  patterns separated by commas or spaces) keeps only the rows the next call runs, and the bases they refit on: the
   others stay here for a later call. Returns the rows in it."""
-  import fnmatch
   import tarfile
 
   rows = unfinished_rows(workroot, results)
   if patterns:
     from ltjax import reproduction
 
-    chosen = [r for r in reproduction.all_rows() if any(fnmatch.fnmatch(r.name, p) for p in patterns)]
+    chosen = reproduction.matching(reproduction.all_rows(), reproduction.row_patterns(patterns))
     wanted = {r.name for r in chosen} | {r.base for r in chosen if r.base}
     rows = [r for r in rows if r in wanted]
   if rows:
@@ -486,8 +485,7 @@ def main(argv=None) -> int:
   elif args.cmd == 'send-back':
     send_back(args.workroot, args.results, args.out, args.max_mib)
   elif args.cmd == 'workdirs':
-    patterns = args.rows.replace(',', ' ').split() if args.rows else None
-    rows = pack_workdirs(args.workroot, args.results, args.out, patterns)
+    rows = pack_workdirs(args.workroot, args.results, args.out, args.rows)
     print(f'{args.out}: {", ".join(rows)}' if rows else f'no unfinished row under {args.workroot}', flush=True)
   else:
     receive(args.files_at)

@@ -6,7 +6,7 @@
 #    jax, flax, optax, orbax are there), at the versions of this venv;
 # 2. .carry/1, .carry/2, ...: the packed CIFAR-LT caches (bench/carry.py pack), each
 #    folder at most 56 MiB; one call carries one folder (IF 100 fits in one, IF 1 needs two;
-#    packed with IF 1, IF 100, 50 and 10 take their images from it and add 0.1 MiB);
+#    packed with IF 1, IF 100, 50 and 10 take their images from it and add about 6 KB each);
 # 3. .carry/workdirs.tgz: the rows cut in an earlier session (runs/reproduce, received
 #    with bench/carry.py receive), each phase's newest checkpoint, to resume there;
 # 4. .carry/commit: HEAD and whether tracked files differ, and .carry/tree.sha256, the

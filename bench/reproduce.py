@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import fnmatch
 import json
 import os
-import re
 import runpy
 import shlex
 import signal
@@ -72,15 +70,15 @@ def select(rows: list[Row], patterns: str | None) -> list[Row]:
   """The rows whose names match any of the shell patterns, separated by commas or spaces."""
   if not patterns:
     return rows
-  pats = [p for p in re.split(r'[,\s]+', patterns) if p]
-  unmatched = [p for p in pats if not any(fnmatch.fnmatchcase(r.name, p) for r in rows)]
+  pats = reproduction.row_patterns(patterns)
+  unmatched = [p for p in pats if not reproduction.matching(rows, [p])]
   if unmatched:
-    elsewhere = sorted({r.dataset for r in reproduction.all_rows() if r not in rows
-                        and any(fnmatch.fnmatchcase(r.name, p) for p in unmatched)})
+    elsewhere = sorted({r.dataset for r in reproduction.matching(reproduction.all_rows(), unmatched)
+                        if r not in rows})
     hint = ''.join(f' (--table {t} has rows that match)' for t in elsewhere)
     raise SystemExit(f'reproduce: error: --rows {", ".join(unmatched)} matches no row of this table{hint}; '
                      f'its rows are:\n  ' + '\n  '.join(r.name for r in rows))
-  return [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in pats)]
+  return reproduction.matching(rows, pats)
 
 
 def _shown(path: str) -> str:

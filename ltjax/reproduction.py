@@ -9,9 +9,11 @@ module imports no JAX: planning and reporting run anywhere.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob
 import json
 import os
+import re
 
 import numpy as np
 
@@ -146,6 +148,16 @@ def cifar100_rows() -> list[Row]:
 def all_rows() -> list[Row]:
   """Every table's rows, table after table (the order of ``TABLES``)."""
   return [r for t in TABLES for r in default_rows(t)]
+
+
+def row_patterns(text: str | None) -> list[str]:
+  """The shell patterns of a ``--rows``/``ROWS`` string, separated by commas or spaces."""
+  return [p for p in re.split(r'[,\s]+', text or '') if p]
+
+
+def matching(rows: list[Row], patterns: list[str]) -> list[Row]:
+  """The rows whose names match any of ``patterns`` (``row_patterns``), in their order."""
+  return [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
 
 
 # Published top-1 (%), CIFAR-10(-LT), ResNet-32 (../shared/docs/METHODS.md 3).

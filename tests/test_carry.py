@@ -250,11 +250,11 @@ def test_workdirs_of_the_chosen_rows_and_their_bases_only(carry, tmp_path, monke
   pathlib.Path(os.path.join(results, 'cifar10_if100_crt_s0.json')).write_text('{}')
   assert carry.pack_workdirs(root, results, 'all.tgz') == [
       'cifar10_if100_ce_s1', 'cifar10_if100_crt_s0', 'cifar10_if100_dive_s0']
-  assert carry.pack_workdirs(root, results, 'some.tgz', ['cifar10_if100_dive_s0', 'cifar10_if100_lws_*']) == [
+  assert carry.pack_workdirs(root, results, 'some.tgz', 'cifar10_if100_dive_s0 cifar10_if100_lws_*') == [
       'cifar10_if100_crt_s0', 'cifar10_if100_dive_s0']
   with tarfile.open('some.tgz') as t:
     assert not any('ce_s1' in n for n in t.getnames())
-  assert carry.pack_workdirs(root, results, 'none.tgz', ['cifar10_if10_*']) == []
+  assert carry.pack_workdirs(root, results, 'none.tgz', 'cifar10_if10_*') == []
   carry.main(['workdirs', '--out', 'cli.tgz', '--rows', 'cifar10_if100_dive_s0,cifar10_if1_ce_s0'])
   with tarfile.open('cli.tgz') as t:
     assert {n.split('/')[2] for n in t.getnames() if n.count('/') >= 2} == {'cifar10_if100_dive_s0'}
