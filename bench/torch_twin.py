@@ -19,8 +19,10 @@ Three commands, two interpreters (torch and JAX never share a venv here):
   # the twins side by side (a Markdown table; any Python): torch JSONs, ltjax workdirs
   python bench/torch_twin.py compare runs/twin/torch_e16_s0.json runs/twin/ltjax_e16_s0
 
-What the twin shares with ltjax: the data (the cache) and the model's layout
-(``bench/torch_step.py``'s ResNet-32, LDAM-DRW's resnet32). What it does its own way, as
+What the twin shares with ltjax: the data (the cache), the model's layout
+(``bench/torch_step.py``'s ResNet-32, LDAM-DRW's resnet32), the normalisation
+(``trace_common.normalize``, LDAM-DRW's mean and std) and, for reporting, the shot groups
+(``ltjax.data.longtail.shot_groups``). What it does its own way, as
 the reference does: the initialisation (``kaiming_normal_`` on conv and linear weights,
 PyTorch's default linear bias), one ``torch.randperm`` per epoch with the last partial
 batch kept (``DataLoader(shuffle=True)``), per-image zero-pad-4 random crop and flip before
@@ -46,9 +48,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
+sys.path.insert(0, ROOT)  # ltjax.data.longtail needs only NumPy: it runs in the torch venv too
 
-MEAN = (0.4914, 0.4822, 0.4465)  # LDAM-DRW's cifar_train.py
-STD = (0.2023, 0.1994, 0.2010)
+import trace_common  # noqa: E402  (NumPy only: normalisation and the ltjax <-> torch name map)
+from ltjax.data.longtail import shot_groups  # noqa: E402
+
 RECIPE = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, batch_size=128, epochs=200,
               warmup_epochs=5, boundaries=(160, 180), decay=0.01)  # cumulative: 1e-3, 1e-5
 
@@ -76,12 +80,6 @@ def load_cache(path):
           d['test_labels'].astype(np.int64), int(d['num_classes']))
 
 
-def shot_groups(train_labels, num_classes, many_above=100, few_below=20):
-  counts = np.bincount(train_labels, minlength=num_classes)
-  return {'many': np.where(counts > many_above)[0], 'medium': np.where((counts <= many_above) & (counts >= few_below))[0],
-          'few': np.where(counts < few_below)[0]}
-
-
 def evaluate(model, test_images, test_labels, train_labels, num_classes, batch=500):
   import torch
   model.eval()
@@ -93,18 +91,16 @@ def evaluate(model, test_images, test_labels, train_labels, num_classes, batch=5
   pred = np.concatenate(preds)
   per_class = np.array([np.mean(pred[test_labels == c] == c) * 100 for c in range(num_classes)])
   out = {'top1': float(np.mean(pred == test_labels) * 100), 'per_class': per_class.round(2).tolist()}
-  for name, classes in shot_groups(train_labels, num_classes).items():
+  for name, classes in shot_groups(np.bincount(train_labels, minlength=num_classes)).items():
     out[name] = float(per_class[classes].mean()) if len(classes) else None
   return out
 
 
 def to_input(images_uint8):
-  """uint8 NHWC -> normalised float32 NCHW (``ToTensor`` + ``Normalize``)."""
+  """uint8 NHWC -> normalised float32 NCHW (``ToTensor`` + ``Normalize`` with LDAM-DRW's
+  CIFAR mean and std, which ``trace_common.normalize`` applies)."""
   import torch
-  x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float().div_(255.0)
-  mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(STD).view(1, 3, 1, 1)
-  return (x - mean) / std
+  return torch.from_numpy(trace_common.normalize(images_uint8)).permute(0, 3, 1, 2).contiguous()
 
 
 def augment(images_uint8, gen):
@@ -172,7 +168,6 @@ def train(args):
 
 def export(args):
   """ltjax's newest checkpoint in ``phase_dir/checkpoints`` -> ``{torch name: array}``."""
-  import trace_common
   from ltjax import checkpoint
 
   variables = checkpoint.restore_variables(os.path.join(args.phase_dir, 'checkpoints'))
