@@ -90,6 +90,11 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   # (torchvision's, Kang et al.'s and SSD-LT's ImageNet ResNets): ltjax/models/layers.py
   c.model.conv_init = 'fan_in'
   c.model.conv_impl = 'auto'  # xla | taps | auto (the fastest measured): ltjax/models/layers.py
+  # An ImageNet ResNet's starting weights in torchvision's layout (.npz, .safetensors or
+  # .pth; a path or URL) for every phase that starts afresh, fc left out:
+  # ltjax/models/pretrained.py. '' = random init. The sha256 pins it where given.
+  c.model.pretrained = ''
+  c.model.pretrained_sha256 = ''
 
   c.loss = ml_collections.ConfigDict()
   c.loss.bsce_tau = 1.0

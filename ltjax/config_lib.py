@@ -81,6 +81,8 @@ LEGACY_VALUES = {
     'stage2.lr_boundaries': lambda saved: (saved.get('train.lr_boundaries', []) if _stage2_step(saved) else []),
     'stage2.lr_decay': lambda saved: saved.get('train.lr_decay', 0.01) if _stage2_step(saved) else 0.1,
     'model.conv_init': 'fan_in',  # every backbone's convolutions
+    'model.pretrained': '',  # random initial weights
+    'model.pretrained_sha256': '',
     'loss.focal_form': 'softmax',  # focal, cb_focal (and cb): LDAM-DRW's FocalLoss
     # tau_norm kept the CE classifier's bias (no other method reads the field)
     'loss.tau_norm_bias': lambda saved: saved.get('method') == 'tau_norm',
@@ -212,6 +214,7 @@ RULES = {
     'model.name': _pick('model'), 'model.depth': _POS_INT, 'model.width': _POS_INT, 'model.dtype': _pick('dtype'),
     'model.head_init': _pick('head_init'), 'model.normed_init': _pick('normed_init'),
     'model.conv_impl': _pick('conv_impl'), 'model.conv_init': _pick('conv_init'),
+    'model.pretrained': _ANY, 'model.pretrained_sha256': _SHA256,
     'loss.bsce_tau': _NONNEG, 'loss.focal_gamma': _NONNEG, 'loss.focal_form': _pick('focal_form'),
     'loss.cb_beta': _number(0, 1, high_open=True),
     'loss.ldam_max_margin': _POS, 'loss.ldam_scale': _POS, 'loss.drw_epoch': _NONNEG_INT,
@@ -252,6 +255,9 @@ def validate(config) -> None:
   if flat.get('data.many_above', 1) < flat.get('data.few_below', 0):
     bad.append(f'data.many_above={flat["data.many_above"]} is below data.few_below={flat["data.few_below"]}: '
                f'the shot groups would overlap')
+  if flat.get('model.pretrained') and flat.get('model.name') == 'cifar_resnet':
+    bad.append(f'model.pretrained={flat["model.pretrained"]!r}: pretrained weights are torchvision ImageNet '
+               f'ResNets; set model.name to the network they are of (resnet18/50/101/152, resnext50_32x4d)')
   if flat.get('data.resize_size', 1) < flat.get('data.image_size', 0):
     bad.append(f'data.resize_size={flat["data.resize_size"]} is below data.image_size={flat["data.image_size"]}: '
                f'the centre crop must fit in the resized image')

@@ -353,14 +353,21 @@ def new_state(model, variables: dict, tx, aux=None, step: int = 0) -> TrainState
   return state.replace(step=jnp.asarray(step, jnp.int32))
 
 
-def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variables=None):
+def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variables=None, pretrained: bool = False):
   """The phase's first ``TrainState`` (fresh variables from ``key``, or those an earlier
-  phase hands over, merged by the recipe's ``phase.init``) and its optimizer; replicated."""
+  phase hands over, merged by the recipe's ``phase.init``) and its optimizer; replicated.
+  ``pretrained``: a fresh model's backbone comes from ``model.pretrained``."""
   aug = config.data.augment
   sample = augment.normalize(dataset.example_images(2), aug.mean, aug.std, dataset.pixel_scale)
   variables = phase.model.init(key, sample, train=False)
   if init_variables is not None:  # an earlier phase's variables, merged by the recipe
     variables = phase.init(variables, init_variables) if phase.init else init_variables
+  elif pretrained and config.model.get('pretrained'):
+    from ltjax.models import pretrained as pretrained_lib
+
+    variables = pretrained_lib.into_classifier(variables, config.model, cache_dir=config.run.cache_dir)
+    if parallel.is_main():
+      print(f'[{phase.name}] backbone from model.pretrained={config.model.pretrained} (its fc left out)', flush=True)
   tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'], phase.decayed)
   aux = phase.hooks.init(variables) if phase.hooks is not None and phase.hooks.init else {}
   state = new_state(phase.model, variables, tx, aux)
@@ -421,15 +428,17 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                          two_views=phase.hooks is not None and phase.hooks.two_views,
                          seed=host_seed(config.seed, stream))
   init_key, step_rng = phase_keys(config.seed, stream, own_init=phase.own_init)
-  state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables)
-  replicated = parallel.replicated(mesh)
-  teacher_variables = jax.device_put(teacher_variables or {}, replicated)
   # Every checkpoint_every_epochs epochs, but not more often than every
   # checkpoint_min_seconds (on a fast accelerator an epoch takes well under a second).
   rc = config.run
   mgr = checkpoint.manager(os.path.join(phase_dir, 'checkpoints'), keep=rc.keep_checkpoints,
                            every_steps=rc.checkpoint_every_epochs * steps_per_epoch,
                            min_seconds=rc.checkpoint_min_seconds)
+  # Pretrained weights are read only where the phase starts afresh, not when it resumes.
+  state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables,
+                     pretrained=mgr.latest_step() is None)
+  replicated = parallel.replicated(mesh)
+  teacher_variables = jax.device_put(teacher_variables or {}, replicated)
   state = feed.restore(mgr, state)
   start = int(state.step)
   val_every = rc.val_every_epochs if validate_fn is not None else 0

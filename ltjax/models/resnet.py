@@ -119,7 +119,7 @@ def _projection(x, channels, stride, bn, conv):
 
 
 class ImageNetResNet(nn.Module):
-  """ResNet-10/18/50 and ResNeXt-50 (32x4d) backbones; returns pooled float32 features
+  """ResNet-10/18/50/101/152 and ResNeXt-50 (32x4d) backbones; returns pooled float32 features
   (512 for basic blocks, 2048 for bottlenecks)."""
   stage_sizes: tuple[int, ...]
   bottleneck: bool = True
@@ -152,5 +152,7 @@ IMAGENET_RESNETS = {
     'resnet10': ((1, 1, 1, 1), False, 1, 64),
     'resnet18': ((2, 2, 2, 2), False, 1, 64),
     'resnet50': ((3, 4, 6, 3), True, 1, 64),
+    'resnet101': ((3, 4, 23, 3), True, 1, 64),
+    'resnet152': ((3, 8, 36, 3), True, 1, 64),
     'resnext50_32x4d': ((3, 4, 6, 3), True, 32, 4),
 }

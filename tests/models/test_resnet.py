@@ -79,12 +79,12 @@ def imagenet_cfg(name, dtype='float32', **fields):
 
 @pytest.mark.parametrize('name,expected', [
     # torchvision's counts with a 1000-class fc: resnet18 11,689,512, resnet50 25,557,032,
-    # resnext50_32x4d 25,028,904. ResNet-10 (one basic block a stage) by hand:
+    # resnet101 44,549,160, resnet152 60,192,808, resnext50_32x4d 25,028,904. ResNet-10 (one basic block a stage) by hand:
     # stem 9,408 + 128; stage 1: 2 x 36,864 + 256; stage 2: 73,728 + 147,456 + 8,192 +
     # 768; stage 3: 294,912 + 589,824 + 32,768 + 1,536; stage 4: 1,179,648 + 2,359,296 +
     # 131,072 + 3,072; fc 513,000 = 5,418,792.
     ('resnet10', 5_418_792), ('resnet18', 11_689_512), ('resnet50', 25_557_032),
-    ('resnext50_32x4d', 25_028_904)])
+    ('resnet101', 44_549_160), ('resnet152', 60_192_808), ('resnext50_32x4d', 25_028_904)])
 def test_imagenet_backbones_match_torchvision_sizes(name, expected):
   model = build_model(imagenet_cfg(name), 1000)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
