@@ -138,6 +138,7 @@ def test_checksum_is_checked(tmp_path):
     pretrained.fetch(str(path), '0' * 64)
 
 
+@pytest.mark.slow  # trains end to end
 def test_a_run_starts_from_the_file_and_resumes_without_it(tmp_path):
   """model.pretrained through the trainer: a phase that starts afresh takes the file's
   backbone (here torchvision's ResNet-18 names and shapes, with a 1-channel stem for the
