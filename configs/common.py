@@ -195,6 +195,9 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.train.lr = 0.1
   c.train.momentum = 0.9
   c.train.nesterov = False
+  # The backbone's lr is train.lr times this (a PyTorch parameter group of its own lr):
+  # OLTR fine-tunes a pretrained backbone at 0.001 beside a classifier at 0.1 (0.01).
+  c.train.backbone_lr_scale = 1.0
   c.train.weight_decay = 2e-4
   c.train.schedule = 'step'  # step | cosine (every step) | cosine_epoch (once an epoch) | constant
   c.train.warmup_epochs = 5.0

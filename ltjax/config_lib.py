@@ -82,6 +82,7 @@ LEGACY_VALUES = {
     'stage2.lr_decay': lambda saved: saved.get('train.lr_decay', 0.01) if _stage2_step(saved) else 0.1,
     'model.conv_init': 'fan_in',  # every backbone's convolutions
     'model.pretrained': '',  # random initial weights
+    'train.backbone_lr_scale': 1.0,  # one lr for every parameter
     'model.pretrained_sha256': '',
     'loss.focal_form': 'softmax',  # focal, cb_focal (and cb): LDAM-DRW's FocalLoss
     # tau_norm kept the CE classifier's bias (no other method reads the field)
@@ -231,6 +232,7 @@ RULES = {
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
     'ssd.key_view.random_order': _ANY,
     **{f'train.{k}': v for k, v in _SCHEDULE.items() if k not in _SAMPLING},
+    'train.backbone_lr_scale': _POS,
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
     'stage2.backbone_bn': _pick('batch_norm'), 'stage2.backbone_dir': _ANY,
 }

@@ -285,14 +285,23 @@ def _by_path(fn, params):
 def make_optimizer(tc, schedule, trainable=None, params=None, decayed=None) -> optax.GradientTransformation:
   """SGD with momentum and coupled L2 weight decay, as PyTorch's ``SGD(weight_decay=)``.
   With ``trainable(path)``, the other parameters get zero updates (and no decay); with
-  ``decayed(path)``, weight decay acts on those parameters alone."""
+  ``decayed(path)``, weight decay acts on those parameters alone. ``tc.backbone_lr_scale``
+  (where the config has it) multiplies the backbone's lr, as a PyTorch parameter group
+  of its own lr does (OLTR fine-tunes a pretrained backbone at 0.001 beside a classifier
+  at 0.1): SGD's update is the lr times a buffer that does not depend on the lr."""
   sgd = optax.chain(
       optax.add_decayed_weights(tc.weight_decay, mask=None if decayed is None else _by_path(decayed, params)),
       optax.sgd(schedule, momentum=tc.momentum, nesterov=tc.nesterov))
-  if trainable is None:
-    return sgd
-  labels = _by_path(lambda path: 'train' if trainable(path) else 'frozen', params)
-  return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
+  tx = sgd
+  if trainable is not None:
+    labels = _by_path(lambda path: 'train' if trainable(path) else 'frozen', params)
+    tx = optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
+  scale = tc.get('backbone_lr_scale', 1.0) if hasattr(tc, 'get') else 1.0
+  if scale != 1.0:
+    if params is None:
+      raise ValueError('make_optimizer: train.backbone_lr_scale needs the params (to find the backbone).')
+    tx = optax.chain(tx, optax.masked(optax.scale(scale), _by_path(lambda path: path[0] == 'backbone', params)))
+  return tx
 
 
 def make_train_step(phase: Phase, schedule, feed):

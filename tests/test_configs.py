@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import cifar_lt, common, digits_lt, folder_lt, imagenet_lt, inat18
+from configs import cifar_lt, common, digits_lt, folder_lt, imagenet_lt, inat18, places_lt
 from ltjax import config_lib, train
 
 
@@ -225,6 +225,41 @@ def test_large_configs_have_kangs_classifier_stages():
   assert (c.handoff, c.run.val_every_epochs, len(c.loss.tau_norm_sweep)) == ('last', 0, 21)
 
 
+def test_places_lt_config_is_oltrs_stage_1_and_kangs_stage_2():
+  """OLTR's config/Places_LT/stage_1.py for the CE phase (ResNet-152 from ImageNet weights,
+  30 epochs, batch 128, feature lr 0.001 and classifier lr 0.1, weight decay 5e-4,
+  StepLR(10, 0.1) stepped after each epoch, int(N / 128) steps); Kang et al.'s
+  config/Places_LT/cls_crt.yaml and cls_lws.yaml for stage 2 (10 / 5 epochs, batch 256,
+  lr 0.1, cosine stepped before each epoch, class-aware cycles of 4, BatchNorm in training
+  mode)."""
+  from ltjax import train
+  from ltjax.recipes import decoupled
+
+  c = places_lt.get_config('method=crt')
+  config_lib.validate(c)
+  assert (c.data.name, c.model.name, c.model.pretrained) == ('places_lt', 'resnet152', places_lt.TORCHVISION_RESNET152)
+  t = c.train
+  assert (t.epochs, t.batch_size, t.lr, t.backbone_lr_scale, t.momentum, t.weight_decay) == (30, 128, 0.1, 0.01, 0.9, 5e-4)
+  schedule = train.make_schedule(t, steps_per_epoch=488)  # int(62,500 / 128)
+  np.testing.assert_allclose([schedule(488 * e) for e in (0, 9, 10, 19, 20, 29)], [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+  assert schedule(488 * 10 - 1) == pytest.approx(0.1)
+  assert c.data.drop_last and c.data.sampler == 'instance'
+  for method, epochs in (('crt', 10), ('lws', 5)):
+    c = places_lt.get_config(f'method={method}')
+    s2 = decoupled.stage2_train_config(c)
+    assert (s2.epochs, s2.batch_size, s2.lr, s2.weight_decay, s2.schedule, s2.first_epoch) == \
+        (epochs, 256, 0.1, 5e-4, 'cosine_epoch', 1)
+    assert (c.stage2.sampler, c.stage2.samples_per_class, c.stage2.backbone_bn) == ('class_aware', 4, 'train')
+  assert len(places_lt.get_config('method=tau_norm').loss.tau_norm_sweep) == 21
+  # epochs=N scales OLTR's decays with it; scratch, smoke and mock start from random weights.
+  short = places_lt.get_config('epochs=6')
+  assert train.schedule_points(short.train).boundaries == (2, 4)
+  for arg in ('scratch', 'smoke', 'mock'):
+    assert places_lt.get_config(arg).model.pretrained == ''
+  with pytest.raises(config_lib.ConfigError, match='places_lt.py has ce, crt, lws, tau_norm'):
+    places_lt.get_config('method=dive')
+
+
 def test_large_config_variants_and_errors():
   c = imagenet_lt.get_config('method=dive,mock')
   assert c.data.mock_examples == 64 and c.train.batch_size == 16 and c.train.lr == pytest.approx(0.2 * 16 / 512)
@@ -345,7 +380,8 @@ def test_smoke_keeps_the_imbalance_factor_given():
 
 # ---------------------------------------------------------------- every field, bad values
 CONFIGS = {'digits_lt': digits_lt.get_config, 'cifar_lt': cifar_lt.get_config,
-           'imagenet_lt': imagenet_lt.get_config, 'inat18': inat18.get_config, 'folder_lt': folder_lt.get_config}
+           'imagenet_lt': imagenet_lt.get_config, 'inat18': inat18.get_config, 'folder_lt': folder_lt.get_config,
+           'places_lt': places_lt.get_config}
 CANDIDATES = (-1, -0.5, 0, 0.6, 1.5, 10**9, 'nonsense', (), (-1.0,), (0.5,), 'xyz')
 
 
@@ -365,7 +401,7 @@ def _set(config, path, value):
   node[leaf] = value
 
 
-@pytest.mark.slow  # 5 configs x 101 fields x 11 values: about 8 s
+@pytest.mark.slow  # 6 configs x 101 fields x 11 values: about 8 s
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_every_field_has_a_rule_and_every_bad_value_is_named(name):
   """Table-driven: every field of the config set to a value of the wrong type (refused

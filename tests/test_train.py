@@ -128,6 +128,35 @@ def test_one_and_eight_devices_agree(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize('frozen_head', [False, True])
+def test_backbone_lr_scale_is_a_parameter_group_of_its_own_lr(frozen_head):
+  """train.backbone_lr_scale=0.01: the backbone follows torch.optim.SGD's formula at lr
+  0.001, the head at 0.1 (OLTR's two parameter groups), weight decay and momentum as
+  PyTorch's per group; with a frozen head (a trainable mask) the head stays put."""
+  c = tc(lr=0.1, momentum=0.9, weight_decay=0.01, backbone_lr_scale=0.01)
+  target = {'backbone': np.array([1.0, -2.0]), 'head': np.array([3.0])}
+  p = {'backbone': jnp.array([0.5, 0.5]), 'head': jnp.array([0.5])}
+  trainable = (lambda path: path[0] == 'backbone') if frozen_head else None
+  tx = train.make_optimizer(c, 0.1, trainable, p)
+  state = tx.init(p)
+  ref = {k: np.asarray(v) for k, v in p.items()}
+  buf = {k: np.zeros_like(v) for k, v in ref.items()}
+  lrs = {'backbone': 0.001, 'head': 0.0 if frozen_head else 0.1}
+  loss = lambda p: sum(0.5 * jnp.sum((p[k] - target[k]) ** 2) for k in p)
+  update = jax.jit(tx.update)
+  for _ in range(4):
+    updates, state = update(jax.grad(loss)(p), state, p)
+    p = optax.apply_updates(p, updates)
+    for k in ref:
+      d = (ref[k] - target[k]) + 0.01 * ref[k]
+      buf[k] = 0.9 * buf[k] + d
+      ref[k] = ref[k] - lrs[k] * buf[k]
+  for k in ref:
+    np.testing.assert_allclose(p[k], ref[k], rtol=1e-6)
+  if frozen_head:
+    assert float(p['head'][0]) == 0.5
+
+
 def test_batch_must_divide_over_devices():
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
     parallel.check_batch_size(100, parallel.make_mesh(8))

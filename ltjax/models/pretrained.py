@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 
 import numpy as np
@@ -86,11 +87,18 @@ def fetch(location: str, sha256: str = '', cache_dir: str = '') -> str:
       write_atomic(path, data)
   else:
     path = location
-  if sha256 and os.path.exists(path):
+  # torchvision's file names carry the start of their sha256 (resnet152-394f9c45.pth), which
+  # torch.hub checks after a download; so does this, where no full sha256 is given.
+  prefix = re.search(r'-([0-9a-f]{8,})\.', os.path.basename(path))
+  if (sha256 or prefix) and os.path.exists(path):
     digest = _sha256(path)
-    if digest != sha256.lower():
+    if sha256 and digest != sha256.lower():
       raise ConfigError(f'model.pretrained={location!r} has sha256 {digest}, not model.pretrained_sha256 '
                         f'{sha256}: a different or damaged file. Fix: fetch it again, or correct the checksum.')
+    if not sha256 and not digest.startswith(prefix.group(1)):
+      raise ConfigError(f'model.pretrained={location!r} has sha256 {digest}, which does not start with the '
+                        f'{prefix.group(1)} its name gives: a damaged or partial file. Fix: delete {path} '
+                        f'and fetch it again.')
   return path
 
 

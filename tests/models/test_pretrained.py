@@ -136,6 +136,14 @@ def test_checksum_is_checked(tmp_path):
   assert pretrained.fetch(str(path), digest) == str(path)
   with pytest.raises(ConfigError, match='sha256'):
     pretrained.fetch(str(path), '0' * 64)
+  # torchvision's names carry the start of the sha256 (resnet152-394f9c45.pth): checked.
+  named = tmp_path / f'resnet-{digest[:8]}.npz'
+  named.write_bytes(path.read_bytes())
+  assert pretrained.fetch(str(named)) == str(named)
+  damaged = tmp_path / 'resnet-0badf00d.npz'
+  damaged.write_bytes(path.read_bytes())
+  with pytest.raises(ConfigError, match='does not start with the 0badf00d'):
+    pretrained.fetch(str(damaged))
 
 
 @pytest.mark.slow  # trains end to end
