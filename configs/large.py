@@ -1,5 +1,5 @@
-"""What the large-dataset configs (imagenet_lt.py, inat18.py) share: the host pipeline's
-augmentation, the decoupling recipe's optimiser (Kang et al.), SSD's ImageNet-LT
+"""What the large-dataset configs (imagenet_lt.py, inat18.py, places_lt.py) share: the host
+pipeline's augmentation, the decoupling recipe's optimiser (Kang et al.), SSD's ImageNet-LT
 settings, and the ``smoke`` / ``mock`` variants."""
 from configs import common
 from ltjax.errors import ConfigError
@@ -15,7 +15,7 @@ BEST_VAL_HANDOFF = ('crt', 'lws', 'tau_norm', 'dive')
 
 def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, crt_epochs: int = 10,
                  lws_epochs: int = 5, weight_decay: float = 5e-4):
-  """What the large-dataset configs (imagenet_lt.py, inat18.py) share: the host
+  """What the large-dataset configs (imagenet_lt.py, inat18.py, places_lt.py) share: the host
   pipeline's augmentation, the decoupling recipe's optimiser, SSD's ImageNet-LT settings,
   and the ``smoke`` / ``mock`` variants. ``args``: parsed ``LARGE_ARGS``; ``crt_epochs``,
   ``lws_epochs`` and ``weight_decay``: Kang et al.'s for this dataset (their

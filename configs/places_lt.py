@@ -12,19 +12,21 @@ torchvision's ``IMAGENET1K_V1``, whose ``.pth`` needs torch to read: README
 224, flip, colour jitter 0.4, ImageNet's mean and std; centre crop 224 of 256 for
 testing). Methods: ce, and Kang et al.'s crt, lws, tau_norm on its backbone.
 
-- The CE phase is OLTR's Places-LT stage 1 (``config/Places_LT/stage_1.py``, there with
-  its 2048 -> 512 ``fc_add`` and ReLU before the classifier, which Kang et al.'s 2048-d
-  Places models and ltjax leave out): 30 epochs, batch 128, int(N / 128) steps an
-  epoch, SGD momentum 0.9, weight decay 5e-4, the backbone at lr 0.001 and the
-  classifier at 0.1 (``train.backbone_lr_scale`` 0.01), x0.1 every 10 epochs
-  (``StepLR(10, 0.1)``, stepped after each epoch).
+- The CE phase is OLTR's Places-LT stage 1 (``config/Places_LT/stage_1.py``), with two
+  differences: OLTR starts from ``caffe_resnet152.pth`` (Caffe's ResNet-152 in
+  torchvision's names; pass it as ``model.pretrained`` to match), and puts a 2048 -> 512
+  ``fc_add`` and ReLU before the classifier, which Kang et al.'s 2048-d Places models and
+  ltjax leave out. As OLTR: 30 epochs, batch 128, int(N / 128) steps an epoch, SGD
+  momentum 0.9, weight decay 5e-4, the backbone at lr 0.001 and the classifier at 0.1
+  (``train.backbone_lr_scale`` 0.01), x0.1 every 10 epochs (``StepLR(10, 0.1)``, stepped
+  after each epoch).
 - cRT and LWS: Kang et al.'s ``config/Places_LT/cls_crt.yaml`` / ``cls_lws.yaml``: 10 / 5
   epochs, batch 256, lr 0.1, weight decay 5e-4, cosine to 0 stepped before each epoch,
   class-aware cycles of 4 images a class, the backbone fixed with its BatchNorm in
   training mode (``model.train()`` every epoch). tau-norm sweeps tau over 0, 0.1 ... 2.
 
 Arguments: method, seed, epochs (the CE phase's length), scratch (random initial weights:
-no pretrained file), smoke (tiny images and batches on the real data), mock (the same on
+no pretrained file; the recipe stays the fine-tuning one, backbone lr 0.001 included), smoke (tiny images and batches on the real data), mock (the same on
 TFDS's mock data; it still needs a file list of the mock split's names, as
 tests/test_configs.py writes one). Kang et al.'s stage 2 takes the CE model of the best
 validation epoch: give OLTR's ``Places_LT_val.txt`` (``--config.data.val_file_list``)

@@ -260,6 +260,12 @@ def validate(config) -> None:
   if flat.get('model.pretrained') and flat.get('model.name') == 'cifar_resnet':
     bad.append(f'model.pretrained={flat["model.pretrained"]!r}: pretrained weights are torchvision ImageNet '
                f'ResNets; set model.name to the network they are of (resnet18/50/101/152, resnext50_32x4d)')
+  if flat.get('model.pretrained'):
+    from ltjax.models import pretrained
+
+    why = pretrained.check_readable(flat['model.pretrained'])
+    if why:
+      bad.append(f'model.pretrained={flat["model.pretrained"]!r}: {why}')
   if flat.get('data.resize_size', 1) < flat.get('data.image_size', 0):
     bad.append(f'data.resize_size={flat["data.resize_size"]} is below data.image_size={flat["data.image_size"]}: '
                f'the centre crop must fit in the resized image')

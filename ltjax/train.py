@@ -374,7 +374,8 @@ def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variable
   elif pretrained and config.model.get('pretrained'):
     from ltjax.models import pretrained as pretrained_lib
 
-    variables = pretrained_lib.into_classifier(variables, config.model, cache_dir=config.run.cache_dir)
+    variables = pretrained_lib.into_classifier(variables, config.model, cache_dir=config.run.cache_dir,
+                                                dataset_name=config.data.name)
     if parallel.is_main():
       print(f'[{phase.name}] backbone from model.pretrained={config.model.pretrained} (its fc left out)', flush=True)
   tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'], phase.decayed)

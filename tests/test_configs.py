@@ -236,7 +236,6 @@ def test_places_lt_config_is_oltrs_stage_1_and_kangs_stage_2():
   from ltjax.recipes import decoupled
 
   c = places_lt.get_config('method=crt')
-  config_lib.validate(c)
   assert (c.data.name, c.model.name, c.model.pretrained) == ('places_lt', 'resnet152', places_lt.TORCHVISION_RESNET152)
   t = c.train
   assert (t.epochs, t.batch_size, t.lr, t.backbone_lr_scale, t.momentum, t.weight_decay) == (30, 128, 0.1, 0.01, 0.9, 5e-4)
@@ -258,6 +257,28 @@ def test_places_lt_config_is_oltrs_stage_1_and_kangs_stage_2():
     assert places_lt.get_config(arg).model.pretrained == ''
   with pytest.raises(config_lib.ConfigError, match='places_lt.py has ce, crt, lws, tau_norm'):
     places_lt.get_config('method=dive')
+
+
+def test_pretrained_weights_unreadable_here_are_refused_before_the_run(monkeypatch):
+  """A .pth without torch (places_lt.py's default) or a .safetensors without safetensors is
+  a ConfigError when the config is checked, not after a download and the data's loading."""
+  import importlib.util
+
+  find_spec = importlib.util.find_spec
+  c = places_lt.get_config('method=crt')
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: object() if n == 'torch' else find_spec(n, *a))
+  config_lib.validate(c)
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n in ('torch', 'safetensors') else find_spec(n, *a))
+  with pytest.raises(config_lib.ConfigError, match=r'a PyTorch file needs torch to read.*convert it once'):
+    config_lib.validate(c)
+  c.model.pretrained = 'https://huggingface.co/x/model.safetensors'
+  with pytest.raises(config_lib.ConfigError, match='pip install safetensors'):
+    config_lib.validate(c)
+  c.model.pretrained = 'resnet152.npz'
+  config_lib.validate(c)
+  c.model.pretrained = 'resnet152.h5'
+  with pytest.raises(config_lib.ConfigError, match='unknown weights format'):
+    config_lib.validate(c)
 
 
 def test_large_config_variants_and_errors():
@@ -381,7 +402,7 @@ def test_smoke_keeps_the_imbalance_factor_given():
 # ---------------------------------------------------------------- every field, bad values
 CONFIGS = {'digits_lt': digits_lt.get_config, 'cifar_lt': cifar_lt.get_config,
            'imagenet_lt': imagenet_lt.get_config, 'inat18': inat18.get_config, 'folder_lt': folder_lt.get_config,
-           'places_lt': places_lt.get_config}
+           'places_lt': lambda arg: places_lt.get_config(arg or 'scratch')}  # its default .pth needs torch
 CANDIDATES = (-1, -0.5, 0, 0.6, 1.5, 10**9, 'nonsense', (), (-1.0,), (0.5,), 'xyz')
 
 

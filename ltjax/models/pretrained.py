@@ -67,10 +67,16 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k.removeprefix('module.'): np.asarray(v) for k, v in state.items()}
 
 
+URL_SCHEMES = ('http://', 'https://', 'file://')
+
+
 def fetch(location: str, sha256: str = '', cache_dir: str = '') -> str:
-  """A local path of ``location`` (a path, or an http(s) URL downloaded once into
-  ``cache_dir``, default ``~/.cache/ltjax``), checked against ``sha256`` where given."""
-  if location.startswith(('http://', 'https://')):
+  """A local path of ``location`` (a path, or a URL downloaded once into ``cache_dir``,
+  default ``~/.cache/ltjax``), checked against ``sha256`` where given. A download whose
+  name carries the start of its sha256 as torchvision's do (``resnet152-394f9c45.pth``)
+  is checked against it, as torch.hub checks them."""
+  downloaded = location.startswith(URL_SCHEMES)
+  if downloaded:
     import urllib.request
 
     cache_dir = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'ltjax')
@@ -81,25 +87,39 @@ def fetch(location: str, sha256: str = '', cache_dir: str = '') -> str:
       try:
         with urllib.request.urlopen(location, timeout=60) as f:
           data = f.read()
-      except OSError as e:
-        raise ConfigError(f'model.pretrained={location!r}: download failed ({e}). Fix: download it yourself and '
-                          f'pass the path.') from None
+      except Exception as e:  # OSError, http.client's IncompleteRead, ...
+        raise ConfigError(f'model.pretrained={location!r}: download failed ({type(e).__name__}: {e}). Fix: '
+                          f'download it yourself and pass its path.') from None
       write_atomic(path, data)
   else:
     path = location
-  # torchvision's file names carry the start of their sha256 (resnet152-394f9c45.pth), which
-  # torch.hub checks after a download; so does this, where no full sha256 is given.
-  prefix = re.search(r'-([0-9a-f]{8,})\.', os.path.basename(path))
+  prefix = re.search(r'-([0-9a-f]{8,})\.', os.path.basename(path)) if downloaded else None
   if (sha256 or prefix) and os.path.exists(path):
     digest = _sha256(path)
+    again = f'delete {path} and run again to download it anew' if downloaded else 'fetch it again'
     if sha256 and digest != sha256.lower():
       raise ConfigError(f'model.pretrained={location!r} has sha256 {digest}, not model.pretrained_sha256 '
-                        f'{sha256}: a different or damaged file. Fix: fetch it again, or correct the checksum.')
+                        f'{sha256}: a different or damaged file. Fix: {again}, or correct the checksum.')
     if not sha256 and not digest.startswith(prefix.group(1)):
       raise ConfigError(f'model.pretrained={location!r} has sha256 {digest}, which does not start with the '
-                        f'{prefix.group(1)} its name gives: a damaged or partial file. Fix: delete {path} '
-                        f'and fetch it again.')
+                        f'{prefix.group(1)} its name gives: a damaged or partial download. Fix: {again}.')
   return path
+
+
+def check_readable(location: str) -> str:
+  """'' if this machine can read ``location``'s format, else why not and the fix (before
+  a run downloads it and loads its data)."""
+  import importlib.util
+
+  ext = os.path.splitext(location.split('?')[0])[1].lower()
+  if ext not in FORMATS:
+    return f'unknown weights format {ext!r}; give one of {FORMATS}'
+  if ext in ('.pth', '.pt') and importlib.util.find_spec('torch') is None:
+    return ('a PyTorch file needs torch to read. Fix: pip install torch, or convert it once where torch is '
+            '(python -m ltjax.models.pretrained convert IN.pth OUT.npz) and give the .npz')
+  if ext == '.safetensors' and importlib.util.find_spec('safetensors') is None:
+    return 'a .safetensors file needs the safetensors package. Fix: pip install safetensors'
+  return ''
 
 
 def _sha256(path: str) -> str:
@@ -187,7 +207,7 @@ def load_backbone(variables: dict, state: dict[str, np.ndarray], stage_sizes, bo
   return out
 
 
-def into_classifier(variables: dict, model_config, cache_dir: str = '') -> dict:
+def into_classifier(variables: dict, model_config, cache_dir: str = '', dataset_name: str = '') -> dict:
   """A ``Classifier``'s ``variables`` with the backbone of ``model_config.pretrained``
   (fetched and checked against ``model_config.pretrained_sha256``); the heads unchanged."""
   from ltjax.models.resnet import IMAGENET_RESNETS
@@ -197,6 +217,10 @@ def into_classifier(variables: dict, model_config, cache_dir: str = '') -> dict:
     raise ConfigError(f'model.pretrained={location!r} needs an ImageNet ResNet backbone (model.name one of '
                       f'{list(IMAGENET_RESNETS)}), not {model_config.name!r}.')
   path = fetch(location, model_config.get('pretrained_sha256', ''), cache_dir)
+  if dataset_name == 'imagenet_lt':
+    print(f'warning: model.pretrained={location!r} on ImageNet-LT: ImageNet-1k weights were trained on all '
+          f'of ILSVRC-2012\'s training images, the tail classes\' too, so the long tail is not long any more; '
+          f'published ImageNet-LT numbers train from scratch.', flush=True)
   stages, bottleneck, _, _ = IMAGENET_RESNETS[model_config.name]
   backbone = load_backbone({'params': variables['params']['backbone'],
                             'batch_stats': variables['batch_stats']['backbone']},

@@ -136,14 +136,20 @@ def test_checksum_is_checked(tmp_path):
   assert pretrained.fetch(str(path), digest) == str(path)
   with pytest.raises(ConfigError, match='sha256'):
     pretrained.fetch(str(path), '0' * 64)
-  # torchvision's names carry the start of the sha256 (resnet152-394f9c45.pth): checked.
-  named = tmp_path / f'resnet-{digest[:8]}.npz'
-  named.write_bytes(path.read_bytes())
-  assert pretrained.fetch(str(named)) == str(named)
-  damaged = tmp_path / 'resnet-0badf00d.npz'
-  damaged.write_bytes(path.read_bytes())
-  with pytest.raises(ConfigError, match='does not start with the 0badf00d'):
-    pretrained.fetch(str(damaged))
+  # A download named as torchvision's are (resnet152-394f9c45.pth: the start of its sha256)
+  # is checked against it; a local file of such a name (a converted .npz) is not.
+  served = tmp_path / 'served'
+  served.mkdir()
+  (served / f'resnet-{digest[:8]}.npz').write_bytes(path.read_bytes())
+  (served / 'resnet-0badf00d.npz').write_bytes(path.read_bytes())
+  cache = tmp_path / 'cache'
+  got = pretrained.fetch((served / f'resnet-{digest[:8]}.npz').as_uri(), cache_dir=str(cache))
+  assert got == str(cache / f'resnet-{digest[:8]}.npz') and pathlib.Path(got).read_bytes() == path.read_bytes()
+  with pytest.raises(ConfigError, match=r'does not start with the 0badf00d.*delete .*resnet-0badf00d.npz'):
+    pretrained.fetch((served / 'resnet-0badf00d.npz').as_uri(), cache_dir=str(cache))
+  assert pretrained.fetch(str(served / 'resnet-0badf00d.npz')) == str(served / 'resnet-0badf00d.npz')
+  with pytest.raises(ConfigError, match='download failed'):
+    pretrained.fetch((served / 'absent-12345678.npz').as_uri(), cache_dir=str(cache))
 
 
 @pytest.mark.slow  # trains end to end
