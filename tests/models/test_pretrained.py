@@ -122,6 +122,10 @@ def test_file_formats(tmp_path):
   safetensors.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / 'w.safetensors'))
   read = pretrained.read_state_dict(str(tmp_path / 'w.safetensors'))
   np.testing.assert_array_equal(read['fc.weight'], state['fc.weight'])
+  pretrained.convert(str(tmp_path / 'w.safetensors'), str(tmp_path / 'converted.npz'))  # the README's convert
+  read = pretrained.read_state_dict(str(tmp_path / 'converted.npz'))
+  assert read.keys() == state.keys()
+  np.testing.assert_array_equal(read['layer4.1.bn2.running_var'], state['layer4.1.bn2.running_var'])
   with pytest.raises(ConfigError, match='unknown weights format'):
     pretrained.read_state_dict(str(tmp_path / 'w.h5'))
   with pytest.raises(ConfigError, match='no such file'):
