@@ -26,9 +26,9 @@ testing). Methods: ce, and Kang et al.'s crt, lws, tau_norm on its backbone.
   training mode (``model.train()`` every epoch). tau-norm sweeps tau over 0, 0.1 ... 2.
 
 Arguments: method, seed, epochs (the CE phase's length), scratch (random initial weights:
-no pretrained file; the recipe stays the fine-tuning one, backbone lr 0.001 included), smoke (tiny images and batches on the real data), mock (the same on
-TFDS's mock data; it still needs a file list of the mock split's names, as
-tests/test_configs.py writes one). Kang et al.'s stage 2 takes the CE model of the best
+no pretrained file; the recipe stays the fine-tuning one, backbone lr 0.001 included),
+smoke (tiny images and batches on the real data), mock (the same on TFDS's mock data; it
+still needs a file list of the mock split's names, as tests/data/test_host.py writes one). Kang et al.'s stage 2 takes the CE model of the best
 validation epoch: give OLTR's ``Places_LT_val.txt`` (``--config.data.val_file_list``)
 with ``--config.run.val_every_epochs=1 --config.handoff=best_val``.
 """
