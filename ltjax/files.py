@@ -2,8 +2,10 @@
 half-way (a crash, a full disk) never leaves a half file under the final name."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 from typing import Callable
 
 
@@ -39,3 +41,56 @@ def check_writable(directory: str, what: str = '', fix: str = '') -> None:
     raise WorkdirWriteError(
         f'cannot write {what or f"the workdir {directory}"} ({e.strerror or e}). Fix: '
         f'{fix or "choose a --workdir on a disk with free space that this user can write"}.') from None
+
+
+URL_SCHEMES = ('http://', 'https://', 'file://')
+
+
+def sha256_of(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def fetch(location: str, sha256: str = '', cache_dir: str = '', what: str = '', error=None) -> str:
+  """A local path of ``location``: a path (``~`` expanded), or a URL downloaded once
+  (atomically) into ``cache_dir`` (default ``~/.cache/ltjax``, a folder per URL). Checked against ``sha256``
+  where given; a download whose name carries the start of its sha256, as torchvision's do
+  (``resnet152-394f9c45.pth``), is checked against that, as torch.hub checks them. Errors
+  are ``error`` (default ``ConfigError``) naming ``what`` (default the location) and the fix."""
+  from ltjax.errors import ConfigError
+
+  error, what = error or ConfigError, what or location
+  downloaded = location.startswith(URL_SCHEMES)
+  if downloaded:
+    import urllib.request
+
+    cache_dir = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'ltjax')
+    # One folder per URL: two lists of the same file name from two places never meet.
+    key = hashlib.sha256(location.encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir, key, os.path.basename(location.split('?')[0]))
+    if not os.path.exists(path):
+      try:
+        with urllib.request.urlopen(location, timeout=60) as f:
+          data = f.read()
+      except Exception as e:  # OSError, http.client's IncompleteRead, ...
+        raise error(f'{what}: download failed ({type(e).__name__}: {e}). Fix: download it yourself and give its '
+                    f'path.') from None
+      write_atomic(path, data)
+  else:
+    path = os.path.expanduser(location)
+    if not os.path.exists(path):
+      raise error(f'{what}: no such file. Fix: give the path (or URL) of the file.')
+  prefix = re.search(r'-([0-9a-f]{8,})\.', os.path.basename(path)) if downloaded else None
+  if sha256 or prefix:
+    digest = sha256_of(path)
+    again = f'delete {path} and run again to download it anew' if downloaded else 'fetch it again'
+    if sha256 and digest != sha256.lower():
+      raise error(f'{what} has sha256 {digest}, not the expected {sha256}: a different or damaged file. '
+                  f'Fix: {again}, or correct the checksum.')
+    if not sha256 and not digest.startswith(prefix.group(1)):
+      raise error(f'{what} has sha256 {digest}, which does not start with the {prefix.group(1)} its name gives: '
+                  f'a damaged or partial download. Fix: {again}.')
+  return path

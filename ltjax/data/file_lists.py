@@ -3,10 +3,9 @@ and ``Places_LT_val.txt`` over TFDS ``places365_small``'s training split): readi
 (path or URL, checked by its sha256) and finding its files among a split's records."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ltjax import files
 from ltjax.errors import ConfigError, DatasetNotPreparedError
 
 
@@ -58,24 +57,16 @@ def select_by_file_list(file_names, entries, field: str = 'data.file_list') -> n
 
 
 def read_file_list(location: str, sha256: str = '', field: str = 'data.file_list') -> list[str]:
-  """The lines of a file list from a path or URL (fetched, never stored in the project),
-  checked against ``sha256`` when given; ``field`` (``data.file_list``, the training list,
-  or ``data.val_file_list``) names the config field in errors."""
-  import hashlib
-  import urllib.request
-
+  """The lines of a file list from a path or URL (downloaded once into ~/.cache/ltjax, never
+  stored in the project), checked against ``sha256`` when given; ``field``
+  (``data.file_list``, the training list, or ``data.val_file_list``) names the config
+  field in errors."""
   if not location:
     raise ConfigError(f'places_lt needs --config.{field}: the path or URL of OLTR\'s {_LISTS[field]} '
                       f'(https://github.com/zhmiao/OpenLongTailRecognition-OLTR, "Places_LT_v2" lists), '
                       f'and --config.{field}_sha256 to pin it.')
-  if '://' in location:
-    with urllib.request.urlopen(location, timeout=60) as f:
-      data = f.read()
-  else:
-    with open(os.path.expanduser(location), 'rb') as f:
-      data = f.read()
-  digest = hashlib.sha256(data).hexdigest()
-  if sha256 and digest != sha256:
-    raise DatasetNotPreparedError(f'the file list {location} has sha256 {digest}, not the expected '
-                                  f'{sha256}: a different or damaged list. Fix: fetch the published list again.')
+  path = files.fetch(location, sha256, what=f'the file list {location} (--config.{field})',
+                     error=DatasetNotPreparedError)
+  with open(path, 'rb') as f:
+    data = f.read()
   return data.decode().splitlines()

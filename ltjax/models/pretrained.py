@@ -21,13 +21,12 @@ a ``module.`` prefix (DataParallel) is removed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import sys
 
 import numpy as np
 
+from ltjax import files
 from ltjax.errors import ConfigError
 
 FORMATS = ('.npz', '.safetensors', '.pth', '.pt')
@@ -67,45 +66,6 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k.removeprefix('module.'): np.asarray(v) for k, v in state.items()}
 
 
-URL_SCHEMES = ('http://', 'https://', 'file://')
-
-
-def fetch(location: str, sha256: str = '', cache_dir: str = '') -> str:
-  """A local path of ``location`` (a path, or a URL downloaded once into ``cache_dir``,
-  default ``~/.cache/ltjax``), checked against ``sha256`` where given. A download whose
-  name carries the start of its sha256 as torchvision's do (``resnet152-394f9c45.pth``)
-  is checked against it, as torch.hub checks them."""
-  downloaded = location.startswith(URL_SCHEMES)
-  if downloaded:
-    import urllib.request
-
-    cache_dir = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'ltjax')
-    path = os.path.join(cache_dir, os.path.basename(location.split('?')[0]))
-    if not os.path.exists(path):
-      from ltjax.files import write_atomic
-
-      try:
-        with urllib.request.urlopen(location, timeout=60) as f:
-          data = f.read()
-      except Exception as e:  # OSError, http.client's IncompleteRead, ...
-        raise ConfigError(f'model.pretrained={location!r}: download failed ({type(e).__name__}: {e}). Fix: '
-                          f'download it yourself and pass its path.') from None
-      write_atomic(path, data)
-  else:
-    path = location
-  prefix = re.search(r'-([0-9a-f]{8,})\.', os.path.basename(path)) if downloaded else None
-  if (sha256 or prefix) and os.path.exists(path):
-    digest = _sha256(path)
-    again = f'delete {path} and run again to download it anew' if downloaded else 'fetch it again'
-    if sha256 and digest != sha256.lower():
-      raise ConfigError(f'model.pretrained={location!r} has sha256 {digest}, not model.pretrained_sha256 '
-                        f'{sha256}: a different or damaged file. Fix: {again}, or correct the checksum.')
-    if not sha256 and not digest.startswith(prefix.group(1)):
-      raise ConfigError(f'model.pretrained={location!r} has sha256 {digest}, which does not start with the '
-                        f'{prefix.group(1)} its name gives: a damaged or partial download. Fix: {again}.')
-  return path
-
-
 def check_readable(location: str) -> str:
   """'' if this machine can read ``location``'s format, else why not and the fix (before
   a run downloads it and loads its data)."""
@@ -120,14 +80,6 @@ def check_readable(location: str) -> str:
   if ext == '.safetensors' and importlib.util.find_spec('safetensors') is None:
     return 'a .safetensors file needs the safetensors package. Fix: pip install safetensors'
   return ''
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def torchvision_names(stage_sizes, bottleneck: bool) -> dict[str, tuple[str, ...]]:
@@ -216,7 +168,8 @@ def into_classifier(variables: dict, model_config, cache_dir: str = '', dataset_
   if model_config.name not in IMAGENET_RESNETS:
     raise ConfigError(f'model.pretrained={location!r} needs an ImageNet ResNet backbone (model.name one of '
                       f'{list(IMAGENET_RESNETS)}), not {model_config.name!r}.')
-  path = fetch(location, model_config.get('pretrained_sha256', ''), cache_dir)
+  path = files.fetch(location, model_config.get('pretrained_sha256', ''), cache_dir,
+                     what=f'model.pretrained={location!r}', error=ConfigError)
   if dataset_name == 'imagenet_lt':
     print(f'warning: model.pretrained={location!r} on ImageNet-LT: ImageNet-1k weights were trained on all '
           f'of ILSVRC-2012\'s training images, the tail classes\' too, so the long tail is not long any more; '
@@ -236,10 +189,8 @@ def _copy(tree):
 def convert(src: str, dst: str) -> None:
   """Writes ``src`` (any of ``FORMATS``) as an ``.npz`` that needs neither torch nor
   safetensors to read."""
-  from ltjax.files import write_atomic
-
   state = read_state_dict(src)
-  write_atomic(dst, lambda f: np.savez(f, **state))
+  files.write_atomic(dst, lambda f: np.savez(f, **state))
 
 
 if __name__ == '__main__':
