@@ -282,6 +282,10 @@ def _by_path(fn, params):
   return jax.tree_util.tree_map_with_path(lambda path, _: fn(tuple(getattr(k, 'key', str(k)) for k in path)), params)
 
 
+def _backbone_lr_scale(tc) -> float:
+  return float(tc.get('backbone_lr_scale', 1.0)) if hasattr(tc, 'get') else 1.0
+
+
 def make_optimizer(tc, schedule, trainable=None, params=None, decayed=None) -> optax.GradientTransformation:
   """SGD with momentum and coupled L2 weight decay, as PyTorch's ``SGD(weight_decay=)``.
   With ``trainable(path)``, the other parameters get zero updates (and no decay); with
@@ -296,7 +300,7 @@ def make_optimizer(tc, schedule, trainable=None, params=None, decayed=None) -> o
   if trainable is not None:
     labels = _by_path(lambda path: 'train' if trainable(path) else 'frozen', params)
     tx = optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
-  scale = tc.get('backbone_lr_scale', 1.0) if hasattr(tc, 'get') else 1.0
+  scale = _backbone_lr_scale(tc)
   if scale != 1.0:
     if params is None:
       raise ValueError('make_optimizer: train.backbone_lr_scale needs the params (to find the backbone).')
@@ -309,6 +313,7 @@ def make_train_step(phase: Phase, schedule, feed):
   batch (sampled and gathered on the device, or read by the host pipeline) and augments
   it; its ``sampler`` says how many steps an epoch has."""
   steps_per_epoch = feed.sampler.steps_per_epoch
+  backbone_lr_scale = _backbone_lr_scale(phase.train)
 
   def step(state: TrainState, data: dict, rng: jax.Array, teacher_variables: Any):
     # The sampler's key is the same at every step of the run: the sampler itself folds
@@ -349,7 +354,10 @@ def make_train_step(phase: Phase, schedule, feed):
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, aux=aux)
     if hooks is not None and hooks.update is not None:
       new_state = new_state.replace(aux=hooks.update(aux, new_state.params, extras, labels))
-    metrics = {'loss': loss, 'lr': schedule(state.step), **metrics}
+    lr = schedule(state.step)
+    metrics = {'loss': loss, 'lr': lr, **metrics}
+    if backbone_lr_scale != 1.0:  # the backbone's parameter group (make_optimizer); 'lr' is the head's
+      metrics['lr_backbone'] = lr * backbone_lr_scale
     return new_state, metrics
 
   return step

@@ -157,6 +157,18 @@ def test_backbone_lr_scale_is_a_parameter_group_of_its_own_lr(frozen_head):
     assert float(p['head'][0]) == 0.5
 
 
+def test_the_backbone_lr_is_logged_beside_the_heads(tmp_path):
+  _train(tmp_path, 1, backbone_lr_scale=0.01)
+  with open(tmp_path / 'dev1' / 'metrics.jsonl') as f:
+    rows = [json.loads(l) for l in f]
+  assert len(rows) == 7 and rows[-1]['train/lr'] > 0
+  for r in rows:
+    np.testing.assert_allclose(r['train/lr_backbone'], 0.01 * r['train/lr'], rtol=1e-6)
+  _train(tmp_path / 'one', 1)  # one lr for every parameter: no second column
+  with open(tmp_path / 'one' / 'dev1' / 'metrics.jsonl') as f:
+    assert all('train/lr_backbone' not in json.loads(l) for l in f)
+
+
 def test_batch_must_divide_over_devices():
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
     parallel.check_batch_size(100, parallel.make_mesh(8))
