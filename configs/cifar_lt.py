@@ -22,6 +22,13 @@ epochs, smoke. ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9, weight
   (Its published numbers are its best test epoch, its tau-norm normalises the baseline's
   best test epoch; ltjax reports and normalises the last.)
 
+SSD (``method=ssd``; the SSD paper's CIFAR recipe is not public): phases I and III on the
+schedule above (``bbn`` by default), rotation prediction as the self-supervised task, and
+phases II and IV as SSD-LT's stage II (``SSD_STAGE2``: LWS for 5 epochs of class-aware
+batches of 512, 2 images of a class a turn, lr 0.2 cosine set once an epoch, weight decay
+5e-4, plain momentum); the frozen phase-I network on its running statistics
+(``ssd.generator_bn``, ``ssd.teacher_bn``: configs/common.py says why).
+
 Default: ``ldam`` for ce_drw, ldam_drw, focal and cb_focal (LDAM-DRW's code ran them) and cb
 (Cui et al.'s own schedule: the same lr, batch, weight decay and decays, a warm-up every step),
 ``bbn`` for every other method. ``epochs=N`` (or ``--config.train.epochs=N``) shortens the
@@ -59,6 +66,13 @@ BAG_STAGE2 = dict(epochs=30, lr=0.1, schedule='step', warmup='bbn', warmup_epoch
                   lr_decay=0.1, first_epoch=1, weight_decay=5e-4, nesterov=True, sampler='class', batch_size=0,
                   backbone_bn='train')
 
+# SSD-LT's stage II (ssd_stage_ii.py: --epochs 5, -b 512, --lr 0.2, --wd 5e-4, --cos, set
+# once an epoch from 0-based epochs by utils.adjust_learning_rate; plain momentum; its
+# class-aware epoch is the training set's length; the partial batch dropped), also its
+# optional LWS after stage III (ltjax's phase IV). configs/large.py sets the same.
+SSD_STAGE2 = dict(epochs=5, batch_size=512, lr=0.2, schedule='cosine_epoch', first_epoch=0, warmup_epochs=0.0,
+                  weight_decay=5e-4, nesterov=False)
+
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, {'dataset': 'cifar10', 'imb': 100.0, 'method': 'ce', 'schedule': '',
@@ -88,6 +102,8 @@ def get_config(arg=None):
   c.data.drop_last = protocol['drop_last']
   c.model.head_init = protocol['head_init']  # the classifier's init in that code
   c.loss.drw_epoch = 160  # LDAM-DRW: class-balanced weights from epoch 160 (0-based) of 200
+  if args.method == 'ssd':
+    c.stage2.update(SSD_STAGE2)
   if schedule == 'bag' and args.method in ('crt', 'lws', 'tau_norm'):
     c.stage2.update(BAG_STAGE2)
     c.loss.tau_norm_bias = True  # its network.py load_model: the weight normalised, the bias kept

@@ -73,6 +73,8 @@ def large_config(args, dataset: str, model: str, epochs: int, ssd_epochs: int, c
     # (adjust_learning_rate, --cos); every stage's DataLoader drops the partial batch
     # (452 steps of 256: the queue's 452 x 256).
     c.ssd.selfsup = 'contrastive'
+    c.ssd.generator_bn = 'train'  # stages II and III in model.train(), as the official code
+    c.ssd.teacher_bn = 'train'
     c.ssd.queue_size = 115_712  # 452 x 256
     c.ssd.proj_dim = 128
     c.train.epochs = ssd_epochs

@@ -66,6 +66,8 @@ def _stage2_step(saved: dict) -> bool:
 # A callable takes the saved config (flattened, dotted keys).
 LEGACY_VALUES = {
     'ssd.teacher_bn': 'eval',  # the phase-III teacher on its running statistics
+    # SSD's phase II refit its classifier as stage2.backbone_bn said
+    'ssd.generator_bn': lambda saved: saved.get('stage2.backbone_bn', 'eval'),
     'stage2.backbone_bn': 'eval',  # the frozen backbone's BatchNorm on running statistics
     'stage2.backbone_dir': '',  # the CE phase of the same workdir
     'data.val_dir': '',  # no validation folder
@@ -227,6 +229,7 @@ RULES = {
     'ssd.mask_same_label': _ANY, 'ssd.generator': _pick('generator'), 'ssd.distill_temperature': _POS,
     'ssd.lambda1': _NONNEG, 'ssd.lambda2': _NONNEG, 'ssd.student_selfsup': _ANY, 'ssd.phase4': _ANY,
     'ssd.phase4_head': _pick('phase4_head'), 'ssd.teacher_dir': _ANY, 'ssd.teacher_bn': _pick('batch_norm'),
+    'ssd.generator_bn': _pick('batch_norm'),
     'ssd.key_view.jitter': _NONNEG, 'ssd.key_view.hue': _number(0, 0.5), 'ssd.key_view.jitter_p': _PROB,
     'ssd.key_view.grayscale_p': _PROB, 'ssd.key_view.blur_p': _PROB,
     'ssd.key_view.blur_sigma': _each(_POS, length=2), 'ssd.key_view.blur_kernel': _POS_INT,
@@ -236,6 +239,12 @@ RULES = {
     **{f'stage2.{k}': v for k, v in _SCHEDULE.items()}, 'stage2.batch_size': _NONNEG_INT,
     'stage2.backbone_bn': _pick('batch_norm'), 'stage2.backbone_dir': _ANY,
 }
+
+
+def _is_main_process() -> bool:
+  from ltjax import parallel  # jax: only where a warning is due (pipeline.run validates after jax.distributed)
+
+  return parallel.is_main()
 
 
 def validate(config) -> None:
@@ -301,6 +310,14 @@ def validate(config) -> None:
   blur = flat.get('ssd.key_view.blur_sigma')
   if isinstance(blur, list) and len(blur) == 2 and blur[0] > blur[1]:
     bad.append(f'ssd.key_view.blur_sigma={tuple(blur)}: (low, high) with low <= high')
+  rotation_bn = [f'ssd.{k}=train' for k in ('generator_bn', 'teacher_bn') if flat.get(f'ssd.{k}') == 'train']
+  if flat.get('method') == 'ssd' and flat.get('ssd.selfsup') == 'rotation' and rotation_bn and not bad \
+      and _is_main_process():
+    print(f'ltjax: warning: {" and ".join(rotation_bn)} with ssd.selfsup=rotation: phase I normalised its '
+          f'features over batches of all four rotations, and the frozen phase-I network would renormalise '
+          f'them over upright images alone (on CIFAR-10-LT IF 100 phase I\'s own model loses about 6 points '
+          f'so). Fix, unless you mean it: --config.ssd.generator_bn=eval --config.ssd.teacher_bn=eval.',
+          flush=True)
   if bad:
     raise ConfigError('bad config value' + ('s' if len(bad) > 1 else '') + ': ' + '; '.join(bad) +
                       '. Fix: set them with --config.FIELD=VALUE (or in the config file).')

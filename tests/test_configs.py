@@ -188,6 +188,39 @@ def test_ssd_large_configs_have_the_official_recipe():
   assert decoupled.stage2_train_config(imagenet_lt.get_config('method=ssd,smoke')).batch_size == 16
   assert decoupled.stage2_train_config(cifar_lt.get_config('method=crt')).batch_size == 128
   assert inat18.get_config('method=ssd').train.epochs == 90  # SSD's "1x"
+  # MoCo: stages II and III in model.train(), as the official code.
+  assert (c.ssd.generator_bn, c.ssd.teacher_bn, c.stage2.backbone_bn) == ('train', 'train', 'train')
+
+
+def test_ssd_cifar_config_has_the_official_stage_ii_and_keeps_rotations_normalisation():
+  """SSD-LT's ssd_stage_ii.py defaults (5 epochs, batch 512, lr 0.2 cosine once an epoch from
+  epoch 0, weight decay 5e-4, plain momentum) for phases II and IV; the rotation-trained
+  phase-I network frozen on its running statistics, phase IV's backbone as stage2 says."""
+  from ltjax.recipes import decoupled
+
+  for imb in (100, 10):
+    c = cifar_lt.get_config(f'method=ssd,imb={imb}')
+    t = decoupled.stage2_train_config(c)
+    assert (t.epochs, t.batch_size, t.lr, t.schedule, t.first_epoch, t.warmup_epochs) == (5, 512, 0.2, 'cosine_epoch', 0, 0.0)
+    assert (t.weight_decay, t.nesterov, c.stage2.sampler, c.stage2.samples_per_class) == (5e-4, False, 'class_aware', 2)
+    assert (c.train.batch_size, c.train.epochs, c.train.nesterov) == (128, 200, True)  # phases I and III: bbn
+    assert (c.ssd.selfsup, c.ssd.generator_bn, c.ssd.teacher_bn, c.stage2.backbone_bn) == ('rotation', 'eval', 'eval', 'train')
+  # The other classifier methods keep their own stage.
+  assert decoupled.stage2_train_config(cifar_lt.get_config('method=crt')).epochs == 10
+  assert decoupled.stage2_train_config(cifar_lt.get_config('method=lws,schedule=bag')).epochs == 30
+
+
+def test_rotation_with_a_training_mode_phase_one_network_is_warned_about(capsys):
+  c = cifar_lt.get_config('method=ssd')
+  config_lib.validate(c)
+  assert 'warning' not in capsys.readouterr().out
+  c.ssd.teacher_bn = 'train'
+  config_lib.validate(c)
+  out = capsys.readouterr().out
+  assert 'ssd.teacher_bn=train with ssd.selfsup=rotation' in out and '--config.ssd.teacher_bn=eval' in out
+  c.ssd.selfsup = 'contrastive'  # the official pairing: no warning
+  config_lib.validate(c)
+  assert 'warning' not in capsys.readouterr().out
   assert inat18.get_config('method=dive,epochs=200').train.epochs == 200
 
 
@@ -339,10 +372,19 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   assert pipeline.check_workdir(old, str(tmp_path))
   with pytest.raises(WorkdirConflictError) as e:
     pipeline.check_workdir(digits_lt.get_config('smoke,method=ssd'), str(tmp_path))  # today's defaults
-  assert "ssd.teacher_bn: 'eval' (before the field existed) in the workdir, 'train' now" in str(e.value)
+  assert "stage2.backbone_bn: 'eval' (before the field existed) in the workdir, 'train' now" in str(e.value)
   assert 'stage2.samples_per_class' not in str(e.value) and 'progressive_form' not in str(e.value)
+  # ssd.generator_bn reads as that run's stage2.backbone_bn (its phase II ran so): 'eval', as today's
+  assert 'generator_bn' not in str(e.value) and 'teacher_bn' not in str(e.value)
   # The fix names the flags that resume it as it was (the test's `old` config above).
-  assert 'the fields added since that run: --config.ssd.teacher_bn=eval --config.stage2.backbone_bn=eval' in str(e.value)
+  assert 'the fields added since that run: --config.stage2.backbone_bn=eval)' in str(e.value)
+  old = digits_lt.get_config('smoke,method=ssd')
+  old.ssd.teacher_bn, old.ssd.generator_bn, old.stage2.backbone_bn = 'train', 'train', 'train'
+  record(old, ['ssd.generator_bn'])  # an SSD run of phase II in training mode, before the field
+  assert pipeline.check_workdir(old, str(tmp_path))
+  with pytest.raises(WorkdirConflictError, match=r"ssd.generator_bn: 'train' \(before the field existed\)"):
+    old.ssd.generator_bn = 'eval'
+    pipeline.check_workdir(old, str(tmp_path))
   # LDAM-DRW's runs had the shifted cosine classifier; other methods never built it.
   old = digits_lt.get_config('smoke,method=ldam_drw')
   old.ssd.teacher_bn, old.stage2.backbone_bn, old.model.normed_init = 'eval', 'eval', 'shifted'

@@ -53,13 +53,14 @@ def _ce_backbone(config) -> dict:
   return dict(init_from='ce', init_path=config.stage2.backbone_dir, init_path_field='stage2.backbone_dir')
 
 
-def classifier_phase(config, dataset, name, kind, init_from, head_key='head', **source):
+def classifier_phase(config, dataset, name, kind, init_from, head_key='head', backbone_bn=None, **source):
   """Phase ``name``: the classifier refit on the frozen backbone of phase ``init_from``
   with ``config.stage2``'s sampler and schedule; ``kind`` ``crt`` (a new linear
   classifier) or ``lws`` (learned scales over that phase's ``head_key`` classifier,
   which stays frozen). SSD's phases II and IV are such phases too. The backbone's
-  weights stay frozen; its BatchNorm runs as ``config.stage2.backbone_bn`` says."""
-  backbone_train = config.stage2.backbone_bn == 'train'
+  weights stay frozen; its BatchNorm runs as ``backbone_bn`` (default
+  ``config.stage2.backbone_bn``) says."""
+  backbone_train = (backbone_bn or config.stage2.backbone_bn) == 'train'
   if kind == 'lws':
     model = build_model(config.model, dataset.num_classes, head='lws', backbone_train=backbone_train)
     init = lambda fresh, earlier: _backbone_from(

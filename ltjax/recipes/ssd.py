@@ -170,7 +170,7 @@ def ssd(config, dataset):
   first_model = build_model(config.model, dataset.num_classes, selfsup=sc.selfsup, proj_dim=sc.proj_dim)
   first = Phase(name='selfsup', model=first_model, loss=phase1_loss(config), sampler='instance',
                 train=config.train, hooks=selfsup_hooks(config, dataset, first_model))
-  teacher = classifier_phase(config, dataset, 'teacher', sc.generator, 'selfsup')
+  teacher = classifier_phase(config, dataset, 'teacher', sc.generator, 'selfsup', backbone_bn=sc.generator_bn)
   student_model = build_model(config.model, dataset.num_classes, soft_head=True,
                               selfsup=sc.selfsup if sc.student_selfsup else None, proj_dim=sc.proj_dim)
   student = Phase(

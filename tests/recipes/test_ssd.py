@@ -50,6 +50,19 @@ def test_soft_head_never_sees_labels_and_hard_head_never_sees_the_teacher(digits
   assert float(jnp.abs(g['soft_head']['Dense_0']['kernel']).max()) > 0
 
 
+@pytest.mark.parametrize('generator_bn', ['train', 'eval'])
+def test_phase2_batchnorm_follows_generator_bn_and_phase4_stage2(digits, generator_bn):
+  """Phase II's frozen phase-I backbone runs as ssd.generator_bn says, phase IV's (the
+  student's, trained on upright images) as stage2.backbone_bn."""
+  other = 'eval' if generator_bn == 'train' else 'train'
+  config = _config(generator_bn=generator_bn)
+  config.stage2.backbone_bn = other
+  phases = recipes.phases(config, digits)
+  assert [p.name for p in phases] == ['selfsup', 'teacher', 'student', 'student_lws']
+  assert phases[1].model.backbone_train == (generator_bn == 'train')
+  assert phases[3].model.backbone_train == (other == 'train')
+
+
 @pytest.mark.parametrize('teacher_bn', ['train', 'eval'])
 def test_phase3_teacher_batchnorm_uses_the_batch_or_its_running_statistics(digits, teacher_bn):
   """The official stage III puts the frozen teacher in training mode with the student
