@@ -93,16 +93,27 @@ def class_balanced_weights(class_counts, beta=0.9999):
 
   A constant of the training set, computed once on the host in float64: with beta
   near 1, ``1 - beta`` and ``1 - beta^n`` lose about 1e-5 of relative precision in
-  float32. Returns a NumPy float32 array to pass to the jitted losses."""
+  float32. Returns a NumPy float32 array to pass to the jitted losses.
+  A class without training images (its weight never used: no label is of it) gets 0,
+  and the others share the sum C; ``beta = 0`` gives equal weights (1 each)."""
   counts = np.asarray(class_counts, np.float64)
-  effective = -np.expm1(counts * np.log(beta))  # 1 - beta^n
-  w = (1.0 - beta) / effective
+  present = counts > 0
+  if not present.any():
+    raise ValueError('class_balanced_weights: every class count is 0.')
+  if beta == 0:
+    w = present.astype(np.float64)
+  else:
+    effective = -np.expm1(counts[present] * np.log(beta))  # 1 - beta^n
+    w = np.zeros_like(counts)
+    w[present] = (1.0 - beta) / effective
   return (w * len(counts) / w.sum()).astype(np.float32)
 
 
 def ldam_margins(class_counts, max_margin=0.5):
-  """LDAM margins (Cao et al.): ``m_c ∝ n_c^(-1/4)``, the largest equal to ``max_margin``."""
-  m = _f32(class_counts) ** -0.25
+  """LDAM margins (Cao et al.): ``m_c ∝ n_c^(-1/4)``, the largest equal to ``max_margin``;
+  a class without training images (no label is of it) gets 0."""
+  n = _f32(class_counts)
+  m = jnp.where(n > 0, jnp.maximum(n, 1.0) ** -0.25, 0.0)
   return m * (max_margin / jnp.max(m))
 
 
@@ -178,8 +189,12 @@ def dive_student_loss(student_logits, teacher_logits, labels, class_counts, temp
     distill = dive_distillation_loss(z, teacher_logits, temperature, power)
     return (1 - alpha) * hard + alpha * distill, {'hard': hard, 'distill': distill}
   t = dive_teacher_distribution(teacher_logits, temperature, power)
+  if use_bsce:  # a class without training images has prior 0 (log n = -inf): no virtual example of it
+    t = jnp.where(_f32(class_counts) > 0, t, 0.0)
+    t = t / jnp.sum(t, -1, keepdims=True)
   mixture = (1 - alpha) * jax.nn.one_hot(labels, z.shape[-1], dtype=jnp.float32) + alpha * t
-  loss = -jnp.mean(jnp.sum(mixture * jax.nn.log_softmax(adjusted, -1), -1))
+  logp = jax.nn.log_softmax(adjusted, -1)
+  loss = -jnp.mean(jnp.sum(jnp.where(mixture > 0, mixture * jnp.where(mixture > 0, logp, 0.0), 0.0), -1))
   return loss, {'hard': hard, 'distill': jnp.mean(kl_divergence(t, adjusted))}
 
 

@@ -122,6 +122,21 @@ def test_focal_matches_numpy_and_reduces_to_ce(batch):
   check_grads(lambda z: losses.focal_loss(z, y), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
 
 
+def test_focal_on_well_classified_examples_hand_case():
+  """Where focusing matters most: p_y = 0.999 (logits (log 999, 0)) gives
+  (1 - p_y)^gamma log(1 / p_y) = 1e-3^gamma log(1000 / 999); its gradient on the true
+  logit is -(1-p)^g (1 - p - g p log p) (the derivative of -(1-p)^g log p in z_y)."""
+  z = jnp.array([[np.log(999.0), 0.0]], jnp.float32)
+  y = jnp.array([0])
+  for gamma in (1.0, 2.0):
+    expected = 1e-3 ** gamma * np.log(1000 / 999)
+    np.testing.assert_allclose(jax.jit(lambda z: losses.focal_loss(z, y, gamma))(z), expected, rtol=1e-4)
+    p = 0.999
+    d_zy = -(1 - p) ** gamma * ((1 - p) - gamma * p * np.log(p))
+    g = jax.jit(jax.grad(lambda z: losses.focal_loss(z, y, gamma)))(z)
+    np.testing.assert_allclose(g, [[d_zy, -d_zy]], rtol=1e-3)
+
+
 def test_weighted_cross_entropy_divides_by_the_batch_weights():
   """LDAM-DRW's F.cross_entropy(weight=w): hand case with weights 1 and 3 on two
   examples of CE log 4 and log(4/3): (log 4 + 3 log(4/3)) / 4, not / 2."""
@@ -237,6 +252,49 @@ def test_class_balanced_weights():
   np.testing.assert_allclose(losses.class_balanced_weights(counts, 1e-6), np.ones(4), rtol=1e-4)  # beta -> 0
 
 
+@pytest.mark.parametrize('max_m,s', [(0.5, 30.0), (0.3, 10.0)])
+def test_ldam_loss_value_and_gradient_at_its_margin_and_scale(batch, max_m, s):
+  """F.cross_entropy(s (z - m_y onehot), y, weight=w) with m = max_m n^-1/4 / max(n^-1/4);
+  gradient s w_y (softmax(s (z - m_y onehot)) - onehot) / sum w_y."""
+  z, y, counts = batch
+  w = losses.class_balanced_weights(counts, 0.999)
+  m = counts.astype(np.float64) ** -0.25
+  m = max_m * m / m.max()
+  onehot = np.eye(7)[y]
+  zm = s * (z - m[y][:, None] * onehot)
+  f = jax.jit(lambda z: losses.ldam_loss(z, y, counts, max_m, s, w))
+  np.testing.assert_allclose(f(z), np_ce(zm, y, w), rtol=1e-5)
+  expected = s * w[y][:, None] * (np_softmax(zm) - onehot) / np.sum(w[y])
+  np.testing.assert_allclose(jax.jit(jax.grad(f))(z), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_classes_without_training_images():
+  """An empty class (a class emptied by data.skip_bad_images): its weight and margin are
+  0 and the others are as if it were absent (weights still summing to C); BSCE gives it
+  prior 0 and DiVE's virtual examples leave it out; every loss stays finite."""
+  counts = np.array([500, 50, 0])
+  w = (1 - 0.999) / (1 - 0.999 ** np.array([500.0, 50.0]))
+  np.testing.assert_allclose(losses.class_balanced_weights(counts, 0.999), [*(w * 3 / w.sum()), 0.0], rtol=1e-6)
+  np.testing.assert_allclose(losses.class_balanced_weights([500, 50, 5], 0.0), [1, 1, 1])  # beta 0: equal
+  np.testing.assert_allclose(losses.ldam_margins(counts), [0.5 * (50 / 500) ** 0.25, 0.5, 0.0], rtol=1e-6)
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(6, 3)).astype(np.float32)
+  zt = rng.normal(size=(6, 3)).astype(np.float32)
+  y = np.array([0, 1, 0, 1, 1, 0])
+  for loss in (lambda z: losses.ldam_loss(z, y, counts, class_weights=losses.class_balanced_weights(counts)),
+               lambda z: losses.balanced_softmax_cross_entropy(z, y, counts),
+               lambda z: losses.dive_student_loss(z, zt, y, counts, target='t_tau')[0],
+               lambda z: losses.dive_student_loss(z, zt, y, counts, target='t_tilde')[0]):
+    value, grad = jax.jit(jax.value_and_grad(loss))(z)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+  # t_tilde, written out: t over the present classes, BSCE logits of the present classes.
+  t = np_softmax(zt[:, :2] / 3.0) ** 0.5
+  t /= t.sum(-1, keepdims=True)
+  mix = 0.5 * np.eye(2)[y] + 0.5 * t
+  expected = -np.mean(np.sum(mix * np_log_softmax(z[:, :2] + np.log([500.0, 50.0])), -1))
+  np.testing.assert_allclose(losses.dive_student_loss(z, zt, y, counts, target='t_tilde')[0], expected, rtol=1e-5)
+
+
 def test_ldam_margins_and_loss(batch):
   z, y, counts = batch
   m = losses.ldam_margins(counts)
@@ -283,12 +341,12 @@ def test_dive_distillation_matches_numpy(batch):
   check_grads(lambda s: losses.dive_distillation_loss(s, zt, tau, p), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
 
 
-def np_dive_student(z, zt, y, counts, tau, p, alpha, use_bsce=True, target='t_tau'):
+def np_dive_student(z, zt, y, counts, tau, p, alpha, use_bsce=True, target='t_tau', bsce_tau=1.0):
   """DiVE's student loss written from METHODS.md, in float64."""
   z, zt = z.astype(np.float64), zt.astype(np.float64)
   t = np_softmax(zt / tau) ** p
   t /= t.sum(-1, keepdims=True)
-  adj = z + np.log(counts) if use_bsce else z
+  adj = z + bsce_tau * np.log(counts) if use_bsce else z
   hard = np_ce(adj, y)
   if target == 't_tau':
     return (1 - alpha) * hard + alpha * tau ** 2 * np.mean(np_kl(t, z / tau))
@@ -308,6 +366,16 @@ def test_dive_student_loss_matches_numpy(batch, use_bsce, target, tau, p, alpha)
   # Gradients: numerical check on the student; none reaches the teacher.
   check_grads(lambda s: fn(s, zt), (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
   assert float(jnp.abs(jax.grad(fn, argnums=1)(z, zt)).max()) == 0.0
+
+
+@pytest.mark.parametrize('target', ['t_tau', 't_tilde'])
+def test_dive_student_bsce_tau_scales_the_log_prior(batch, target):
+  z, y, counts = batch
+  zt = np.roll(z, 2, axis=0)
+  fn = jax.jit(lambda s: losses.dive_student_loss(s, zt, y, counts, 3.0, 0.5, 0.5, True, target, bsce_tau=0.5)[0])
+  expected = np_dive_student(z, zt, y, counts, 3.0, 0.5, 0.5, True, target, bsce_tau=0.5)
+  np.testing.assert_allclose(fn(z), expected, rtol=1e-5)
+  assert abs(expected - np_dive_student(z, zt, y, counts, 3.0, 0.5, 0.5, True, target)) > 1e-3
 
 
 def test_dive_student_loss_limits_and_hand_case(batch):

@@ -131,3 +131,20 @@ def test_projection_head_inits(init):
       assert np.abs(b).max() <= bound and b.std() > 0.4 * bound
     else:
       assert abs(w.std() - np.sqrt(2 / d_in)) < 0.02 * np.sqrt(2 / d_in) and not b.any()
+
+
+def test_lws_head_scales_the_whole_linear_output_bias_included():
+  """Kang et al.'s and SSD-LT's LWS: ``x = fc(x); x *= scales``: z_c = s_c (w_c . f + b_c)."""
+  from ltjax.models import heads
+
+  head = heads.LWSHead(3)
+  f = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)), jnp.float32)
+  v = head.init(jax.random.key(0), f)
+  w = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+  b = np.array([0.5, -1.0, 2.0], np.float32)
+  s = np.array([0.5, 2.0, -1.5], np.float32)
+  lin = v['params']['linear']
+  (dense_name,) = lin.keys()
+  params = {'scales': jnp.asarray(s), 'linear': {dense_name: {'kernel': jnp.asarray(w), 'bias': jnp.asarray(b)}}}
+  got = jax.jit(head.apply)({'params': params}, f)
+  np.testing.assert_allclose(got, s * (np.asarray(f) @ w + b), rtol=1e-5, atol=1e-6)
