@@ -48,6 +48,12 @@ def check_workdir(config, workdir: str) -> bool:
         for key in config_lib.VALIDATION_ONLY:
           flat.pop(key, None)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff and not _holds_training(workdir):
+      # Refused before any phase saved anything (a missing teacher, a batch that does not
+      # fit): nothing of that config to keep, so the corrected command may run here.
+      _say(f'{workdir}: no phase has saved a checkpoint or results yet; its config.json is replaced '
+           f'by this run\'s ({", ".join(diff[:4])}{", ..." if len(diff) > 4 else ""} changed)')
+      return False
     if diff:
       def was(k):
         return f'{a[k]!r} (before the field existed)' if k in added else repr(a.get(k, '<absent>'))
@@ -66,6 +72,16 @@ def check_workdir(config, workdir: str) -> bool:
           f'{workdir} holds a run of a different config:\n{lines}\n'
           f'Fix: {", or ".join(fixes)}; nothing was changed in {workdir}.')
     return True
+  return False
+
+
+def _holds_training(workdir: str) -> bool:
+  """Whether a phase folder of ``workdir`` holds a result or a saved checkpoint."""
+  for name in os.listdir(workdir):
+    phase = os.path.join(workdir, name)
+    if os.path.isdir(phase) and (os.path.exists(os.path.join(phase, 'results.json')) or any(
+        checkpoint.saved_steps(os.path.join(phase, d)) for d in ('checkpoints', train.BEST_VAL))):
+      return True
   return False
 
 

@@ -486,10 +486,12 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       checkpoint.finish(mgr)
       raise NonFiniteLossError(
           f'[{phase.name}] loss is {metrics["loss"]} at step {step_done} (epoch '
-          f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Lower --config.train.lr '
-          f'or raise warm-up (--config.train.warmup_epochs); ' + (
-              f'the last good checkpoint (step {mgr.latest_step()}) is kept in {phase_dir}/checkpoints.'
-              if mgr.latest_step() is not None else 'no checkpoint of this phase was written yet.'))
+          f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Fix: lower the lr '
+          f'(--config.train.lr; a classifier stage: --config.stage2.lr) or lengthen the warm-up '
+          f'(--config.train.warmup_epochs), with a new --workdir: this one keeps the config it was '
+          f'started with, and rerunning it unchanged would diverge again. ' + (
+              f'The last good checkpoint (step {mgr.latest_step()}) is kept in {phase_dir}/checkpoints.'
+              if mgr.latest_step() is not None else 'No checkpoint of this phase was written yet.'))
 
   def flush(pending, now_step):
     nonlocal t_last, n_last

@@ -1,5 +1,7 @@
 """The paper numbers that live in configs: the CIFAR-LT schedule, DiVE's defaults, and
 a shortened schedule keeping the shape of the full one."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -325,6 +327,26 @@ def test_large_config_variants_and_errors():
     imagenet_lt.get_config('method=ldam_drw')
 
 
+def test_a_workdir_that_saved_nothing_takes_the_corrected_config(tmp_path, capsys):
+  """A run refused after it wrote config.json but before any phase saved (a missing
+  teacher, a batch too large) leaves nothing to keep: the corrected command runs there.
+  Once a phase has saved a checkpoint (or finished), a changed config is refused."""
+  import json
+
+  from ltjax import evaluate, pipeline
+  from ltjax.errors import WorkdirConflictError
+
+  evaluate.write_results(str(tmp_path / 'config.json'), json.loads(digits_lt.get_config('smoke').to_json()))
+  os.makedirs(tmp_path / 'ce' / 'checkpoints')  # started, nothing saved
+  c = digits_lt.get_config('smoke')
+  c.train.lr = 0.05
+  assert pipeline.check_workdir(c, str(tmp_path)) is False  # main then writes its config.json
+  assert 'config.json is replaced by this run\'s (train.lr changed)' in capsys.readouterr().out
+  os.makedirs(tmp_path / 'ce' / 'checkpoints' / '5')
+  with pytest.raises(WorkdirConflictError, match='train.lr: 0.1 in the workdir, 0.05 now'):
+    pipeline.check_workdir(c, str(tmp_path))
+
+
 def test_workdir_check_lets_only_the_run_group_change(tmp_path):
   """How a run executes (config.run: data location, devices, cadence, phases) may change
   when a workdir is resumed; anything that changes what it computes is refused."""
@@ -334,6 +356,7 @@ def test_workdir_check_lets_only_the_run_group_change(tmp_path):
   from ltjax.errors import WorkdirConflictError
 
   evaluate.write_results(str(tmp_path / 'config.json'), json.loads(digits_lt.get_config('smoke').to_json()))
+  evaluate.write_results(str(tmp_path / 'ce' / 'results.json'), {})  # a phase it finished
   c = digits_lt.get_config('smoke')
   c.run.update(data_dir='/elsewhere', cache_dir='/cache', num_devices=2, phases='ce', eval_batch_size=64,
                host_threads=2, log_every_steps=1, eval_every_epochs=1, checkpoint_min_seconds=0.0)
@@ -365,6 +388,7 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
         node = node[group]
       del node[field]
     evaluate.write_results(str(tmp_path / 'config.json'), recorded)
+    os.makedirs(tmp_path / 'ce' / 'checkpoints' / '7', exist_ok=True)  # a checkpoint it saved
 
   old = digits_lt.get_config('smoke,method=ssd')
   old.ssd.teacher_bn, old.stage2.backbone_bn = 'eval', 'eval'  # what ltjax did before the fields

@@ -178,7 +178,7 @@ def test_diverging_loss_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path)
   from ltjax import checkpoint
   from ltjax.errors import NonFiniteLossError
 
-  with pytest.raises(NonFiniteLossError, match='Lower --config.train.lr'):
+  with pytest.raises(NonFiniteLossError, match=r'Fix: lower the lr \(--config.train.lr.*with a new --workdir'):
     _train(tmp_path, 8, lr=1e30, warmup_epochs=0)
   mgr = checkpoint.manager(str(tmp_path / 'dev8' / 'checkpoints'))
   assert mgr.latest_step() is None  # the diverged state was never saved

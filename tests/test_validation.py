@@ -318,7 +318,7 @@ def test_handoff_best_val_needs_validation_and_keeps_its_epochs(tmp_path):
   workdir = str(tmp_path / 'w')
   for handoff in ('last', 'best_val'):
     config.handoff = handoff
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(os.path.join(workdir, 'ce', 'checkpoints', '7'), exist_ok=True)  # a phase that saved
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json())
     other = config.copy_and_resolve_references()
