@@ -49,6 +49,16 @@ class AllPolicies:
     return all(p.should_save(step, previous_steps, context=context) for p in self.policies)
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, kept from JAX's preemption sync points: ltjax decides when a
+  preemption stops the run (``preemption.reached``, which numbers the sync points over
+  the life of the process); orbax would pass them a phase's steps from ``should_save``
+  and ``save`` and move the point the processes agree on."""
+
+  def reached_preemption(self, step: int) -> bool:
+    return False
+
+
 def manager(directory: str, keep: int = 2, every_steps: int = 1, min_seconds: float = 0.0) -> ocp.CheckpointManager:
   """An orbax manager whose ``should_save(step)`` is true every ``every_steps`` steps
   (``FixedIntervalPolicy``) and, with ``min_seconds``, no sooner than that after the last
@@ -59,7 +69,7 @@ def manager(directory: str, keep: int = 2, every_steps: int = 1, min_seconds: fl
     policy = AllPolicies([policy, ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
         minimum_interval_secs=min_seconds)])
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, save_decision_policy=policy)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return _Manager(os.path.abspath(directory), options=options)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state=None) -> None:
@@ -124,7 +134,7 @@ class BestKept:
     options = ocp.CheckpointManagerOptions(create=True, best_fn=top1, best_mode='max', preservation_policy=policy)
     directory = os.path.abspath(directory)
     _set_aside_unreadable_metrics(directory)  # orbax reads every step's metrics when it opens the folder
-    self.mgr = ocp.CheckpointManager(directory, options=options)
+    self.mgr = _Manager(directory, options=options)
     self._best = self._read()
 
   def _read(self) -> dict | None:

@@ -8,12 +8,18 @@ from that checkpoint and ends with the same results as a run never stopped.
   after each step and stops at the next one.
 - Several processes (``jax.distributed``): JAX's preemption service (its own SIGTERM
   handler and the coordination service) tells every process of a notice any one of them
-  got, and ``multihost_utils.reached_preemption_sync_point`` is true on all of them at
-  the same step (the largest step any process had reached, plus one). A SIGINT is turned
-  into a SIGTERM to this process, so Ctrl-C takes the same path.
+  got, and ``multihost_utils.reached_preemption_sync_point(i)`` is true on all of them at
+  the same call (the largest ``i`` any process had passed, plus one, and only for exactly
+  that ``i``). ltjax numbers its calls itself, 1, 2, 3 ... over the life of the process
+  (never a phase's step: that starts again at every phase and resume, and a notice before
+  the loop of a resumed run, or between two phases, would set a point the loop's steps
+  have already passed); orbax's CheckpointManager, which would call it with a phase's
+  steps too, is kept from it (``checkpoint.manager``). A SIGINT is turned into a SIGTERM
+  to this process, so Ctrl-C takes the same path.
 
-A signal outside the training loop (loading data, evaluating) takes effect at the next
-training step; a second Ctrl-C in a single process stops at once, without the save.
+A signal outside the training loop (loading data, evaluating, between phases) takes
+effect at the next training step; a second Ctrl-C in a single process stops at once,
+without the save.
 
 ``watch()`` installs the handlers for the duration of a run (``ltjax.main``); without it
 (a library caller) ``reached`` is always false and signals keep their usual effect.
@@ -25,6 +31,7 @@ import os
 import signal
 
 _state = {'active': False, 'signal': None}
+_sync_calls = [0]  # reached()'s calls in this process (the ids of JAX's sync points): never reset
 
 
 def _multiprocess() -> bool:
@@ -63,13 +70,15 @@ def watch():
 
 def reached(step: int) -> bool:
   """Whether the run must save at ``step`` (the state's step after a training step) and
-  stop. Every process calls it after every step, with the same steps."""
+  stop. Every process calls it after every step, with the same steps, so the count of
+  calls (the sync point's id) is the same on every process."""
   if not _state['active']:
     return False
   if _multiprocess():
     from jax.experimental import multihost_utils
 
-    return multihost_utils.reached_preemption_sync_point(step)
+    _sync_calls[0] += 1
+    return multihost_utils.reached_preemption_sync_point(_sync_calls[0])
   return _state['signal'] is not None
 
 

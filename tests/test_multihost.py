@@ -215,3 +215,52 @@ def test_host_pipeline_two_processes_match_one(tmp_path):
     count = 2 if d == 'm' else 1
     files = sorted(p.name for p in (tmp_path / d / 'ce' / 'checkpoints' / '8' / 'data').glob('process_*'))
     assert files == [f'process_{i}-of-{count}.json' for i in range(count)]
+
+
+_NOTICE_SCRIPT = '''
+import os, signal, sys, time
+import jax
+from ltjax import checkpoint, parallel, preemption
+pid, port, first = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+parallel.initialize(f'localhost:{port}', 2, pid, False)
+with preemption.watch():
+  mgr = checkpoint.manager(sys.argv[4] + f'/p{pid}')
+  for step in range(1, 30):  # an earlier phase that ended: steps 1 ... 29, orbax asked too
+    mgr.should_save(step)
+    assert not preemption.reached(step)
+    parallel.barrier(f'a{step}')
+  if pid == 1:
+    os.kill(os.getpid(), signal.SIGTERM)  # the notice, while the next phase is set up
+  time.sleep(3)
+  stopped = None
+  for step in range(first, first + 40):  # the next phase (or a resumed run) from its own step
+    mgr.should_save(step)  # orbax's manager, called with the phase's steps as the trainer does
+    hit = preemption.reached(step)
+    parallel.barrier(f'b{step}')
+    if hit:
+      stopped = step
+      break
+print(f'process {pid}: stopped at {stopped}', flush=True)
+'''
+
+
+@pytest.mark.parametrize('first', [1, 41])
+def test_a_notice_between_phases_stops_both_processes_at_the_next_step(tmp_path, first):
+  """A SIGTERM to one process while no training step runs (between two phases, while a
+  resumed run loads): both processes stop at the first step of the next loop, whatever
+  step that loop starts from; JAX's sync points are numbered by ltjax, not by a phase's
+  steps (which start again every phase), and orbax's manager does not move them."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  script = tmp_path / 'notice.py'
+  script.write_text(_NOTICE_SCRIPT)
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(first), str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, out in enumerate(outs):
+    assert f'process {i}: stopped at {first}' in out, out[-3000:]
