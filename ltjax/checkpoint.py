@@ -89,7 +89,7 @@ def save(mgr: ocp.CheckpointManager, step: int, state, data_state=None) -> None:
                                              data=grain.checkpoint.CheckpointSave(DataState(data_state))),
                force=True)
   except Exception as e:
-    raise _write_error(mgr, e) from e
+    _raise_write_error(mgr, e)
 
 
 def finish(mgr: ocp.CheckpointManager) -> None:
@@ -97,15 +97,31 @@ def finish(mgr: ocp.CheckpointManager) -> None:
   try:
     mgr.wait_until_finished()
   except Exception as e:
-    raise _write_error(mgr, e) from e
+    _raise_write_error(mgr, e)
 
 
 _OS_ERRORS = ('No space left on device', 'Disk quota exceeded', 'Read-only file system', 'Permission denied')
 
 
-def _write_error(mgr, error) -> WorkdirWriteError:
-  directory = str(mgr.directory)
+def _raise_write_error(mgr, error):
+  mapped = _write_error(mgr, error)
+  if mapped is error:
+    raise error
+  raise mapped from error
+
+
+def _write_error(mgr, error) -> Exception:
+  """A failed write (``OSError``: a full disk, a quota, permissions) as a
+  ``WorkdirWriteError`` that says what is intact and how to go on; any other error
+  (a bug, orbax refusing a step) as it is."""
+  chain, e = [], error
+  while e is not None and len(chain) < 10:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
   text = str(error)
+  if not any(isinstance(e, OSError) for e in chain) and not any(m in text for m in _OS_ERRORS):
+    return error
+  directory = str(mgr.directory)
   why = next((e for e in _OS_ERRORS if e in text),
              f'{type(error).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ""}')
   kept = mgr.all_steps()  # finished checkpoints only: orbax writes into a temporary folder
@@ -173,7 +189,7 @@ class BestKept:
     try:
       self.mgr.save(step, args=ocp.args.StandardSave(variables), metrics=metrics, force=True)
     except Exception as e:
-      raise _write_error(self.mgr, e) from e
+      _raise_write_error(self.mgr, e)
     self._best = {**metrics, 'step': int(step)}
     return True
 
@@ -295,6 +311,12 @@ def restore_variables(directory: str) -> dict:
   directory = os.path.abspath(directory)
   steps = saved_steps(directory)
   if not steps:
+    results = os.path.join(os.path.dirname(directory), 'results.json')
+    if os.path.exists(results):  # finished, then its checkpoints were removed: a rerun would skip it
+      raise MissingCheckpointError(
+          f'{directory} holds no checkpoint, though its phase finished ({results}): its checkpoints '
+          f'were removed. Fix: delete {results} and rerun the command of that run (the phase trains '
+          f'again), or point at the checkpoints/ folder of another finished phase.')
     raise MissingCheckpointError(
         f'{directory} holds no checkpoint. Fix: finish training that phase (rerun its command to '
         f'resume it), or point at the checkpoints/ folder of a finished phase.')

@@ -9,10 +9,27 @@ import re
 from typing import Callable
 
 
+def _fsync_folder(folder: str) -> None:
+  """Makes a rename in ``folder`` durable (where the system lets a folder be opened)."""
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
 def write_atomic(path: str, data: str | bytes | Callable[[io.BufferedWriter], None]) -> None:
   """Writes ``data`` (text, bytes, or a function that writes to a binary file) to
-  ``path`` atomically, creating its folder."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  ``path`` atomically, creating its folder: a temporary file, flushed to the disk
+  (fsync: after a host crash the new name never points at blocks not yet written), then
+  renamed over ``path``."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     with open(tmp, 'wb') as f:
@@ -20,7 +37,10 @@ def write_atomic(path: str, data: str | bytes | Callable[[io.BufferedWriter], No
         data(f)
       else:
         f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_folder(folder)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -10,7 +10,14 @@ import jax
 
 
 class MetricLogger:
-  def __init__(self, directory: str, enabled: bool | None = None):
+  """``start``: the step the phase starts (or resumes) from. What ``metrics.jsonl``
+  holds of a run's steps after it (logged before a kill, then trained again from the
+  checkpoint at ``start``; or a phase trained again from 0) is dropped, and its
+  validation at ``start`` (which a resumed run repeats), so that the file is one record
+  per logged step of the run that the checkpoints hold, and what is read from it (the
+  test-selected best epoch) comes from that run alone."""
+
+  def __init__(self, directory: str, enabled: bool | None = None, start: int = 0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
@@ -18,8 +25,10 @@ class MetricLogger:
       from tensorboardX import SummaryWriter
 
       os.makedirs(directory, exist_ok=True)
+      path = os.path.join(directory, 'metrics.jsonl')
+      _keep_before(path, start)
       self._tb = SummaryWriter(logdir=directory)
-      self._jsonl = open(os.path.join(directory, 'metrics.jsonl'), 'a')
+      self._jsonl = open(path, 'a')
 
   def write(self, step: int, metrics: dict, prefix: str = '') -> None:
     if not self.enabled:
@@ -35,3 +44,27 @@ class MetricLogger:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def _keep_before(path: str, start: int) -> None:
+  """Rewrites ``path`` (atomically) with its records of steps before ``start`` and, at
+  ``start``, those that are not a validation; a line cut by a kill is dropped."""
+  if not os.path.exists(path):
+    return
+  from ltjax import files
+
+  kept, changed = [], False
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        step = int(record['step'])
+      except (ValueError, KeyError, TypeError):
+        changed = True
+        continue
+      if step < start or (step == start and not any(k.startswith('val/') for k in record)):
+        kept.append(line if line.endswith('\n') else line + '\n')
+      else:
+        changed = True
+  if changed:
+    files.write_atomic(path, ''.join(kept))

@@ -468,7 +468,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   step_fn = jax.jit(make_train_step(phase, schedule, feed),
                     in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
-  logger = MetricLogger(phase_dir)
+  logger = MetricLogger(phase_dir, start=start)
   is_main = jax.process_index() == 0
   bar = tqdm(total=total_steps, initial=start, desc=phase.name, unit='step', disable=not is_main,
              dynamic_ncols=True, mininterval=1.0)

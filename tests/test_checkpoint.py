@@ -120,3 +120,36 @@ def test_a_failed_save_names_the_intact_checkpoint(tmp_path, monkeypatch):
     checkpoint.save(mgr, 14, target)
   monkeypatch.setattr(ocp.CheckpointManager, 'save', real)
   assert float(checkpoint.restore_latest(mgr, target)['params']['w'][0, 0]) == 7.0
+
+
+def test_only_a_failed_write_is_reported_as_a_disk_problem(tmp_path):
+  """A full disk (an OSError, or orbax's message of one) becomes the WorkdirWriteError that
+  says to free space; any other error from orbax (a bug, a refused step) stays itself."""
+  import errno
+
+  from ltjax.errors import WorkdirWriteError
+
+  mgr = checkpoint.manager(str(tmp_path / 'c'))
+  disk = OSError(errno.ENOSPC, 'No space left on device')
+  for error in (disk, RuntimeError('write failed: [Errno 28] No space left on device')):
+    with pytest.raises(WorkdirWriteError, match='Fix: free space on that disk'):
+      checkpoint._raise_write_error(mgr, error)
+  wrapped = ValueError('an orbax wrapper')
+  wrapped.__cause__ = disk
+  with pytest.raises(WorkdirWriteError):
+    checkpoint._raise_write_error(mgr, wrapped)
+  bug = TypeError('cannot serialise <object>')
+  with pytest.raises(TypeError, match='cannot serialise') as e:
+    checkpoint._raise_write_error(mgr, bug)
+  assert e.value is bug
+  mgr.close()
+
+
+def test_a_finished_phase_without_its_checkpoints_says_to_delete_its_results(tmp_path):
+  phase = tmp_path / 'teacher'
+  (phase / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(MissingCheckpointError, match='holds no checkpoint. Fix: finish training'):
+    checkpoint.restore_variables(str(phase / 'checkpoints'))
+  (phase / 'results.json').write_text('{}')
+  with pytest.raises(MissingCheckpointError, match=r'its checkpoints were removed. Fix: delete .*results.json'):
+    checkpoint.restore_variables(str(phase / 'checkpoints'))

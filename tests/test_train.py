@@ -280,3 +280,25 @@ def test_each_phase_of_a_recipe_draws_its_own_batch_order_from_the_same_initial_
   assert (train.host_seed(3, 0), train.host_seed(3, 1)) == (3, 3 + 2**32)
   s = Sampler('instance', 100, 16, (25, 25, 25, 25), 3)
   assert not np.array_equal(s.host_indices({}, train.host_seed(0, 0), 0), s.host_indices({}, train.host_seed(0, 1), 0))
+
+
+def test_metrics_log_keeps_only_the_steps_the_resumed_run_holds(tmp_path):
+  """metrics.jsonl after a kill at step 9 and a resume from the checkpoint at step 7: the
+  records of steps 8 and 9 (trained again) and the validation at 7 (validated again)
+  are dropped, as is a line the kill cut; a phase trained again from 0 starts empty."""
+  from ltjax.logs import MetricLogger
+
+  path = tmp_path / 'metrics.jsonl'
+  lines = [json.dumps({'step': s, 'train/loss': 1.0 / s}) for s in range(1, 10)]
+  lines.insert(7, json.dumps({'step': 7, 'val/top1': 50.0}))
+  lines.insert(7, json.dumps({'step': 7, 'test/top1': 40.0}))
+  path.write_text('\n'.join(lines) + '\n{"step": 10, "train/lo')
+  logger = MetricLogger(str(tmp_path), enabled=True, start=7)
+  logger.write(8, {'loss': 0.5}, 'train/')
+  logger.close()
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 7, 8]
+  assert [r for r in rows if r['step'] == 7] == [{'step': 7, 'train/loss': 1 / 7}, {'step': 7, 'test/top1': 40.0}]
+  assert rows[-1] == {'step': 8, 'train/loss': 0.5} and not any('val/top1' in r for r in rows)
+  MetricLogger(str(tmp_path), enabled=True, start=0).close()
+  assert path.read_text() == ''
