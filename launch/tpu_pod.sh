@@ -23,7 +23,11 @@ if [ $# -lt 3 ]; then
 fi
 NAME="$1"; ZONE="$2"; TYPE="$3"; shift 3
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}"
-REPO_URL="${REPO_URL:-$(git -C "$(dirname "$0")/.." remote get-url origin)}"
+REPO_URL="${REPO_URL:-$(git -C "$(dirname "$0")/.." remote get-url origin 2>/dev/null || true)}"
+if [ -z "$REPO_URL" ]; then
+  echo "tpu_pod.sh: this checkout has no 'origin' remote to clone on the workers. Fix: set REPO_URL=<a URL the workers can clone> (and push REF there first)." >&2
+  exit 2
+fi
 REF="${REF:-$(git -C "$(dirname "$0")/.." rev-parse HEAD)}"
 PROJECT_FLAG=()
 [ -n "${PROJECT:-}" ] && PROJECT_FLAG=(--project "$PROJECT")

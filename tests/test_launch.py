@@ -47,6 +47,23 @@ def test_tpu_pod_creates_installs_and_runs_on_every_worker(tmp_path):
   assert len(calls) == 4  # no delete without DELETE=1
 
 
+def test_tpu_pod_without_an_origin_asks_for_repo_url(tmp_path):
+  """A checkout with no 'origin' remote (the workers have nothing to clone): refused, naming
+  REPO_URL, before gcloud is called."""
+  import shutil
+
+  checkout = tmp_path / 'checkout'
+  (checkout / 'launch').mkdir(parents=True)
+  shutil.copy(REPO / 'launch/tpu_pod.sh', checkout / 'launch/tpu_pod.sh')
+  subprocess.run(['git', 'init', '-q', str(checkout)], check=True)
+  env = fake_tool(tmp_path, 'gcloud')
+  env.pop('REPO_URL', None)
+  p = subprocess.run(['bash', str(checkout / 'launch/tpu_pod.sh'), 'pod', 'z', 'v4-8', '--workdir', 'w'],
+                     capture_output=True, text=True, env=env, cwd=checkout, timeout=60)
+  assert p.returncode == 2 and 'Fix: set REPO_URL=' in p.stderr, p.stderr
+  assert not (tmp_path / 'calls.txt').exists()
+
+
 def test_tpu_pod_reuses_an_existing_vm(tmp_path):
   env = fake_tool(tmp_path, 'gcloud')
   env.update(REPO_URL='x', REF='y', DESCRIBE_STATUS='0', DELETE='1')
