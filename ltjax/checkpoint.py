@@ -1,10 +1,10 @@
 """Orbax checkpoints of a phase's train state, and finding an earlier phase's output.
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete,
-so a run killed mid-save leaves the previous checkpoint intact. A run fed by the host
-pipeline saves two items per step, ``state`` and ``data`` (each process's grain
-iterator state, through grain's orbax handler); a run on an on-device dataset saves
-the state alone (orbax's single default item).
+so a run killed mid-save leaves the previous checkpoint intact. A checkpoint is the
+train state alone (orbax's single default item): whichever feed a run has, its batches
+depend on the seed and the step only. (Host-pipeline checkpoints of earlier ltjax also
+hold each process's grain iterator state, item ``data``; they restore, that item unread.)
 """
 from __future__ import annotations
 
@@ -18,23 +18,6 @@ import jax
 import orbax.checkpoint as ocp
 
 from ltjax.errors import MissingCheckpointError, WorkdirWriteError
-
-
-class DataState:
-  """A grain iterator state captured when its batch was read (the live iterator has
-  already read ahead), in the form grain's orbax handler saves and restores."""
-
-  def __init__(self, state=None):
-    self.state = state
-
-  def get_state(self) -> bytes:
-    return json.dumps(self.state).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.state = json.loads(state)
-
-  def start_prefetch(self) -> None:
-    pass
 
 
 @dataclasses.dataclass
@@ -72,22 +55,18 @@ def manager(directory: str, keep: int = 2, every_steps: int = 1, min_seconds: fl
   return _Manager(os.path.abspath(directory), options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state, data_state=None) -> None:
-  """Saves ``state``; with ``data_state`` (a grain iterator state) both, as one step.
-  The caller has decided (``mgr.should_save``, or the last step): no policy is asked.
-  Orbax writes in the background; a failed write (a full disk) is a ``WorkdirWriteError``
-  here (the one before, still writing, or this one) or at ``finish``, and the finished
-  checkpoints stay as they were."""
+def save(mgr: ocp.CheckpointManager, step: int, state) -> None:
+  """Saves ``state``. The caller has decided (``mgr.should_save``, or the last step): no
+  policy is asked. Orbax writes in the background; a failed write (a full disk) is a
+  ``WorkdirWriteError`` here (the one before, still writing, or this one) or at
+  ``finish``, and the finished checkpoints stay as they were."""
   finish(mgr)  # an earlier background write that failed is reported as such
+  args = ocp.args.StandardSave(state)
+  directory = str(mgr.directory)
+  if any(_has_items(directory, s) for s in mgr.all_steps()):
+    args = ocp.args.Composite(state=args)  # a workdir of earlier ltjax: orbax keeps its item layout
   try:
-    if data_state is None:
-      mgr.save(step, args=ocp.args.StandardSave(state), force=True)
-    else:
-      import grain
-
-      mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             data=grain.checkpoint.CheckpointSave(DataState(data_state))),
-               force=True)
+    mgr.save(step, args=args, force=True)
   except Exception as e:
     _raise_write_error(mgr, e)
 
@@ -235,21 +214,18 @@ def _has_items(directory: str, step: int) -> bool:
   return os.path.isdir(os.path.join(directory, str(step), 'state'))
 
 
-def _restore(mgr: ocp.CheckpointManager, step: int, target, with_data: bool):
+def _restore(mgr: ocp.CheckpointManager, step: int, target):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  if not with_data:
-    return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
-  import grain
-
-  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                  data=grain.checkpoint.CheckpointRestore(DataState())))
-  return out['state'], out['data'].state
+  if _has_items(str(mgr.directory), step):
+    # Written by ltjax before 2026-11-29 with the host pipeline: the state beside grain's
+    # iterator state ('data'), which batches that depend on the step alone no longer need.
+    return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+  return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
+def restore_latest(mgr: ocp.CheckpointManager, target):
   """Restores the newest readable checkpoint into the shapes and shardings of ``target``;
-  returns ``target`` unchanged when there is none. With ``with_data``, returns
-  ``(state, data_state)`` (``None`` without a checkpoint).
+  returns ``target`` unchanged when there is none.
 
   A checkpoint that cannot be read (a file missing or truncated by a crash of the
   storage or a full disk) is moved aside to ``<step>.damaged`` (kept, never deleted) with
@@ -259,7 +235,7 @@ def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
   damaged = []
   for step in sorted(mgr.all_steps(), reverse=True):
     try:
-      out = _restore(mgr, step, target, with_data)
+      out = _restore(mgr, step, target)
     except Exception as e:  # orbax and tensorstore raise many types for a damaged file
       damaged.append((step, f'{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ""}'))
       continue
@@ -271,7 +247,7 @@ def restore_latest(mgr: ocp.CheckpointManager, target, with_data: bool = False):
     raise MissingCheckpointError(
         f'no checkpoint in {directory} can be read:\n{listing}\nFix: delete {directory} to train '
         f'this phase again from its start (or restore the files from a backup).')
-  return (target, None) if with_data else target
+  return target
 
 
 def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:

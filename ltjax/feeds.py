@@ -7,14 +7,15 @@ so that the trainer (``ltjax/train.py``) has no branch on either.
 - ``HostFeed``: a grain pipeline over TFDS (``ltjax/data/host.py``) reads, decodes and
   crops each process's rows of every global batch on the host, one batch ahead of the
   device; the step receives the global batch, sharded on ``data``, and does the colour
-  jitter and normalisation. Its iterator state is saved with every checkpoint.
+  jitter and normalisation. A step's batch depends on the seed and the step alone: a
+  resumed run starts the pipeline at its checkpoint's step (nothing of the pipeline is
+  checkpointed, so the process, thread or worker count may change between runs).
 
 A feed has two halves. Inside the jitted step: ``batch(data, key, step)`` (the uint8
 ``images`` and ``labels`` of the step) and ``augment(key, images)``. On the host, in the
 loop: ``restore(mgr, state)`` (the latest checkpoint, and the feed positioned after it),
 ``next()`` (the step's ``data`` argument, placed as ``data_sharding``), ``prefetch()``
-(called once the step is dispatched), ``data_state`` (what a checkpoint taken after the
-last ``next()`` step saves) and ``close()``.
+(called once the step is dispatched) and ``close()``.
 """
 from __future__ import annotations
 
@@ -39,8 +40,6 @@ class DeviceFeed:
   augment_fn: AugmentFn
   mesh: Any
   arrays: dict | None = None
-
-  data_state = None
 
   @property
   def data_sharding(self):
@@ -82,7 +81,6 @@ class HostFeed:
   two_views: bool = False
 
   def __post_init__(self):
-    self.data_state = None
     self._batches = None
     self._upcoming = None
 
@@ -97,23 +95,21 @@ class HostFeed:
     return self.augment_fn(key, images)
 
   def restore(self, mgr, state):
-    state, data_state = checkpoint.restore_latest(mgr, state, with_data=True)
+    state = checkpoint.restore_latest(mgr, state)
+    start = int(state.step)
+    # The batches after the checkpoint's step, as if never stopped.
     self._batches = host.train_iterator(self.dataset, self.sampler, self.seed, self.total_steps,
                                         parallel.local_rows(self.mesh, self.sampler.batch_size),
-                                        two_views=self.two_views)
-    if data_state is not None:
-      self._batches.set_state(data_state)  # the batches after the checkpoint's step, as if never stopped
-    self._remaining = self.total_steps - int(state.step)
+                                        two_views=self.two_views, start=start)
+    self._remaining = self.total_steps - start
     self.prefetch()
     return state
 
   def _read(self):
-    local = next(self._batches)
-    # The state right after this batch: what a checkpoint taken after its step saves.
-    return parallel.global_batch(local, self.mesh), self._batches.get_state()
+    return parallel.global_batch(next(self._batches), self.mesh)
 
   def next(self):
-    data, self.data_state = self._upcoming
+    data = self._upcoming
     self._upcoming = None
     return data
 

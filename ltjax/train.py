@@ -519,7 +519,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       if mgr.latest_step() != step_done:
         if last_metrics is not None:
           check_finite(step_done, {k: float(v) for k, v in jax.device_get(last_metrics).items()})
-        checkpoint.save(mgr, step_done, state, feed.data_state)
+        checkpoint.save(mgr, step_done, state)
       checkpoint.finish(mgr)  # a crash from here on resumes at this step, which is validated again
       kept.offer(step_done, variables, {**res, 'epoch': epoch, 'since': since})
       if is_main:
@@ -553,7 +553,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
         if last or mgr.should_save(step + 1):  # orbax's policies (checkpoint.manager)
           # Never save a diverged state: NaN parameters would poison every resume.
           check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
-          checkpoint.save(mgr, step + 1, state, feed.data_state)
+          checkpoint.save(mgr, step + 1, state)
         if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
           res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
           logger.write(step + 1, {'epoch': epoch, **evaluate.summary(res)}, prefix='test/')
@@ -567,7 +567,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
           flush(pending, step + 1)
         check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
         if mgr.latest_step() != step + 1:
-          checkpoint.save(mgr, step + 1, state, feed.data_state)
+          checkpoint.save(mgr, step + 1, state)
         checkpoint.finish(mgr)
         clean = True
         raise Preempted(
@@ -580,7 +580,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     stats = {'train_seconds': time.perf_counter() - t_loop, 'steps_run': total_steps - start,
              'first_step_seconds': first_step_seconds}
     if mgr.latest_step() != total_steps:  # only when nothing ran after a finished save
-      checkpoint.save(mgr, total_steps, state, feed.data_state)
+      checkpoint.save(mgr, total_steps, state)
     checkpoint.finish(mgr)
     if kept is not None:
       stats['best_val'] = kept.best()

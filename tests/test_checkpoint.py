@@ -153,3 +153,26 @@ def test_a_finished_phase_without_its_checkpoints_says_to_delete_its_results(tmp
   (phase / 'results.json').write_text('{}')
   with pytest.raises(MissingCheckpointError, match=r'its checkpoints were removed. Fix: delete .*results.json'):
     checkpoint.restore_variables(str(phase / 'checkpoints'))
+
+
+def test_a_checkpoint_with_the_old_grain_item_restores(tmp_path):
+  """Host-pipeline checkpoints of earlier ltjax hold the state (item 'state') beside each
+  process's grain iterator state (item 'data'): the state restores, 'data' is not read."""
+  import orbax.checkpoint as ocp
+
+  state = {'w': np.arange(6, dtype=np.float32).reshape(2, 3), 'step': np.int32(3)}
+  old = ocp.CheckpointManager(str(tmp_path / 'c'), options=ocp.CheckpointManagerOptions(create=True))
+  old.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data=ocp.args.JsonSave({'next_index': 3})))
+  old.wait_until_finished()
+  old.close()
+  mgr = checkpoint.manager(str(tmp_path / 'c'))
+  target = {'w': jnp.zeros((2, 3), jnp.float32), 'step': jnp.int32(0)}
+  got = checkpoint.restore_latest(mgr, target)
+  np.testing.assert_array_equal(got['w'], state['w'])
+  assert int(got['step']) == 3
+  checkpoint.save(mgr, 5, {**target, 'w': target['w'] + 1})  # later ones: the state alone
+  checkpoint.finish(mgr)
+  assert os.listdir(tmp_path / 'c' / '5') != [] and not os.path.exists(tmp_path / 'c' / '5' / 'data')
+  np.testing.assert_array_equal(checkpoint.restore_latest(mgr, target)['w'], np.ones((2, 3)))
+  mgr.close()

@@ -6,8 +6,9 @@ rows of the global batch at that step (``Sampler.host_indices``, a pure function
 and step, the same on every process), read from TFDS (JPEG decode included), cropped
 and flipped on the host to fixed-size uint8 images. The device does the rest inside the
 jitted step (colour jitter, normalisation). Because an element is a function of its
-step alone, grain's iterator state is the next step: it is saved with each checkpoint
-(grain's orbax handler) and a resumed run reads the very batches it would have read.
+step alone, a resumed run starts the dataset at its checkpoint's step (``start``) and
+reads the very batches it would have read; nothing of the pipeline is checkpointed, so a
+run may resume on another number of processes, threads or workers.
 
 Per process: each process reads the rows of every global batch that its devices hold
 (``parallel.local_rows``: ``[p*b, (p+1)*b)`` for process ``p`` on a CPU or GPU cluster),
@@ -171,13 +172,15 @@ class _TrainBatch:
 
 
 def train_iterator(ds: HostDataset, sampler: Sampler, seed: int, total_steps: int,
-                   rows: slice | None = None, two_views: bool = False):
+                   rows: slice | None = None, two_views: bool = False, start: int = 0):
   """A grain iterator over this process's ``rows`` (default: all) of the global batches of
-  steps ``0 .. total_steps - 1`` (``get_state``/``set_state`` to resume)."""
+  steps ``start .. total_steps - 1``. A step's batch depends on the seed and the step
+  alone (``_TrainBatch``), so a run resumed at step ``start`` reads the very batches an
+  unbroken run reads from there, on any number of processes, threads or workers."""
   import grain
 
   rows = rows or slice(0, sampler.batch_size)
-  dataset = grain.MapDataset.range(total_steps).map(_TrainBatch(ds, sampler, seed, rows, two_views))
+  dataset = grain.MapDataset.range(start, total_steps).map(_TrainBatch(ds, sampler, seed, rows, two_views))
   it_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=ds.threads, prefetch_buffer_size=2 * ds.threads))
   if ds.workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=ds.workers))

@@ -136,18 +136,20 @@ def test_imagenet_lt_validation_split_is_read_when_asked_and_cached(tmp_path):
   np.testing.assert_array_equal(first, host.center_crop(ds.val_source[0]['image'], ds.resize_size, ds.image_size))
 
 
-def test_iterator_state_resumes_the_same_batches(imagenet):
+def test_iterator_from_a_step_reads_that_steps_batches_on_any_split_of_rows(imagenet):
+  """A resumed run's pipeline starts at its checkpoint's step (``start``) and reads the
+  very batches of an unbroken run, also split into other processes' rows (a run resumed
+  on another number of processes)."""
   s = sampler_for(imagenet, 'class')
-  it = host.train_iterator(imagenet, s, 0, 6)
-  next(it), next(it)
-  state = it.get_state()
-  rest = [next(it) for _ in range(3)]
-  resumed = host.train_iterator(imagenet, s, 0, 6)
-  resumed.set_state(json.loads(json.dumps(state)))  # as saved in the checkpoint
-  for a in rest:
-    b = next(resumed)
+  whole = list(host.train_iterator(imagenet, s, 0, 6))
+  assert len(whole) == 6
+  half = s.batch_size // 2
+  parts = [list(host.train_iterator(imagenet, s, 0, 6, rows=rows, start=2))
+           for rows in (slice(0, half), slice(half, s.batch_size))]
+  assert len(parts[0]) == len(parts[1]) == 4
+  for a, b, c in zip(whole[2:], *parts):
     for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
+      np.testing.assert_array_equal(a[key], np.concatenate([b[key], c[key]]))
 
 
 def test_host_class_sampler_is_balanced():
@@ -254,8 +256,8 @@ def test_host_phase_resumes_after_a_crash_with_the_same_batches(tmp_path, monkey
   whole = pipeline.run(small_run_config(), str(tmp_path / 'whole'))['ce']
   real_save = checkpoint.save
 
-  def save_then_crash(mgr, step, state, data_state=None):
-    real_save(mgr, step, state, data_state)
+  def save_then_crash(mgr, step, state):
+    real_save(mgr, step, state)
     if step == 3:
       mgr.wait_until_finished()
       raise Crash  # the process dies right after its epoch-1 checkpoint
@@ -264,8 +266,7 @@ def test_host_phase_resumes_after_a_crash_with_the_same_batches(tmp_path, monkey
   with pytest.raises(Crash):
     pipeline.run(small_run_config(), str(tmp_path / 'crashed'))
   monkeypatch.setattr(checkpoint, 'save', real_save)
-  saved = json.loads((tmp_path / 'crashed/ce/checkpoints/3/data/process_0-of-1.json').read_text())
-  assert saved['next_index'] == 3  # grain's state: the next step's batch
+  assert not (tmp_path / 'crashed/ce/checkpoints/3/data').exists()  # the state alone: batches follow the step
   resumed = pipeline.run(small_run_config(), str(tmp_path / 'crashed'))['ce']
   assert resumed['timing']['steps_run'] == 3
   losses = lambda d: [json.loads(l)['train/loss'] for l in open(tmp_path / d / 'ce' / 'metrics.jsonl')]
@@ -284,10 +285,8 @@ def test_worker_processes_give_the_same_batches_and_resume(imagenet):
   ds = host.HostDataset(**{**imagenet.__dict__, 'workers': 2})
   it = host.train_iterator(ds, s, 0, 4)
   first = next(it)
-  state = it.get_state()
   it.close()
-  resumed = host.train_iterator(ds, s, 0, 4)
-  resumed.set_state(state)
+  resumed = host.train_iterator(ds, s, 0, 4, start=1)
   rest = list(resumed)
   assert len(rest) == 3
   for a, b in zip(threads, [first] + rest):
