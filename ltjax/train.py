@@ -282,6 +282,10 @@ def _by_path(fn, params):
   return jax.tree_util.tree_map_with_path(lambda path, _: fn(tuple(getattr(k, 'key', str(k)) for k in path)), params)
 
 
+# A metric of the step that the loop checks (check_finite) and does not log.
+PARAMS_FINITE = 'params_finite'
+
+
 def _backbone_lr_scale(tc) -> float:
   return float(tc.get('backbone_lr_scale', 1.0)) if hasattr(tc, 'get') else 1.0
 
@@ -355,7 +359,9 @@ def make_train_step(phase: Phase, schedule, feed):
     if hooks is not None and hooks.update is not None:
       new_state = new_state.replace(aux=hooks.update(aux, new_state.params, extras, labels))
     lr = schedule(state.step)
-    metrics = {'loss': loss, 'lr': lr, **metrics}
+    # The loss is the update's input: an inf/NaN gradient with a finite loss shows here only.
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)]))
+    metrics = {'loss': loss, 'lr': lr, **metrics, PARAMS_FINITE: finite.astype(jnp.float32)}
     if backbone_lr_scale != 1.0:  # the backbone's parameter group (make_optimizer); 'lr' is the head's
       metrics['lr_backbone'] = lr * backbone_lr_scale
     return new_state, metrics
@@ -482,10 +488,15 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   pending, t_last, n_last = None, time.perf_counter(), start
 
   def check_finite(step_done, metrics):
-    if not math.isfinite(metrics['loss']):
+    """Refuses a diverged step (a non-finite loss, or parameters that an inf/NaN gradient
+    made non-finite); takes ``PARAMS_FINITE`` out of ``metrics`` (not a logged metric)."""
+    params_finite = metrics.pop(PARAMS_FINITE, 1.0) == 1.0
+    if not math.isfinite(metrics['loss']) or not params_finite:
       checkpoint.finish(mgr)
       raise NonFiniteLossError(
-          f'[{phase.name}] loss is {metrics["loss"]} at step {step_done} (epoch '
+          f'[{phase.name}] ' + (f'loss is {metrics["loss"]}' if not math.isfinite(metrics['loss']) else
+                                f'the parameters are not finite (a non-finite gradient; loss {metrics["loss"]:.4g})') +
+          f' at step {step_done} (epoch '
           f'{step_done / steps_per_epoch:.2f}, lr {metrics["lr"]:.4g}). Fix: lower the lr '
           f'(--config.train.lr; a classifier stage: --config.stage2.lr) or lengthen the warm-up '
           f'(--config.train.warmup_epochs), with a new --workdir: this one keeps the config it was '

@@ -184,6 +184,17 @@ def test_diverging_loss_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path)
   assert mgr.latest_step() is None  # the diverged state was never saved
 
 
+def test_parameters_made_non_finite_by_a_finite_loss_step_are_refused(tmp_path):
+  """An infinite lr: step 1's loss (computed before its update) is finite, its update is
+  not. The step reports it, and the run stops there, before step 2's NaN loss."""
+  from ltjax.errors import NonFiniteLossError
+
+  with pytest.raises(NonFiniteLossError, match=r'the parameters are not finite .* at step 1 '):
+    _train(tmp_path, 1, lr=float('inf'), warmup_epochs=0)
+  with open(tmp_path / 'dev1' / 'metrics.jsonl') as f:
+    assert f.read() == ''  # nothing of the diverged step is logged
+
+
 def _index_step(num_examples, batch, num_devices, kind='instance'):
   """The real jitted step on a training set whose images carry their own index (pixel
   (0, 0) holds ``i % 256``, (0, 1) ``i // 256``); it reports the indices it trained on."""
