@@ -13,7 +13,7 @@ class MetricLogger:
   """``start``: the step the phase starts (or resumes) from. What ``metrics.jsonl``
   holds of a run's steps after it (logged before a kill, then trained again from the
   checkpoint at ``start``; or a phase trained again from 0) is dropped, and its
-  validation at ``start`` (which a resumed run repeats), so that the file is one record
+  evaluations at ``start`` (which a resumed run repeats), so that the file is one record
   per logged step of the run that the checkpoints hold, and what is read from it (the
   test-selected best epoch) comes from that run alone."""
 
@@ -48,7 +48,8 @@ class MetricLogger:
 
 def _keep_before(path: str, start: int) -> None:
   """Rewrites ``path`` (atomically) with its records of steps before ``start`` and, at
-  ``start``, those that are not a validation; a line cut by a kill is dropped."""
+  ``start``, its training records (not a validation or test evaluation, which a resumed
+  run repeats); a line cut by a kill is dropped."""
   if not os.path.exists(path):
     return
   from ltjax import files
@@ -62,7 +63,7 @@ def _keep_before(path: str, start: int) -> None:
       except (ValueError, KeyError, TypeError):
         changed = True
         continue
-      if step < start or (step == start and not any(k.startswith('val/') for k in record)):
+      if step < start or (step == start and not any(k.startswith(('val/', 'test/')) for k in record)):
         kept.append(line if line.endswith('\n') else line + '\n')
       else:
         changed = True

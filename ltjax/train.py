@@ -536,6 +536,15 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       if is_main:
         bar.write(f'[{phase.name}] epoch {epoch}: validation top-1 {res["top1"]:.2f}, the best so far')
 
+  def test_epoch(step_done):
+    """The periodic test evaluation (run.eval_every_epochs) at the end of an epoch: logged
+    (the test-selected best epoch is read from these records), never a choice of the run."""
+    epoch = step_done // steps_per_epoch
+    res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
+    logger.write(step_done, {'epoch': epoch, **evaluate.summary(res)}, prefix='test/')
+    if is_main:
+      bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+
   clean = False  # the loop finished, or stopped on purpose with its checkpoint written
   try:
     # A run that resumes at the end of a validation epoch validates it (again): a crash
@@ -543,6 +552,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
     if kept is not None and start and start % steps_per_epoch == 0 and (
         (start // steps_per_epoch) % val_every == 0 or start == total_steps):
       validate(start)
+    # So is its periodic test evaluation (metrics.jsonl kept none of the step it resumes at).
+    if (evaluate_fn is not None and config.run.eval_every_epochs and start and start < total_steps
+        and start % steps_per_epoch == 0 and (start // steps_per_epoch) % config.run.eval_every_epochs == 0):
+      test_epoch(start)
     t_loop = time.perf_counter()
     first_step_seconds = None
     for step in range(start, total_steps):
@@ -562,14 +575,14 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
         epoch = (step + 1) // steps_per_epoch
         last = step + 1 == total_steps
         if last or mgr.should_save(step + 1):  # orbax's policies (checkpoint.manager)
+          if pending is not None:  # logged before its checkpoint: a resume starts after it
+            flush(pending, step + 1)
+            pending = None
           # Never save a diverged state: NaN parameters would poison every resume.
           check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
           checkpoint.save(mgr, step + 1, state)
         if evaluate_fn is not None and config.run.eval_every_epochs and epoch % config.run.eval_every_epochs == 0 and not last:
-          res = evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats})
-          logger.write(step + 1, {'epoch': epoch, **evaluate.summary(res)}, prefix='test/')
-          if is_main:
-            bar.write(f'[{phase.name}] epoch {epoch}: test top-1 {res["top1"]:.2f}')
+          test_epoch(step + 1)
         if kept is not None and (epoch % val_every == 0 or last):
           validate(step + 1, metrics)
       if step + 1 < total_steps and preemption.reached(step + 1):

@@ -295,7 +295,7 @@ def test_each_phase_of_a_recipe_draws_its_own_batch_order_from_the_same_initial_
 
 def test_metrics_log_keeps_only_the_steps_the_resumed_run_holds(tmp_path):
   """metrics.jsonl after a kill at step 9 and a resume from the checkpoint at step 7: the
-  records of steps 8 and 9 (trained again) and the validation at 7 (validated again)
+  records of steps 8 and 9 (trained again) and the evaluations at 7 (evaluated again)
   are dropped, as is a line the kill cut; a phase trained again from 0 starts empty."""
   from ltjax.logs import MetricLogger
 
@@ -308,8 +308,47 @@ def test_metrics_log_keeps_only_the_steps_the_resumed_run_holds(tmp_path):
   logger.write(8, {'loss': 0.5}, 'train/')
   logger.close()
   rows = [json.loads(l) for l in path.read_text().splitlines()]
-  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 7, 8]
-  assert [r for r in rows if r['step'] == 7] == [{'step': 7, 'train/loss': 1 / 7}, {'step': 7, 'test/top1': 40.0}]
-  assert rows[-1] == {'step': 8, 'train/loss': 0.5} and not any('val/top1' in r for r in rows)
+  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
+  assert [r for r in rows if r['step'] == 7] == [{'step': 7, 'train/loss': 1 / 7}]
+  assert rows[-1] == {'step': 8, 'train/loss': 0.5} and not any('val/top1' in r or 'test/top1' in r for r in rows)
   MetricLogger(str(tmp_path), enabled=True, start=0).close()
   assert path.read_text() == ''
+
+
+class _Crash(Exception):
+  pass
+
+
+@pytest.mark.slow
+def test_a_test_evaluation_lost_to_a_crash_is_redone_on_resume(tmp_path, monkeypatch):
+  """The process dies right after epoch 2's checkpoint, before its periodic test
+  evaluation: the resumed run evaluates epoch 2 first, so every epoch's test record is
+  there once and the test-selected best epoch is chosen among all of them."""
+  from ltjax import checkpoint, pipeline
+
+  def config():
+    c = digits_lt.get_config('smoke,method=ce')
+    c.train.epochs = 3
+    c.run.eval_every_epochs = 1
+    c.run.checkpoint_min_seconds = 0
+    c.run.log_every_steps = 1
+    return c
+
+  steps_per_epoch = 7
+  real_save = checkpoint.save
+
+  def save_then_crash(mgr, step, state):
+    real_save(mgr, step, state)
+    if step == 2 * steps_per_epoch:
+      mgr.wait_until_finished()
+      raise _Crash
+
+  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  with pytest.raises(_Crash):
+    pipeline.run(config(), str(tmp_path / 'w'))
+  monkeypatch.setattr(checkpoint, 'save', real_save)
+  pipeline.run(config(), str(tmp_path / 'w'))
+  with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
+    rows = [json.loads(l) for l in f]
+  assert [r['test/epoch'] for r in rows if 'test/top1' in r] == [1, 2]  # epoch 3, the last: the phase's own
+  assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 3 * steps_per_epoch + 1))
