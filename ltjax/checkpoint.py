@@ -177,6 +177,16 @@ class BestKept:
     self.mgr.close()
 
 
+def _rename_damaged(src: str) -> str:
+  """Renames the folder ``src`` to ``src.damaged`` (or ``.damaged1``, ... where taken):
+  kept, never deleted, and no longer a step that orbax lists; returns the new name."""
+  dst, n = f'{src}.damaged', 1
+  while os.path.exists(dst):
+    dst, n = f'{src}.damaged{n}', n + 1
+  os.rename(src, dst)
+  return dst
+
+
 def _set_aside_unreadable_metrics(directory: str) -> list[str]:
   """Renames the step folders of ``directory`` (a ``BestKept`` folder) whose saved metrics
   cannot be read to ``<step>.damaged`` and says so; returns them. Every process reads
@@ -198,10 +208,7 @@ def _set_aside_unreadable_metrics(directory: str) -> list[str]:
     multihost_utils.sync_global_devices('best validation metrics read')
   if jax.process_index() == 0:
     for src, why in damaged:
-      dst, n = f'{src}.damaged', 1
-      while os.path.exists(dst):
-        dst, n = f'{src}.damaged{n}', n + 1
-      os.rename(src, dst)
+      dst = _rename_damaged(src)
       print(f'ltjax: warning: the best validation checkpoint {src} cannot be read ({why}); kept as {dst}. '
             f'The best validation epoch is chosen again from the epochs this run validates.',
             file=sys.stderr, flush=True)
@@ -256,11 +263,7 @@ def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:
   if jax.process_index() == 0:
     for step, why in damaged:
       src = os.path.join(directory, str(step))
-      dst = f'{src}.damaged'
-      n = 1
-      while os.path.exists(dst):
-        dst, n = f'{src}.damaged{n}', n + 1
-      os.rename(src, dst)
+      dst = _rename_damaged(src)
       print(f'ltjax: warning: checkpoint {src} cannot be read ({why}); kept as {dst}. Resuming '
             f'from step {resumed}, the newest readable checkpoint.', file=sys.stderr, flush=True)
   if jax.process_count() > 1:

@@ -475,7 +475,7 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                     in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
   logger = MetricLogger(phase_dir, start=start)
-  is_main = jax.process_index() == 0
+  is_main = parallel.is_main()
   bar = tqdm(total=total_steps, initial=start, desc=phase.name, unit='step', disable=not is_main,
              dynamic_ncols=True, mininterval=1.0)
   if start and is_main:
