@@ -386,6 +386,9 @@ def table(records: list[dict]) -> str:
       '"-" where none is published for the row. Wall time: per run (mean over seeds), every '
       'phase and data loading included, summed over resumed attempts.',
   ]
+  if groups and all(g['few'] is None for g in groups):
+    notes.append('few: the classes of fewer than 20 training images; these splits have none (CIFAR-10-LT\'s '
+                 'smallest class has 50 images at IF 100), hence "-".')
   commits = sorted({c for g in groups for c in g['commits']})
   if commits:
     notes.append(f'ltjax commit{"s" if len(commits) > 1 else ""}: {", ".join(commits)}.')
@@ -395,7 +398,8 @@ def table(records: list[dict]) -> str:
     missing = [n for n in planned if n not in done]
     if missing and len(missing) < len(planned):
       where = '' if name == 'cifar10' else f' --table {name}'
-      notes.append(f'Not yet run: {len(missing)} of the {len(planned)} rows of bench/reproduce.py{where}.')
+      notes.append(f'No result yet (not run, or not finished): {len(missing)} of the {len(planned)} rows of '
+                   f'bench/reproduce.py{where} (python bench/reproduce.py{where} --dry-run lists them).')
   if any(g['smoke'] for g in groups):
     notes.append('**Smoke runs** (tiny ResNet, one epoch a phase): a check of the machinery, '
                  'not comparable with the papers.')

@@ -255,7 +255,8 @@ def test_row_json_and_the_reproduction_table(tmp_path):
   assert len([l for l in lines if l.startswith('| cifar10')]) == 4
   text = out.read_text()
   assert 'All ltjax numbers are last-epoch top-1' in text and 'test-selected' in text
-  assert 'Not yet run: 21 of the 27 rows' in text and 'Smoke' not in text
+  assert 'No result yet (not run, or not finished): 21 of the 27 rows' in text and 'Smoke' not in text
+  assert 'these splits have none' in text  # CIFAR-10-LT: no class under 20 images
 
 
 def test_readme_markers_are_replaced(tmp_path, capsys):
@@ -292,7 +293,7 @@ def test_cifar100_table_and_its_readme_markers(tmp_path):
   line = next(l for l in text.splitlines() if l.startswith('| cifar100_if100_dive |'))
   assert line.startswith('| cifar100_if100_dive | bbn | 0 | 44.85 |') and '| 45.35 | -0.50 | He et al. 2021' in line
   assert 'on the 10,000 test images of CIFAR-100 (of the' in text and 'CIFAR-10 ' not in text
-  assert 'Not yet run: 20 of the 21 rows of bench/reproduce.py --table cifar100.' in text
+  assert 'No result yet (not run, or not finished): 20 of the 21 rows of bench/reproduce.py --table cifar100 ' in text
 
   c10, c100 = reproduction.MARKERS['cifar10'], reproduction.MARKERS['cifar100']
   ours = (REPO / 'README.md').read_text()  # the README's own command fills both tables
