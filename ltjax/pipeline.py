@@ -24,7 +24,8 @@ from ltjax.data import augment, registry, saved
 def check_workdir(config, workdir: str) -> bool:
   """Refuses a workdir that holds a run of a different config, naming the fields
   that differ; the ``run`` group (how this run executes, never what it computes) may
-  differ, and so may the validation images (``config_lib.VALIDATION_ONLY``) unless later
+  differ, and so may ``model.pretrained``'s location where ``model.pretrained_sha256``
+  pins the same file, and the validation images (``config_lib.VALIDATION_ONLY``) unless later
   phases start from the epoch they choose (``handoff='best_val'``, which also keeps
   ``run.val_every_epochs``). Returns whether the workdir already holds this config."""
   path = os.path.join(workdir, 'config.json')
@@ -47,6 +48,9 @@ def check_workdir(config, workdir: str) -> bool:
       for flat in (a, b):
         for key in config_lib.VALIDATION_ONLY:
           flat.pop(key, None)
+    if a.get('model.pretrained_sha256') and a.get('model.pretrained_sha256') == b.get('model.pretrained_sha256'):
+      for flat in (a, b):  # the same weights (pinned by their hash), moved or fetched from elsewhere
+        flat.pop('model.pretrained', None)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff and not _holds_training(workdir):
       # Refused before any phase saved anything (a missing teacher, a batch that does not

@@ -347,6 +347,30 @@ def test_a_workdir_that_saved_nothing_takes_the_corrected_config(tmp_path, capsy
     pipeline.check_workdir(c, str(tmp_path))
 
 
+def test_pretrained_weights_may_move_where_their_hash_pins_them(tmp_path):
+  import json
+
+  from ltjax import evaluate, pipeline
+  from ltjax.errors import WorkdirConflictError
+
+  c = places_lt.get_config('method=ce')
+  c.model.pretrained, c.model.pretrained_sha256 = '/old/resnet152.npz', 'ab' * 32
+  evaluate.write_results(str(tmp_path / 'config.json'), json.loads(c.to_json()))
+  evaluate.write_results(str(tmp_path / 'ce' / 'results.json'), {})  # a phase it finished
+  moved = c.copy_and_resolve_references()
+  moved.model.pretrained = 'https://example.org/resnet152.npz'
+  assert pipeline.check_workdir(moved, str(tmp_path))
+  moved.model.pretrained_sha256 = 'cd' * 32  # other weights
+  with pytest.raises(WorkdirConflictError, match=r'(?s)model.pretrained: .*model.pretrained_sha256: '):
+    pipeline.check_workdir(moved, str(tmp_path))
+  unpinned = c.copy_and_resolve_references()
+  unpinned.model.pretrained_sha256 = ''
+  evaluate.write_results(str(tmp_path / 'config.json'), json.loads(unpinned.to_json()))
+  unpinned.model.pretrained = '/new/resnet152.npz'  # no hash: the file may differ
+  with pytest.raises(WorkdirConflictError, match="model.pretrained: '/old/resnet152.npz' in the workdir"):
+    pipeline.check_workdir(unpinned, str(tmp_path))
+
+
 def test_workdir_check_lets_only_the_run_group_change(tmp_path):
   """How a run executes (config.run: data location, devices, cadence, phases) may change
   when a workdir is resumed; anything that changes what it computes is refused."""
