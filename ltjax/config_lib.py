@@ -51,6 +51,10 @@ RUN_GROUP = 'run'
 # decides what later phases train on, and a workdir keeps it (``HANDOFF_KEEPS``).
 HANDOFFS = ('last', 'best_val')
 HANDOFF_KEEPS = 'run.val_every_epochs'
+# Config groups that one recipe alone reads (ltjax/recipes): every config has them, and
+# for another method they change nothing that the run computes, so a workdir of that
+# method resumes whatever they hold (``pipeline.check_workdir``).
+RECIPE_GROUPS = {'dive': 'dive', 'ssd': 'ssd'}
 # The fields that only say which images an epoch is chosen on: like the run group, they may
 # change when a workdir is resumed (validation switched on), except under handoff='best_val'.
 VALIDATION_ONLY = ('data.val_dir', 'data.val_file_list', 'data.val_file_list_sha256')

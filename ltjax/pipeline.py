@@ -24,7 +24,8 @@ from ltjax.data import augment, registry, saved
 def check_workdir(config, workdir: str) -> bool:
   """Refuses a workdir that holds a run of a different config, naming the fields
   that differ; the ``run`` group (how this run executes, never what it computes) may
-  differ, and so may ``model.pretrained``'s location where ``model.pretrained_sha256``
+  differ, and so may the groups of other recipes (``config_lib.RECIPE_GROUPS``: ``ssd.*``
+  in a DiVE run) and ``model.pretrained``'s location where ``model.pretrained_sha256``
   pins the same file, and the validation images (``config_lib.VALIDATION_ONLY``) unless later
   phases start from the epoch they choose (``handoff='best_val'``, which also keeps
   ``run.val_every_epochs``). Returns whether the workdir already holds this config."""
@@ -48,6 +49,11 @@ def check_workdir(config, workdir: str) -> bool:
       for flat in (a, b):
         for key in config_lib.VALIDATION_ONLY:
           flat.pop(key, None)
+    for group, method in config_lib.RECIPE_GROUPS.items():
+      if b.get('method') != method:  # e.g. SSD's defaults, changed since a CE run was started
+        for flat in (a, b):
+          for key in [k for k in flat if k.startswith(group + '.')]:
+            del flat[key]
     if a.get('model.pretrained_sha256') and a.get('model.pretrained_sha256') == b.get('model.pretrained_sha256'):
       for flat in (a, b):  # the same weights (pinned by their hash), moved or fetched from elsewhere
         flat.pop('model.pretrained', None)

@@ -347,6 +347,32 @@ def test_a_workdir_that_saved_nothing_takes_the_corrected_config(tmp_path, capsy
     pipeline.check_workdir(c, str(tmp_path))
 
 
+def test_another_recipes_fields_do_not_block_a_resume(tmp_path):
+  """SSD's fields (its BatchNorm defaults changed on 2026-11-29) in a DiVE or CE workdir:
+  that run never reads them, so it resumes; in an SSD workdir they are refused."""
+  import json
+
+  from ltjax import evaluate, pipeline
+  from ltjax.errors import WorkdirConflictError
+
+  for method in ('dive', 'ce', 'ssd'):
+    old = cifar_lt.get_config(f'method={method}')
+    old.ssd.teacher_bn, old.ssd.generator_bn = 'train', 'train'
+    old.dive.alpha = 0.3 if method != 'dive' else old.dive.alpha
+    workdir = tmp_path / method
+    evaluate.write_results(str(workdir / 'config.json'), json.loads(old.to_json()))
+    evaluate.write_results(str(workdir / 'selfsup' / 'results.json'), {})  # a phase it finished
+    now = cifar_lt.get_config(f'method={method}')
+    if method == 'ssd':
+      with pytest.raises(WorkdirConflictError, match="ssd.generator_bn: 'train' in the workdir, 'eval' now"):
+        pipeline.check_workdir(now, str(workdir))
+    else:
+      assert pipeline.check_workdir(now, str(workdir))
+      now.seed = 3  # what the run computes: still refused
+      with pytest.raises(WorkdirConflictError, match='seed: 0 in the workdir, 3 now'):
+        pipeline.check_workdir(now, str(workdir))
+
+
 def test_pretrained_weights_may_move_where_their_hash_pins_them(tmp_path):
   import json
 
