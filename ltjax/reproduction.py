@@ -332,7 +332,9 @@ def group_records(records: list[dict]) -> list[dict]:
          'reference': members[0].get('reference')}
     for k in METRICS:
       g[k], g[k + '_std'] = _mean_std([m['result'].get(k) for m in members])
-    best = [m['best_test_selected'] for m in members if m.get('best_test_selected')]
+    # A phase evaluated once (tau-norm trains nothing) chose nothing: its 'best' is its last.
+    best = [m['best_test_selected'] for m in members
+            if m.get('best_test_selected') and m['best_test_selected'].get('evaluated_epochs', 2) > 1]
     g['best'] = _mean_std([b['top1'] for b in best]) if best else None
     g['best_epochs'] = [b.get('epoch') for b in best]
     g['devices'] = sorted({(m.get('device') or {}).get('device_kind') or (m.get('device') or {}).get('platform')

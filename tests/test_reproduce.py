@@ -238,6 +238,9 @@ def test_row_json_and_the_reproduction_table(tmp_path):
   for seed, top1 in ((2, 74.0), (0, 70.0), (1, 72.0)):  # written out of order
     record(tmp_path, rows[f'cifar10_if100_ce_s{seed}'], [('ce', top1)])
   record(tmp_path, rows['cifar10_if1_ce_s0'], [('ce', 92.0)])
+  # tau-norm trains nothing: evaluated once, it chose no epoch, so its best column is '-'.
+  record(tmp_path, rows['cifar10_if100_tau_norm_s0'], [('tau_norm', 67.5)],
+         best={'epoch': 0, 'top1': 67.5, 'evaluated_epochs': 1})
   (tmp_path / 'results' / 'notes.json').write_text('[1, 2]')  # not a row: ignored
 
   out = tmp_path / 'table.md'
@@ -252,10 +255,12 @@ def test_row_json_and_the_reproduction_table(tmp_path):
                              '80.25 (epoch 187) | 78.88 | +0.62 | BagofTricks-LT')
   assert lines[4].startswith('| cifar10_if1_ce | ldam | 0 | 92.00 |') and '| 92.49 | -0.49 | He et al. 2016 |' in lines[4]
   assert lines[5].startswith('| cifar10_if100_ssd | bbn | 0 | 72.50 |') and '| - | - | - |' in lines[5]
-  assert len([l for l in lines if l.startswith('| cifar10')]) == 4
+  assert lines[6].startswith('| cifar10_if100_tau_norm | bag, on the CE phase of cifar10_if100_crt_s0 | 0 | 67.50 |')
+  assert '| - | - | 72.70 | -5.20 |' in lines[6]  # few, then the best column
+  assert len([l for l in lines if l.startswith('| cifar10')]) == 5
   text = out.read_text()
   assert 'All ltjax numbers are last-epoch top-1' in text and 'test-selected' in text
-  assert 'No result yet (not run, or not finished): 21 of the 27 rows' in text and 'Smoke' not in text
+  assert 'No result yet (not run, or not finished): 20 of the 27 rows' in text and 'Smoke' not in text
   assert 'these splits have none' in text  # CIFAR-10-LT: no class under 20 images
 
 
