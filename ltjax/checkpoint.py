@@ -94,9 +94,9 @@ def _write_error(mgr, error) -> Exception:
   ``WorkdirWriteError`` that says what is intact and how to go on; any other error
   (a bug, orbax refusing a step) as it is."""
   chain, e = [], error
-  while e is not None and len(chain) < 10:
+  while e is not None and len(chain) < 10:  # what raised it (raise ... from), not what it interrupted
     chain.append(e)
-    e = e.__cause__ or e.__context__
+    e = e.__cause__
   text = str(error)
   if not any(isinstance(e, OSError) for e in chain) and not any(m in text for m in _OS_ERRORS):
     return error

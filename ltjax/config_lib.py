@@ -273,6 +273,9 @@ def validate(config) -> None:
   if flat.get('model.pretrained') and flat.get('model.name') == 'cifar_resnet':
     bad.append(f'model.pretrained={flat["model.pretrained"]!r}: pretrained weights are torchvision ImageNet '
                f'ResNets; set model.name to the network they are of (resnet18/50/101/152, resnext50_32x4d)')
+  if flat.get('model.pretrained_sha256') and not flat.get('model.pretrained'):
+    bad.append('model.pretrained_sha256 is set without model.pretrained: it pins the weights file that '
+               'model.pretrained names; give that file (a path or URL) or leave the hash out')
   if flat.get('model.pretrained'):
     from ltjax.models import pretrained
 
@@ -315,13 +318,15 @@ def validate(config) -> None:
   if isinstance(blur, list) and len(blur) == 2 and blur[0] > blur[1]:
     bad.append(f'ssd.key_view.blur_sigma={tuple(blur)}: (low, high) with low <= high')
   rotation_bn = [f'ssd.{k}=train' for k in ('generator_bn', 'teacher_bn') if flat.get(f'ssd.{k}') == 'train']
+  if flat.get('ssd.student_selfsup') and flat.get('stage2.backbone_bn') == 'train':
+    rotation_bn.append('stage2.backbone_bn=train (phase IV, with ssd.student_selfsup)')
   if flat.get('method') == 'ssd' and flat.get('ssd.selfsup') == 'rotation' and rotation_bn and not bad \
       and _is_main_process():
-    print(f'ltjax: warning: {" and ".join(rotation_bn)} with ssd.selfsup=rotation: phase I normalised its '
-          f'features over batches of all four rotations, and the frozen phase-I network would renormalise '
-          f'them over upright images alone (on CIFAR-10-LT IF 100 phase I\'s own model loses about 6 points '
-          f'so). Fix, unless you mean it: --config.ssd.generator_bn=eval --config.ssd.teacher_bn=eval.',
-          flush=True)
+    fixes = ' '.join(f'--config.{b.split("=")[0]}=eval' for b in rotation_bn)
+    print(f'ltjax: warning: {" and ".join(rotation_bn)} with ssd.selfsup=rotation: that network was trained '
+          f'on features normalised over batches of all four rotations, and in training mode it would '
+          f'renormalise them over upright images alone (on CIFAR-10-LT IF 100 phase I\'s own model loses about '
+          f'6 points so). Fix, unless you mean it (or resume a workdir that ran so): {fixes}.', flush=True)
   if bad:
     raise ConfigError('bad config value' + ('s' if len(bad) > 1 else '') + ': ' + '; '.join(bad) +
                       '. Fix: set them with --config.FIELD=VALUE (or in the config file).')

@@ -12,12 +12,13 @@ import jax
 class MetricLogger:
   """``start``: the step the phase starts (or resumes) from. What ``metrics.jsonl``
   holds of a run's steps after it (logged before a kill, then trained again from the
-  checkpoint at ``start``; or a phase trained again from 0) is dropped, and its
-  evaluations at ``start`` (which a resumed run repeats), so that the file is one record
+  checkpoint at ``start``; or a phase trained again from 0) is dropped, and its records
+  at ``start`` whose prefix is in ``repeated`` (the evaluations the resumed run repeats
+  there: ``val/``, ``test/``), so that the file is one record
   per logged step of the run that the checkpoints hold, and what is read from it (the
   test-selected best epoch) comes from that run alone."""
 
-  def __init__(self, directory: str, enabled: bool | None = None, start: int = 0):
+  def __init__(self, directory: str, enabled: bool | None = None, start: int = 0, repeated: tuple = ()):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
@@ -26,7 +27,7 @@ class MetricLogger:
 
       os.makedirs(directory, exist_ok=True)
       path = os.path.join(directory, 'metrics.jsonl')
-      _keep_before(path, start)
+      _keep_before(path, start, repeated)
       self._tb = SummaryWriter(logdir=directory)
       self._jsonl = open(path, 'a')
 
@@ -46,10 +47,9 @@ class MetricLogger:
       self._jsonl.close()
 
 
-def _keep_before(path: str, start: int) -> None:
+def _keep_before(path: str, start: int, repeated: tuple = ()) -> None:
   """Rewrites ``path`` (atomically) with its records of steps before ``start`` and, at
-  ``start``, its training records (not a validation or test evaluation, which a resumed
-  run repeats); a line cut by a kill is dropped."""
+  ``start``, those of no prefix in ``repeated``; a line cut by a kill is dropped."""
   if not os.path.exists(path):
     return
   from ltjax import files
@@ -63,7 +63,7 @@ def _keep_before(path: str, start: int) -> None:
       except (ValueError, KeyError, TypeError):
         changed = True
         continue
-      if step < start or (step == start and not any(k.startswith(('val/', 'test/')) for k in record)):
+      if step < start or (step == start and not any(k.startswith(repeated) for k in record if repeated)):
         kept.append(line if line.endswith('\n') else line + '\n')
       else:
         changed = True

@@ -43,8 +43,14 @@ def balanced_softmax_cross_entropy(logits, labels, class_counts, tau=1.0):
   ``class_counts`` are the training images per class (or any prior proportional to
   them). Only the loss is adjusted: inference uses the plain logits ``z``.
   """
-  log_prior = jnp.log(_f32(class_counts))
-  return cross_entropy(_f32(logits) + tau * log_prior, labels)
+  return cross_entropy(_f32(logits) + _log_prior_adjustment(class_counts, tau), labels)
+
+
+def _log_prior_adjustment(class_counts, tau):
+  """``tau * log n`` per class; a class without training images gets -inf (prior 0), or 0
+  where ``tau`` is 0 (no adjustment: not 0 * -inf)."""
+  n = _f32(class_counts)
+  return jnp.where(n > 0, tau * jnp.log(jnp.maximum(n, 1.0)), jnp.where(tau > 0, -jnp.inf, 0.0))
 
 
 def accuracy(logits, labels):
@@ -183,13 +189,13 @@ def dive_student_loss(student_logits, teacher_logits, labels, class_counts, temp
   if target not in DIVE_TARGETS:
     raise ValueError(f'DiVE target {target!r}; choose one of {DIVE_TARGETS}.')
   z = _f32(student_logits)
-  adjusted = z + bsce_tau * jnp.log(_f32(class_counts)) if use_bsce else z
+  adjusted = z + _log_prior_adjustment(class_counts, bsce_tau) if use_bsce else z
   hard = cross_entropy(adjusted, labels)
   if target == 't_tau':
     distill = dive_distillation_loss(z, teacher_logits, temperature, power)
     return (1 - alpha) * hard + alpha * distill, {'hard': hard, 'distill': distill}
   t = dive_teacher_distribution(teacher_logits, temperature, power)
-  if use_bsce:  # a class without training images has prior 0 (log n = -inf): no virtual example of it
+  if use_bsce and bsce_tau > 0:  # a class without training images has prior 0: no virtual example of it
     t = jnp.where(_f32(class_counts) > 0, t, 0.0)
     t = t / jnp.sum(t, -1, keepdims=True)
   mixture = (1 - alpha) * jax.nn.one_hot(labels, z.shape[-1], dtype=jnp.float32) + alpha * t

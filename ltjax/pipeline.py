@@ -54,7 +54,8 @@ def check_workdir(config, workdir: str) -> bool:
         for flat in (a, b):
           for key in [k for k in flat if k.startswith(group + '.')]:
             del flat[key]
-    if a.get('model.pretrained_sha256') and a.get('model.pretrained_sha256') == b.get('model.pretrained_sha256'):
+    if (a.get('model.pretrained') and b.get('model.pretrained') and a.get('model.pretrained_sha256')
+        and a.get('model.pretrained_sha256') == b.get('model.pretrained_sha256')):
       for flat in (a, b):  # the same weights (pinned by their hash), moved or fetched from elsewhere
         flat.pop('model.pretrained', None)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -388,7 +388,7 @@ def table(records: list[dict]) -> str:
       '"-" where none is published for the row. Wall time: per run (mean over seeds), every '
       'phase and data loading included, summed over resumed attempts.',
   ]
-  if groups and all(g['few'] is None for g in groups):
+  if groups and all(g['few'] is None for g in groups) and set(_datasets(records)) == {'cifar10'}:
     notes.append('few: the classes of fewer than 20 training images; these splits have none (CIFAR-10-LT\'s '
                  'smallest class has 50 images at IF 100), hence "-".')
   commits = sorted({c for g in groups for c in g['commits']})

@@ -474,7 +474,16 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   step_fn = jax.jit(make_train_step(phase, schedule, feed),
                     in_shardings=(replicated, feed.data_sharding, replicated, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
-  logger = MetricLogger(phase_dir, start=start)
+  # A run that resumes at the end of an epoch evaluates it again where this run's cadence
+  # evaluates that epoch (a crash may have come between its checkpoint and its evaluations);
+  # metrics.jsonl drops those records of the step it resumes at, and keeps the others.
+  at_epoch_end = bool(start) and start % steps_per_epoch == 0
+  redo_val = kept is not None and at_epoch_end and (
+      (start // steps_per_epoch) % val_every == 0 or start == total_steps)
+  eval_every = config.run.eval_every_epochs if evaluate_fn is not None else 0
+  redo_test = bool(eval_every) and at_epoch_end and start < total_steps and (start // steps_per_epoch) % eval_every == 0
+  logger = MetricLogger(phase_dir, start=start,
+                        repeated=tuple(p for p, redo in (('val/', redo_val), ('test/', redo_test)) if redo))
   is_main = parallel.is_main()
   bar = tqdm(total=total_steps, initial=start, desc=phase.name, unit='step', disable=not is_main,
              dynamic_ncols=True, mininterval=1.0)
@@ -549,12 +558,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
   try:
     # A run that resumes at the end of a validation epoch validates it (again): a crash
     # between that epoch's checkpoint and its validation would otherwise skip it.
-    if kept is not None and start and start % steps_per_epoch == 0 and (
-        (start // steps_per_epoch) % val_every == 0 or start == total_steps):
+    if redo_val:
       validate(start)
-    # So is its periodic test evaluation (metrics.jsonl kept none of the step it resumes at).
-    if (evaluate_fn is not None and config.run.eval_every_epochs and start and start < total_steps
-        and start % steps_per_epoch == 0 and (start // steps_per_epoch) % config.run.eval_every_epochs == 0):
+    if redo_test:  # so is its periodic test evaluation
       test_epoch(start)
     t_loop = time.perf_counter()
     first_step_seconds = None
@@ -574,10 +580,10 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
       if (step + 1) % steps_per_epoch == 0:
         epoch = (step + 1) // steps_per_epoch
         last = step + 1 == total_steps
+        if pending is not None:  # logged before the epoch's checkpoint (here or validate's)
+          flush(pending, step + 1)
+          pending = None
         if last or mgr.should_save(step + 1):  # orbax's policies (checkpoint.manager)
-          if pending is not None:  # logged before its checkpoint: a resume starts after it
-            flush(pending, step + 1)
-            pending = None
           # Never save a diverged state: NaN parameters would poison every resume.
           check_finite(step + 1, {k: float(v) for k, v in jax.device_get(metrics).items()})
           checkpoint.save(mgr, step + 1, state)

@@ -220,6 +220,11 @@ def test_rotation_with_a_training_mode_phase_one_network_is_warned_about(capsys)
   config_lib.validate(c)
   out = capsys.readouterr().out
   assert 'ssd.teacher_bn=train with ssd.selfsup=rotation' in out and '--config.ssd.teacher_bn=eval' in out
+  c.ssd.teacher_bn = 'eval'
+  c.ssd.student_selfsup = True  # the student trains on rotations too: phase IV's backbone
+  config_lib.validate(c)
+  out = capsys.readouterr().out
+  assert 'stage2.backbone_bn=train (phase IV' in out and '--config.stage2.backbone_bn=eval' in out
   c.ssd.selfsup = 'contrastive'  # the official pairing: no warning
   config_lib.validate(c)
   assert 'warning' not in capsys.readouterr().out
@@ -274,6 +279,7 @@ def test_places_lt_config_is_oltrs_stage_1_and_kangs_stage_2():
   assert (c.data.name, c.model.name, c.model.pretrained) == ('places_lt', 'resnet152', places_lt.TORCHVISION_RESNET152)
   t = c.train
   assert (t.epochs, t.batch_size, t.lr, t.backbone_lr_scale, t.momentum, t.weight_decay) == (30, 128, 0.1, 0.01, 0.9, 5e-4)
+  assert decoupled.stage2_train_config(c).backbone_lr_scale == 1.0  # the refit's backbone is frozen
   schedule = train.make_schedule(t, steps_per_epoch=488)  # int(62,500 / 128)
   np.testing.assert_allclose([schedule(488 * e) for e in (0, 9, 10, 19, 20, 29)], [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
   assert schedule(488 * 10 - 1) == pytest.approx(0.1)
@@ -389,6 +395,11 @@ def test_pretrained_weights_may_move_where_their_hash_pins_them(tmp_path):
   moved.model.pretrained_sha256 = 'cd' * 32  # other weights
   with pytest.raises(WorkdirConflictError, match=r'(?s)model.pretrained: .*model.pretrained_sha256: '):
     pipeline.check_workdir(moved, str(tmp_path))
+  moved.model.pretrained, moved.model.pretrained_sha256 = '', 'ab' * 32  # no weights: not a move
+  with pytest.raises(WorkdirConflictError, match="model.pretrained: '/old/resnet152.npz' in the workdir, '' now"):
+    pipeline.check_workdir(moved, str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match='model.pretrained_sha256 is set without model.pretrained'):
+    config_lib.validate(moved)
   unpinned = c.copy_and_resolve_references()
   unpinned.model.pretrained_sha256 = ''
   evaluate.write_results(str(tmp_path / 'config.json'), json.loads(unpinned.to_json()))

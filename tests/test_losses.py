@@ -287,6 +287,11 @@ def test_classes_without_training_images():
                lambda z: losses.dive_student_loss(z, zt, y, counts, target='t_tilde')[0]):
     value, grad = jax.jit(jax.value_and_grad(loss))(z)
     assert np.isfinite(value) and np.isfinite(grad).all()
+  # bsce_tau 0: no adjustment at all (not 0 * log 0), the plain CE.
+  np.testing.assert_allclose(losses.balanced_softmax_cross_entropy(z, y, counts, tau=0.0),
+                             np_ce(z, y), rtol=1e-6)
+  for target in ('t_tau', 't_tilde'):
+    assert np.isfinite(losses.dive_student_loss(z, zt, y, counts, target=target, bsce_tau=0.0)[0])
   # t_tilde, written out: t over the present classes, BSCE logits of the present classes.
   t = np_softmax(zt[:, :2] / 3.0) ** 0.5
   t /= t.sum(-1, keepdims=True)

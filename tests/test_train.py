@@ -304,13 +304,19 @@ def test_metrics_log_keeps_only_the_steps_the_resumed_run_holds(tmp_path):
   lines.insert(7, json.dumps({'step': 7, 'val/top1': 50.0}))
   lines.insert(7, json.dumps({'step': 7, 'test/top1': 40.0}))
   path.write_text('\n'.join(lines) + '\n{"step": 10, "train/lo')
-  logger = MetricLogger(str(tmp_path), enabled=True, start=7)
+  original = path.read_text()
+  logger = MetricLogger(str(tmp_path), enabled=True, start=7, repeated=('val/', 'test/'))
   logger.write(8, {'loss': 0.5}, 'train/')
   logger.close()
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
   assert [r for r in rows if r['step'] == 7] == [{'step': 7, 'train/loss': 1 / 7}]
   assert rows[-1] == {'step': 8, 'train/loss': 0.5} and not any('val/top1' in r or 'test/top1' in r for r in rows)
+  # An evaluation the resumed run does not repeat (its cadence changed) is kept.
+  path.write_text(original)
+  MetricLogger(str(tmp_path), enabled=True, start=7, repeated=('val/',)).close()
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert [r for r in rows if r['step'] == 7] == [{'step': 7, 'train/loss': 1 / 7}, {'step': 7, 'test/top1': 40.0}]
   MetricLogger(str(tmp_path), enabled=True, start=0).close()
   assert path.read_text() == ''
 
@@ -352,3 +358,4 @@ def test_a_test_evaluation_lost_to_a_crash_is_redone_on_resume(tmp_path, monkeyp
     rows = [json.loads(l) for l in f]
   assert [r['test/epoch'] for r in rows if 'test/top1' in r] == [1, 2]  # epoch 3, the last: the phase's own
   assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 3 * steps_per_epoch + 1))
+

@@ -354,3 +354,40 @@ def test_handoff_best_val_from_another_run_takes_its_best_val_folder(tmp_path, c
   assert pipeline._checkpoints_at(str(phase / train.BEST_VAL), 'ce', 'stage2.backbone_dir', 'best_val') == \
       str(phase / train.BEST_VAL)
   assert 'warning' not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_crash_after_a_validation_checkpoint_keeps_that_steps_training_record(tmp_path, monkeypatch, val_is_test):
+  """Checkpoints every 3 epochs, validation every epoch: epoch 1's new best is saved by
+  the validation; a crash right after it resumes at step 7, whose training record was
+  written before that save."""
+  class Crash(Exception):
+    pass
+
+  def config():
+    c = digits_lt.get_config('smoke,method=crt')
+    c.train.epochs = 3
+    c.run.phases = 'ce'
+    c.run.val_every_epochs = 1
+    c.run.checkpoint_every_epochs = 3
+    c.run.checkpoint_min_seconds = 0
+    c.run.log_every_steps = 1
+    return c
+
+  real_save = checkpoint.save
+
+  def save_then_crash(mgr, step, state):
+    real_save(mgr, step, state)
+    if step == 7:
+      mgr.wait_until_finished()
+      raise Crash
+
+  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  with pytest.raises(Crash):
+    pipeline.run(config(), str(tmp_path / 'w'))
+  monkeypatch.setattr(checkpoint, 'save', real_save)
+  pipeline.run(config(), str(tmp_path / 'w'))
+  with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
+    rows = [json.loads(l) for l in f]
+  assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 22))
+  assert [r['val/epoch'] for r in rows if 'val/top1' in r] == [1, 2, 3]

@@ -27,11 +27,14 @@ from ltjax.train import Phase, sampling
 def stage2_train_config(config):
   """``config.train`` with the classifier stage's own schedule: every field of
   ``config.stage2`` that ``config.train`` has (not its sampler or ``backbone_bn``, which
-  say how the phase runs); ``batch_size`` 0 keeps the main phase's batch."""
+  say how the phase runs); ``batch_size`` 0 keeps the main phase's batch; one lr for all
+  (``train.backbone_lr_scale`` is for a backbone that trains)."""
   tc = config.train.copy_and_resolve_references()
   for key, value in config.stage2.items():
     if key in tc and not (key == 'batch_size' and value == 0):
       tc[key] = value
+  if 'backbone_lr_scale' in tc:
+    tc.backbone_lr_scale = 1.0  # the backbone is frozen here: no parameter group of its own
   return tc
 
 
