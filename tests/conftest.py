@@ -50,3 +50,26 @@ def wait_for_logged_step(proc, metrics_path, min_step: int, timeout: float = 400
         break
     time.sleep(0.02)
   assert proc.poll() is None, 'the run ended before it could be signalled'
+
+
+class Crash(Exception):
+  """The process 'dies' (raised by ``crash_after_save``)."""
+
+
+def crash_after_save(monkeypatch, at_step: int):
+  """Makes ``checkpoint.save`` raise ``Crash`` right after the checkpoint of ``at_step`` is
+  written (a process killed between a checkpoint and what follows it); returns the
+  function that puts the real ``save`` back (``monkeypatch.undo`` would undo the test's
+  other patches too)."""
+  from ltjax import checkpoint
+
+  real_save = checkpoint.save
+
+  def save_then_crash(mgr, step, state):
+    real_save(mgr, step, state)
+    if step == at_step:
+      mgr.wait_until_finished()
+      raise Crash
+
+  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  return lambda: monkeypatch.setattr(checkpoint, 'save', real_save)

@@ -11,6 +11,7 @@ import pytest
 
 from ltjax import feeds, parallel, recipes, train
 from ltjax.data import registry
+from conftest import Crash, crash_after_save
 from configs import common, digits_lt
 
 
@@ -321,16 +322,12 @@ def test_metrics_log_keeps_only_the_steps_the_resumed_run_holds(tmp_path):
   assert path.read_text() == ''
 
 
-class _Crash(Exception):
-  pass
-
-
 @pytest.mark.slow
 def test_a_test_evaluation_lost_to_a_crash_is_redone_on_resume(tmp_path, monkeypatch):
   """The process dies right after epoch 2's checkpoint, before its periodic test
   evaluation: the resumed run evaluates epoch 2 first, so every epoch's test record is
   there once and the test-selected best epoch is chosen among all of them."""
-  from ltjax import checkpoint, pipeline
+  from ltjax import pipeline
 
   def config():
     c = digits_lt.get_config('smoke,method=ce')
@@ -341,18 +338,10 @@ def test_a_test_evaluation_lost_to_a_crash_is_redone_on_resume(tmp_path, monkeyp
     return c
 
   steps_per_epoch = 7
-  real_save = checkpoint.save
-
-  def save_then_crash(mgr, step, state):
-    real_save(mgr, step, state)
-    if step == 2 * steps_per_epoch:
-      mgr.wait_until_finished()
-      raise _Crash
-
-  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
-  with pytest.raises(_Crash):
+  restore = crash_after_save(monkeypatch, 2 * steps_per_epoch)
+  with pytest.raises(Crash):
     pipeline.run(config(), str(tmp_path / 'w'))
-  monkeypatch.setattr(checkpoint, 'save', real_save)
+  restore()
   pipeline.run(config(), str(tmp_path / 'w'))
   with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
     rows = [json.loads(l) for l in f]

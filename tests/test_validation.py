@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import Crash, crash_after_save
 from configs import digits_lt
 from ltjax import checkpoint, config_lib, evaluate, pipeline, predict, preemption, train
 from ltjax.data import registry
@@ -361,9 +362,6 @@ def test_a_crash_after_a_validation_checkpoint_keeps_that_steps_training_record(
   """Checkpoints every 3 epochs, validation every epoch: epoch 1's new best is saved by
   the validation; a crash right after it resumes at step 7, whose training record was
   written before that save."""
-  class Crash(Exception):
-    pass
-
   def config():
     c = digits_lt.get_config('smoke,method=crt')
     c.train.epochs = 3
@@ -374,18 +372,10 @@ def test_a_crash_after_a_validation_checkpoint_keeps_that_steps_training_record(
     c.run.log_every_steps = 1
     return c
 
-  real_save = checkpoint.save
-
-  def save_then_crash(mgr, step, state):
-    real_save(mgr, step, state)
-    if step == 7:
-      mgr.wait_until_finished()
-      raise Crash
-
-  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  restore = crash_after_save(monkeypatch, 7)
   with pytest.raises(Crash):
     pipeline.run(config(), str(tmp_path / 'w'))
-  monkeypatch.setattr(checkpoint, 'save', real_save)
+  restore()
   pipeline.run(config(), str(tmp_path / 'w'))
   with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
     rows = [json.loads(l) for l in f]

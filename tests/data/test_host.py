@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import Crash, crash_after_save
 from configs import large
 
 from ltjax import config_lib
@@ -234,10 +235,6 @@ def test_imagenet_lt_not_prepared_names_the_manual_download(tmp_path):
     registry.load(c)
 
 
-class Crash(Exception):
-  pass
-
-
 def small_run_config():
   c = mock_config(size=16)
   c.model.name = 'cifar_resnet'  # tiny and quick; the pipeline is what is tested
@@ -251,21 +248,13 @@ def small_run_config():
 
 @pytest.mark.slow
 def test_host_phase_resumes_after_a_crash_with_the_same_batches(tmp_path, monkeypatch):
-  from ltjax import checkpoint, pipeline
+  from ltjax import pipeline
 
   whole = pipeline.run(small_run_config(), str(tmp_path / 'whole'))['ce']
-  real_save = checkpoint.save
-
-  def save_then_crash(mgr, step, state):
-    real_save(mgr, step, state)
-    if step == 3:
-      mgr.wait_until_finished()
-      raise Crash  # the process dies right after its epoch-1 checkpoint
-
-  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  restore = crash_after_save(monkeypatch, 3)  # the process dies right after its epoch-1 checkpoint
   with pytest.raises(Crash):
     pipeline.run(small_run_config(), str(tmp_path / 'crashed'))
-  monkeypatch.setattr(checkpoint, 'save', real_save)
+  restore()
   assert not (tmp_path / 'crashed/ce/checkpoints/3/data').exists()  # the state alone: batches follow the step
   resumed = pipeline.run(small_run_config(), str(tmp_path / 'crashed'))['ce']
   assert resumed['timing']['steps_run'] == 3
