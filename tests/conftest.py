@@ -73,3 +73,15 @@ def crash_after_save(monkeypatch, at_step: int):
 
   monkeypatch.setattr(checkpoint, 'save', save_then_crash)
   return lambda: monkeypatch.setattr(checkpoint, 'save', real_save)
+
+
+def crash_and_resume(monkeypatch, at_step: int, run):
+  """``run()`` (a training command) crashes right after its checkpoint of ``at_step``
+  (``crash_after_save``), then runs again, resuming: returns what the second run returns."""
+  import pytest
+
+  restore = crash_after_save(monkeypatch, at_step)
+  with pytest.raises(Crash):
+    run()
+  restore()
+  return run()

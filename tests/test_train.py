@@ -11,7 +11,7 @@ import pytest
 
 from ltjax import feeds, parallel, recipes, train
 from ltjax.data import registry
-from conftest import Crash, crash_after_save
+from conftest import crash_and_resume
 from configs import common, digits_lt
 
 
@@ -338,11 +338,7 @@ def test_a_test_evaluation_lost_to_a_crash_is_redone_on_resume(tmp_path, monkeyp
     return c
 
   steps_per_epoch = 7
-  restore = crash_after_save(monkeypatch, 2 * steps_per_epoch)
-  with pytest.raises(Crash):
-    pipeline.run(config(), str(tmp_path / 'w'))
-  restore()
-  pipeline.run(config(), str(tmp_path / 'w'))
+  crash_and_resume(monkeypatch, 2 * steps_per_epoch, lambda: pipeline.run(config(), str(tmp_path / 'w')))
   with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
     rows = [json.loads(l) for l in f]
   assert [r['test/epoch'] for r in rows if 'test/top1' in r] == [1, 2]  # epoch 3, the last: the phase's own

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import Crash, crash_after_save
+from conftest import crash_and_resume
 from configs import digits_lt
 from ltjax import checkpoint, config_lib, evaluate, pipeline, predict, preemption, train
 from ltjax.data import registry
@@ -372,11 +372,7 @@ def test_a_crash_after_a_validation_checkpoint_keeps_that_steps_training_record(
     c.run.log_every_steps = 1
     return c
 
-  restore = crash_after_save(monkeypatch, 7)
-  with pytest.raises(Crash):
-    pipeline.run(config(), str(tmp_path / 'w'))
-  restore()
-  pipeline.run(config(), str(tmp_path / 'w'))
+  crash_and_resume(monkeypatch, 7, lambda: pipeline.run(config(), str(tmp_path / 'w')))
   with open(tmp_path / 'w' / 'ce' / 'metrics.jsonl') as f:
     rows = [json.loads(l) for l in f]
   assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 22))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Crash, crash_after_save
+from conftest import crash_and_resume
 from configs import large
 
 from ltjax import config_lib
@@ -251,12 +251,9 @@ def test_host_phase_resumes_after_a_crash_with_the_same_batches(tmp_path, monkey
   from ltjax import pipeline
 
   whole = pipeline.run(small_run_config(), str(tmp_path / 'whole'))['ce']
-  restore = crash_after_save(monkeypatch, 3)  # the process dies right after its epoch-1 checkpoint
-  with pytest.raises(Crash):
-    pipeline.run(small_run_config(), str(tmp_path / 'crashed'))
-  restore()
+  # The process dies right after its epoch-1 checkpoint, then resumes.
+  resumed = crash_and_resume(monkeypatch, 3, lambda: pipeline.run(small_run_config(), str(tmp_path / 'crashed')))['ce']
   assert not (tmp_path / 'crashed/ce/checkpoints/3/data').exists()  # the state alone: batches follow the step
-  resumed = pipeline.run(small_run_config(), str(tmp_path / 'crashed'))['ce']
   assert resumed['timing']['steps_run'] == 3
   losses = lambda d: [json.loads(l)['train/loss'] for l in open(tmp_path / d / 'ce' / 'metrics.jsonl')]
   a, b = losses('whole'), losses('crashed')
