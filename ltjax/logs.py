@@ -63,7 +63,8 @@ def _keep_before(path: str, start: int, repeated: tuple = ()) -> None:
       except (ValueError, KeyError, TypeError):
         changed = True
         continue
-      if step < start or (step == start and not any(k.startswith(repeated) for k in record if repeated)):
+      repeated_here = step == start and bool(repeated) and any(k.startswith(repeated) for k in record)
+      if step < start or (step == start and not repeated_here):
         kept.append(line if line.endswith('\n') else line + '\n')
       else:
         changed = True
