@@ -15,7 +15,9 @@ import sys
 from typing import Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ltjax.errors import MissingCheckpointError, WorkdirWriteError
 
@@ -221,13 +223,51 @@ def _has_items(directory: str, step: int) -> bool:
   return os.path.isdir(os.path.join(directory, str(step), 'state'))
 
 
-def _restore(mgr: ocp.CheckpointManager, step: int, target):
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  if _has_items(str(mgr.directory), step):
-    # Written by ltjax before 2026-11-29 with the host pipeline: the state beside grain's
-    # iterator state ('data'), which batches that depend on the step alone no longer need.
-    return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
-  return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+def _read(directory: str, step: int, abstract):
+  """This process's read of checkpoint ``step`` into ``abstract``'s shapes and shardings.
+  Orbax's handler alone, not its ``Checkpointer``: the checkpointer waits at a barrier
+  after reading, which a process whose read raised never reaches, so that the others would
+  wait there until JAX's heartbeat timeout (``restore_latest`` agrees instead)."""
+  # Written by ltjax before 2026-11-29 with the host pipeline: the state (item 'state')
+  # beside grain's iterator state ('data'), which batches that depend on the step alone
+  # no longer need; since then, orbax's single default item.
+  item = 'state' if _has_items(directory, step) else 'default'
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    return handler.restore(epath.Path(directory) / str(step) / item, args=ocp.args.StandardRestore(abstract))
+  finally:
+    handler.close()
+
+
+def _failed_processes(failed: bool) -> list[int]:
+  """The processes whose read failed: every process learns all of them (one process alone
+  is enough to set a checkpoint aside, or processes would restore different steps)."""
+  if jax.process_count() == 1:
+    return [0] if failed else []
+  from jax.experimental import multihost_utils
+
+  flags = np.asarray(multihost_utils.process_allgather(np.int32(failed))).reshape(-1)
+  return [int(i) for i in np.flatnonzero(flags)]
+
+
+def _steps_of_process_0(mgr: ocp.CheckpointManager) -> list[int]:
+  """The manager's steps, newest first, as process 0 lists them (every process then tries
+  the same steps in the same order, whatever its own view of a shared folder)."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  if jax.process_count() == 1:
+    return steps
+  from jax.experimental import multihost_utils
+
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+  if n == 0:
+    return []
+  own = np.asarray(steps, np.int32) if jax.process_index() == 0 else np.zeros(n, np.int32)
+  return [int(s) for s in np.asarray(multihost_utils.broadcast_one_to_all(own))]
+
+
+def _why(e: Exception) -> str:
+  first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+  return f'{type(e).__name__}: {first}'
 
 
 def restore_latest(mgr: ocp.CheckpointManager, target):
@@ -237,18 +277,29 @@ def restore_latest(mgr: ocp.CheckpointManager, target):
   A checkpoint that cannot be read (a file missing or truncated by a crash of the
   storage or a full disk) is moved aside to ``<step>.damaged`` (kept, never deleted) with
   a warning, and the newest earlier one is used; when none is readable, the error names
-  them and what to delete."""
+  them and what to delete. Every process of a multi-process run calls it: a checkpoint
+  that one process cannot read (its own error, a transient one too) is set aside by all,
+  and all restore the same step."""
   directory = str(mgr.directory)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   damaged = []
-  for step in sorted(mgr.all_steps(), reverse=True):
+  for step in _steps_of_process_0(mgr):
+    out, why = None, None
     try:
-      out = _restore(mgr, step, target)
+      out = _read(directory, step, abstract)
     except Exception as e:  # orbax and tensorstore raise many types for a damaged file
-      damaged.append((step, f'{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ""}'))
-      continue
-    if damaged:
-      _set_aside(mgr, directory, damaged, resumed=step)
-    return out
+      why = _why(e)
+    failed = _failed_processes(why is not None)
+    if not failed:
+      if damaged:
+        _set_aside(mgr, directory, damaged, resumed=step)
+      return out
+    if why is not None and jax.process_index() != 0:  # process 0 says the rest
+      print(f'ltjax: warning: process {jax.process_index()} cannot read checkpoint '
+            f'{os.path.join(directory, str(step))} ({why}).', file=sys.stderr, flush=True)
+    if why is None:
+      why = f'process(es) {", ".join(map(str, failed))} cannot read it; their messages say why'
+    damaged.append((step, why))
   if damaged:
     listing = '\n'.join(f'  {os.path.join(directory, str(s))}: {why}' for s, why in damaged)
     raise MissingCheckpointError(
@@ -259,7 +310,8 @@ def restore_latest(mgr: ocp.CheckpointManager, target):
 
 def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:
   """Renames damaged step folders (``6`` -> ``6.damaged``: orbax no longer lists them, so
-  the run saves that step again) and says so; process 0 renames, every process reloads."""
+  the run saves that step again) and says so; process 0 renames, every process reloads
+  (all call it: ``restore_latest`` agrees on ``damaged``)."""
   if jax.process_index() == 0:
     for step, why in damaged:
       src = os.path.join(directory, str(step))
@@ -285,7 +337,6 @@ def restore_variables(directory: str) -> dict:
   arrays, whatever devices wrote them (a teacher or a model for ``ltjax.predict`` trained
   on 8 GPUs loads on one CPU; the caller places them). No checkpoint, or one that cannot
   be read, is a ``MissingCheckpointError`` naming it."""
-  import numpy as np
 
   directory = os.path.abspath(directory)
   steps = saved_steps(directory)

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ ARGS = ['--config', str(REPO / 'configs/digits_lt.py:smoke'), '--config.run.chec
         '--config.train.epochs=6', '--config.run.log_every_steps=1', '--config.train.lr=0.02']
 STEPS = 42
 EPOCH_STEPS = 7
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
 
 
 def one_process(workdir, devices=4):
@@ -159,15 +166,12 @@ def test_a_refusal_of_process_0_stops_every_process_at_once(tmp_path):
   and process 1 (started on its own, no launcher to stop it) stops too, pointing at
   process 0's message, instead of waiting at a barrier for JAX's heartbeat timeout."""
   import fcntl
-  import socket
 
   workdir = tmp_path / 'w'
   workdir.mkdir()
   holder = open(workdir / '.lock', 'w')
   fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds it
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [subprocess.Popen([sys.executable, '-m', 'ltjax.main', *ARGS, '--workdir', str(workdir),
                              '--coordinator_address', f'localhost:{port}', '--num_processes', '2',
                              '--process_id', str(i), '--cpu_devices', '2'],
@@ -260,11 +264,7 @@ def test_a_notice_between_phases_stops_both_processes_at_the_next_step(tmp_path,
   resumed run loads): both processes stop at the first step of the next loop, whatever
   step that loop starts from; JAX's sync points are numbered by ltjax, not by a phase's
   steps (which start again every phase), and orbax's manager does not move them."""
-  import socket
-
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = free_port()
   script = tmp_path / 'notice.py'
   script.write_text(_NOTICE_SCRIPT)
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
@@ -274,3 +274,70 @@ def test_a_notice_between_phases_stops_both_processes_at_the_next_step(tmp_path,
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for i, out in enumerate(outs):
     assert f'process {i}: stopped at {first}' in out, out[-3000:]
+
+
+_UNREADABLE_SCRIPT = '''
+import os, sys
+import jax, jax.numpy as jnp
+from ltjax import checkpoint, parallel
+from ltjax.errors import MissingCheckpointError
+pid, port, root, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+jax.config.update('jax_num_cpu_devices', 2)
+parallel.initialize(f'localhost:{port}', 2, pid, False)
+rep = parallel.replicated(parallel.make_mesh())
+state = lambda v: {'w': jax.device_put(jnp.full((8, 8), float(v)), rep), 'step': jax.device_put(jnp.int32(v), rep)}
+mgr = checkpoint.manager(root, keep=5)
+for s in (1, 2, 3):
+  checkpoint.save(mgr, s, state(s))
+checkpoint.finish(mgr)
+read = checkpoint._read
+def flaky(directory, step, abstract):  # process 1 alone cannot read (a transient error of its own)
+  if pid == 1 and (mode == 'all' or step == 3):
+    raise OSError(f'input/output error reading step {step}')
+  return read(directory, step, abstract)
+checkpoint._read = flaky
+try:
+  out = checkpoint.restore_latest(mgr, state(0))
+except MissingCheckpointError:
+  print(f'process {pid}: none readable', flush=True)
+  sys.exit(0)
+got = float(out['w'].addressable_data(0)[0, 0]), int(out['step'].addressable_data(0))
+print(f'process {pid}: restored {got}', flush=True)
+checkpoint.save(mgr, 3, state(3))  # the step set aside is saved again
+checkpoint.finish(mgr)
+print(f'process {pid}: steps {mgr.all_steps()}', flush=True)
+'''
+
+
+@pytest.mark.parametrize('mode', ['newest', 'all'])
+def test_a_checkpoint_one_process_cannot_read_is_set_aside_by_all(tmp_path, mode):
+  """Process 1 alone fails to read the newest checkpoint (or every one): both processes
+  learn it, set it aside and restore the same earlier step (or both say none is readable),
+  instead of process 0 resuming from step 3 and process 1 from step 2, or one of them
+  waiting at orbax's barrier for JAX's heartbeat timeout."""
+  port = free_port()
+  script = tmp_path / 'unreadable.py'
+  script.write_text(_UNREADABLE_SCRIPT)
+  root = tmp_path / 'ckpt'
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(root), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    pytest.fail('the processes did not agree: one waits for the other')
+  out, err = ''.join(o for o, _ in outs), ''.join(e for _, e in outs)
+  assert [p.returncode for p in procs] == [0, 0], err[-3000:]
+  if mode == 'all':
+    assert out.count('none readable') == 2, out
+    assert sorted(os.listdir(root)) == ['1', '2', '3']  # nothing moved
+    return
+  assert out.count('restored (2.0, 2)') == 2, out + err[-3000:]
+  assert out.count('steps [1, 2, 3]') == 2, out
+  assert (root / '3.damaged').is_dir()
+  assert f'checkpoint {root / "3"} cannot be read (process(es) 1 cannot read it' in err
+  assert 'process 1 cannot read checkpoint' in err and 'input/output error reading step 3' in err
+  assert err.count('Resuming from step 2') == 1, 'process 0 alone renames and says so'
