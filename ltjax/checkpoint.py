@@ -250,17 +250,24 @@ def _failed_processes(failed: bool) -> list[int]:
   return [int(i) for i in np.flatnonzero(flags)]
 
 
+def _of_process_0(value: int) -> int:
+  """Process 0's ``value`` (an int), on every process."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def _steps_of_process_0(mgr: ocp.CheckpointManager) -> list[int]:
   """The manager's steps, newest first, as process 0 lists them (every process then tries
   the same steps in the same order, whatever its own view of a shared folder)."""
   steps = sorted(mgr.all_steps(), reverse=True)
-  if jax.process_count() == 1:
-    return steps
+  n = _of_process_0(len(steps))
+  if jax.process_count() == 1 or n == 0:
+    return steps[:n]
   from jax.experimental import multihost_utils
 
-  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
-  if n == 0:
-    return []
   own = np.asarray(steps, np.int32) if jax.process_index() == 0 else np.zeros(n, np.int32)
   return [int(s) for s in np.asarray(multihost_utils.broadcast_one_to_all(own))]
 
@@ -340,7 +347,8 @@ def restore_variables(directory: str) -> dict:
 
   directory = os.path.abspath(directory)
   steps = saved_steps(directory)
-  if not steps:
+  step = _of_process_0(steps[-1] if steps else -1)  # every process reads the same one
+  if step < 0:
     results = os.path.join(os.path.dirname(directory), 'results.json')
     if os.path.exists(results):  # finished, then its checkpoints were removed: a rerun would skip it
       raise MissingCheckpointError(
@@ -350,20 +358,24 @@ def restore_variables(directory: str) -> dict:
     raise MissingCheckpointError(
         f'{directory} holds no checkpoint. Fix: finish training that phase (rerun its command to '
         f'resume it), or point at the checkpoints/ folder of a finished phase.')
-  step = steps[-1]
-  path = os.path.join(directory, str(step), 'state' if _has_items(directory, step) else 'default')
+  path = epath.Path(directory) / str(step) / ('state' if _has_items(directory, step) else 'default')
+  state, why = None, None
+  handler = ocp.StandardCheckpointHandler()  # no barrier: a process whose read fails must still agree
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      saved = checkpointer.metadata(path).item_metadata
-      # NumPy targets: restored on the host, not on the saved devices and shardings.
-      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
-      state = checkpointer.restore(path, target)
+    # NumPy targets: restored on the host, not on the saved devices and shardings.
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), handler.metadata(path))
+    state = handler.restore(path, args=ocp.args.StandardRestore(target))
   except Exception as e:
-    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    why = _why(e)
+  finally:
+    handler.close()
+  failed = _failed_processes(why is not None)
+  if failed:
+    why = why or f'process(es) {", ".join(map(str, failed))} cannot read it; their messages say why'
     raise MissingCheckpointError(
-        f'the checkpoint {os.path.join(directory, str(step))} cannot be read '
-        f'({type(e).__name__}: {why}): it is damaged or incomplete. Fix: train that phase again '
-        f'(delete its folder and rerun the recipe) or point at another copy of it.') from None
+        f'the checkpoint {os.path.join(directory, str(step))} cannot be read ({why}): it is damaged '
+        f'or incomplete. Fix: train that phase again (delete its folder and rerun the recipe) or '
+        f'point at another copy of it.') from None
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
 
 
