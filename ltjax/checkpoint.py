@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ltjax import parallel
 from ltjax.errors import MissingCheckpointError, WorkdirWriteError
 
 
@@ -192,8 +193,8 @@ def _rename_damaged(src: str) -> str:
 def _set_aside_unreadable_metrics(directory: str) -> list[str]:
   """Renames the step folders of ``directory`` (a ``BestKept`` folder) whose saved metrics
   cannot be read to ``<step>.damaged`` and says so; returns them. Every process reads
-  them before process 0 renames any, and every process waits for that (both barriers
-  whether or not one is damaged, so that no process waits alone)."""
+  them before process 0 renames any, and every process waits for that (whether or not one
+  is damaged, so that no process waits alone)."""
   multi = jax.process_count() > 1
   if multi:
     from jax.experimental import multihost_utils
@@ -208,14 +209,16 @@ def _set_aside_unreadable_metrics(directory: str) -> list[str]:
       damaged.append((os.path.join(directory, d), f'{type(e).__name__}: {str(e)[:120]}'))
   if multi:
     multihost_utils.sync_global_devices('best validation metrics read')
-  if jax.process_index() == 0:
+
+  def rename():
     for src, why in damaged:
       dst = _rename_damaged(src)
       print(f'ltjax: warning: the best validation checkpoint {src} cannot be read ({why}); kept as {dst}. '
             f'The best validation epoch is chosen again from the epochs this run validates.',
             file=sys.stderr, flush=True)
-  if multi:
-    multihost_utils.sync_global_devices('damaged best validation checkpoints set aside')
+
+  # Every process waits for it, and stops too when a rename fails (a read-only folder).
+  parallel.on_main(rename, 'a damaged best validation checkpoint could not be set aside')
   return [src for src, _ in damaged]
 
 
@@ -274,7 +277,24 @@ def _steps_of_process_0(mgr: ocp.CheckpointManager) -> list[int]:
 
 def _why(e: Exception) -> str:
   first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-  return f'{type(e).__name__}: {first}'
+  return f'{type(e).__name__}: {first}' if first else type(e).__name__
+
+
+def _elsewhere(failed: list[int]) -> str:
+  """What a process that read a checkpoint says of the processes that could not."""
+  who = f'process {failed[0]}' if len(failed) == 1 else f'processes {", ".join(map(str, failed))}'
+  return f'{who} cannot read it (its own message says why) though process {jax.process_index()} can'
+
+
+def _read_locally(read) -> tuple[object, str | None]:
+  """``read()``, tried twice (a transient error of a network file system need not set a
+  checkpoint aside): its result and None, or None and why it failed."""
+  for attempt in range(2):
+    try:
+      return read(), None
+    except Exception as e:  # orbax and tensorstore raise many types for a damaged file
+      why = _why(e)
+  return None, why
 
 
 def restore_latest(mgr: ocp.CheckpointManager, target):
@@ -289,13 +309,9 @@ def restore_latest(mgr: ocp.CheckpointManager, target):
   and all restore the same step."""
   directory = str(mgr.directory)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  damaged = []
+  damaged, read_here = [], True
   for step in _steps_of_process_0(mgr):
-    out, why = None, None
-    try:
-      out = _read(directory, step, abstract)
-    except Exception as e:  # orbax and tensorstore raise many types for a damaged file
-      why = _why(e)
+    out, why = _read_locally(lambda: _read(directory, step, abstract))
     failed = _failed_processes(why is not None)
     if not failed:
       if damaged:
@@ -304,14 +320,15 @@ def restore_latest(mgr: ocp.CheckpointManager, target):
     if why is not None and jax.process_index() != 0:  # process 0 says the rest
       print(f'ltjax: warning: process {jax.process_index()} cannot read checkpoint '
             f'{os.path.join(directory, str(step))} ({why}).', file=sys.stderr, flush=True)
-    if why is None:
-      why = f'process(es) {", ".join(map(str, failed))} cannot read it; their messages say why'
-    damaged.append((step, why))
+    read_here = read_here and why is None
+    damaged.append((step, why or _elsewhere(failed)))
   if damaged:
     listing = '\n'.join(f'  {os.path.join(directory, str(s))}: {why}' for s, why in damaged)
-    raise MissingCheckpointError(
-        f'no checkpoint in {directory} can be read:\n{listing}\nFix: delete {directory} to train '
-        f'this phase again from its start (or restore the files from a backup).')
+    fix = (f'check that every process reaches {directory} (the messages of the others say what '
+           f'they met) and rerun' if read_here else
+           f'delete {directory} to train this phase again from its start (or restore the files '
+           f'from a backup)')
+    raise MissingCheckpointError(f'no checkpoint in {directory} can be read:\n{listing}\nFix: {fix}.')
   return target
 
 
@@ -319,16 +336,16 @@ def _set_aside(mgr, directory: str, damaged, resumed: int) -> None:
   """Renames damaged step folders (``6`` -> ``6.damaged``: orbax no longer lists them, so
   the run saves that step again) and says so; process 0 renames, every process reloads
   (all call it: ``restore_latest`` agrees on ``damaged``)."""
-  if jax.process_index() == 0:
+
+  def rename():
     for step, why in damaged:
       src = os.path.join(directory, str(step))
       dst = _rename_damaged(src)
       print(f'ltjax: warning: checkpoint {src} cannot be read ({why}); kept as {dst}. Resuming '
             f'from step {resumed}, the newest readable checkpoint.', file=sys.stderr, flush=True)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices('damaged checkpoints set aside')
+  # Every process waits for it, and stops too when a rename fails (a read-only folder).
+  parallel.on_main(rename, 'a damaged checkpoint could not be set aside')
   mgr.reload()
 
 
@@ -343,8 +360,8 @@ def restore_variables(directory: str) -> dict:
   ``directory``, as saved, without needing the optimizer that wrote them: host NumPy
   arrays, whatever devices wrote them (a teacher or a model for ``ltjax.predict`` trained
   on 8 GPUs loads on one CPU; the caller places them). No checkpoint, or one that cannot
-  be read, is a ``MissingCheckpointError`` naming it."""
-
+  be read, is a ``MissingCheckpointError`` naming it. Every process of a multi-process run
+  calls it (they agree on the step read and on whether all could read it)."""
   directory = os.path.abspath(directory)
   steps = saved_steps(directory)
   step = _of_process_0(steps[-1] if steps else -1)  # every process reads the same one
@@ -359,23 +376,27 @@ def restore_variables(directory: str) -> dict:
         f'{directory} holds no checkpoint. Fix: finish training that phase (rerun its command to '
         f'resume it), or point at the checkpoints/ folder of a finished phase.')
   path = epath.Path(directory) / str(step) / ('state' if _has_items(directory, step) else 'default')
-  state, why = None, None
-  handler = ocp.StandardCheckpointHandler()  # no barrier: a process whose read fails must still agree
-  try:
-    # NumPy targets: restored on the host, not on the saved devices and shardings.
-    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), handler.metadata(path))
-    state = handler.restore(path, args=ocp.args.StandardRestore(target))
-  except Exception as e:
-    why = _why(e)
-  finally:
-    handler.close()
+
+  def read():
+    handler = ocp.StandardCheckpointHandler()  # no barrier: a process whose read fails must still agree
+    try:
+      # NumPy targets: restored on the host, not on the saved devices and shardings.
+      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), handler.metadata(path))
+      return handler.restore(path, args=ocp.args.StandardRestore(target))
+    finally:
+      handler.close()
+
+  state, why = _read_locally(read)
   failed = _failed_processes(why is not None)
   if failed:
-    why = why or f'process(es) {", ".join(map(str, failed))} cannot read it; their messages say why'
+    where = os.path.join(directory, str(step))
+    if why is None:
+      raise MissingCheckpointError(
+          f'the checkpoint {where} cannot be read: {_elsewhere(failed)}. Fix: check that every '
+          f'process reaches {directory} (the messages of the others say what they met) and rerun.')
     raise MissingCheckpointError(
-        f'the checkpoint {os.path.join(directory, str(step))} cannot be read ({why}): it is damaged '
-        f'or incomplete. Fix: train that phase again (delete its folder and rerun the recipe) or '
-        f'point at another copy of it.') from None
+        f'the checkpoint {where} cannot be read ({why}): it is damaged or incomplete. Fix: train that '
+        f'phase again (delete its folder and rerun the recipe) or point at another copy of it.')
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
 
 

@@ -331,19 +331,26 @@ def test_a_checkpoint_one_process_cannot_read_is_set_aside_by_all(tmp_path, mode
   except subprocess.TimeoutExpired:
     for p in procs:
       p.kill()
-    pytest.fail('the processes did not agree: one waits for the other')
+    said = [p.communicate() for p in procs]
+    pytest.fail(f'the processes did not agree: one waits for the other.\n{said[0][1][-1500:]}\n{said[1][1][-1500:]}')
   out, err = ''.join(o for o, _ in outs), ''.join(e for _, e in outs)
   assert [p.returncode for p in procs] == [0, 0], err[-3000:]
   if mode != 'newest':
     assert out.count('none readable') == 2, out
     assert sorted(os.listdir(root)) == ['1', '2', '3']  # nothing moved
+    p0, p1 = outs[0][0], outs[1][0]
     if mode == 'teacher':
-      assert f'the checkpoint {root / "3"} cannot be read (process(es) 1 cannot read it' in out
-      assert 'cannot be read (OSError: input/output error reading 3)' in out
+      assert f'the checkpoint {root / "3"} cannot be read: process 1 cannot read it (its own message' in p0
+      assert 'though process 0 can. Fix: check that every process reaches' in p0
+      assert 'cannot be read (OSError: input/output error reading 3): it is damaged' in p1
+    else:
+      assert f'{root / "1"}: process 1 cannot read it (its own message says why) though process 0 can' in p0
+      assert 'Fix: check that every process reaches' in p0
+      assert f'{root / "1"}: OSError: input/output error reading 1' in p1 and 'Fix: delete' in p1
     return
   assert out.count('restored (2.0, 2)') == 2, out + err[-3000:]
   assert out.count('steps [1, 2, 3]') == 2, out
   assert (root / '3.damaged').is_dir()
-  assert f'checkpoint {root / "3"} cannot be read (process(es) 1 cannot read it' in err
+  assert f'checkpoint {root / "3"} cannot be read (process 1 cannot read it (its own message says why) though process 0 can)' in err
   assert 'process 1 cannot read checkpoint' in err and 'input/output error reading 3' in err
   assert err.count('Resuming from step 2') == 1, 'process 0 alone renames and says so'
