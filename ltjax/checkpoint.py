@@ -289,7 +289,7 @@ def _elsewhere(failed: list[int]) -> str:
 def _read_locally(read) -> tuple[object, str | None]:
   """``read()``, tried twice (a transient error of a network file system need not set a
   checkpoint aside): its result and None, or None and why it failed."""
-  for attempt in range(2):
+  for _ in range(2):
     try:
       return read(), None
     except Exception as e:  # orbax and tensorstore raise many types for a damaged file
