@@ -190,6 +190,7 @@ def test_ssd_large_configs_have_the_official_recipe():
   assert decoupled.stage2_train_config(imagenet_lt.get_config('method=ssd,smoke')).batch_size == 16
   assert decoupled.stage2_train_config(cifar_lt.get_config('method=crt')).batch_size == 128
   assert inat18.get_config('method=ssd').train.epochs == 90  # SSD's "1x"
+  assert inat18.get_config('method=dive,epochs=200').train.epochs == 200
   # MoCo: stages II and III in model.train(), as the official code.
   assert (c.ssd.generator_bn, c.ssd.teacher_bn, c.stage2.backbone_bn) == ('train', 'train', 'train')
 
@@ -228,7 +229,6 @@ def test_rotation_with_a_training_mode_phase_one_network_is_warned_about(capsys)
   c.ssd.selfsup = 'contrastive'  # the official pairing: no warning
   config_lib.validate(c)
   assert 'warning' not in capsys.readouterr().out
-  assert inat18.get_config('method=dive,epochs=200').train.epochs == 200
 
 
 def test_large_configs_have_kangs_classifier_stages():
