@@ -36,6 +36,29 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def two_scripts(tmp_path, source: str, *args, timeout: float) -> list[tuple[int, str, str]]:
+  """Runs the Python ``source`` as processes 0 and 1 of a ``jax.distributed`` run on this
+  machine (arguments: process id, coordinator port, then ``args``); returns each one's
+  (exit status, stdout, stderr). Processes still running after ``timeout`` seconds (one
+  waiting for the other) fail the test, with what they printed."""
+  script = tmp_path / 'two_processes.py'
+  script.write_text(source)
+  port = free_port()
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    said = [p.communicate() for p in procs]
+    pytest.fail(f'the processes did not finish in {timeout} s: one waits for the other.\n'
+                f'{said[0][1][-1500:]}\n{said[1][1][-1500:]}')
+  return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+
+
 def one_process(workdir, devices=4):
   return subprocess.run([sys.executable, '-m', 'ltjax.main', *ARGS, '--workdir', str(workdir),
                          f'--cpu_devices={devices}'], capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -264,16 +287,9 @@ def test_a_notice_between_phases_stops_both_processes_at_the_next_step(tmp_path,
   resumed run loads): both processes stop at the first step of the next loop, whatever
   step that loop starts from; JAX's sync points are numbered by ltjax, not by a phase's
   steps (which start again every phase), and orbax's manager does not move them."""
-  port = free_port()
-  script = tmp_path / 'notice.py'
-  script.write_text(_NOTICE_SCRIPT)
-  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
-  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(first), str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-           for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  for i, out in enumerate(outs):
-    assert f'process {i}: stopped at {first}' in out, out[-3000:]
+  outs = two_scripts(tmp_path, _NOTICE_SCRIPT, first, tmp_path, timeout=300)
+  for i, (_, out, err) in enumerate(outs):
+    assert f'process {i}: stopped at {first}' in out, (out + err)[-3000:]
 
 
 _UNREADABLE_SCRIPT = '''
@@ -318,27 +334,14 @@ def test_a_checkpoint_one_process_cannot_read_is_set_aside_by_all(tmp_path, mode
   both processes learn it, set it aside and restore the same earlier step (or both say
   none is readable), instead of process 0 resuming from step 3 and process 1 from step 2,
   or process 0 waiting at orbax's barrier until JAX's heartbeat timeout kills both."""
-  port = free_port()
-  script = tmp_path / 'unreadable.py'
-  script.write_text(_UNREADABLE_SCRIPT)
   root = tmp_path / 'ckpt'
-  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
-  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(root), mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-    said = [p.communicate() for p in procs]
-    pytest.fail(f'the processes did not agree: one waits for the other.\n{said[0][1][-1500:]}\n{said[1][1][-1500:]}')
-  out, err = ''.join(o for o, _ in outs), ''.join(e for _, e in outs)
-  assert [p.returncode for p in procs] == [0, 0], err[-3000:]
+  outs = two_scripts(tmp_path, _UNREADABLE_SCRIPT, root, mode, timeout=120)
+  out, err = ''.join(o for _, o, _ in outs), ''.join(e for _, _, e in outs)
+  assert [rc for rc, _, _ in outs] == [0, 0], err[-3000:]
   if mode != 'newest':
     assert out.count('none readable') == 2, out
     assert sorted(os.listdir(root)) == ['1', '2', '3']  # nothing moved
-    p0, p1 = outs[0][0], outs[1][0]
+    p0, p1 = outs[0][1], outs[1][1]
     if mode == 'teacher':
       assert f'the checkpoint {root / "3"} cannot be read: process 1 cannot read it (its own message' in p0
       assert 'though process 0 can. Fix: check that every process reaches' in p0
