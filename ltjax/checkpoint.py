@@ -195,9 +195,6 @@ def _set_aside_unreadable_metrics(directory: str) -> list[str]:
   cannot be read to ``<step>.damaged`` and says so; returns them. Every process reads
   them before process 0 renames any, and every process waits for that (whether or not one
   is damaged, so that no process waits alone)."""
-  multi = jax.process_count() > 1
-  if multi:
-    from jax.experimental import multihost_utils
   damaged = []
   for d in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
     if not d.isdigit():
@@ -207,8 +204,7 @@ def _set_aside_unreadable_metrics(directory: str) -> list[str]:
         json.load(f)['top1']
     except Exception as e:  # missing, cut short, not JSON, no top1
       damaged.append((os.path.join(directory, d), f'{type(e).__name__}: {str(e)[:120]}'))
-  if multi:
-    multihost_utils.sync_global_devices('best validation metrics read')
+  parallel.barrier('best validation metrics read')
 
   def rename():
     for src, why in damaged:
@@ -240,39 +236,6 @@ def _read(directory: str, step: int, abstract):
     return handler.restore(epath.Path(directory) / str(step) / item, args=ocp.args.StandardRestore(abstract))
   finally:
     handler.close()
-
-
-def _failed_processes(failed: bool) -> list[int]:
-  """The processes whose read failed: every process learns all of them (one process alone
-  is enough to set a checkpoint aside, or processes would restore different steps)."""
-  if jax.process_count() == 1:
-    return [0] if failed else []
-  from jax.experimental import multihost_utils
-
-  flags = np.asarray(multihost_utils.process_allgather(np.int32(failed))).reshape(-1)
-  return [int(i) for i in np.flatnonzero(flags)]
-
-
-def _of_process_0(value: int) -> int:
-  """Process 0's ``value`` (an int), on every process."""
-  if jax.process_count() == 1:
-    return value
-  from jax.experimental import multihost_utils
-
-  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
-def _steps_of_process_0(mgr: ocp.CheckpointManager) -> list[int]:
-  """The manager's steps, newest first, as process 0 lists them (every process then tries
-  the same steps in the same order, whatever its own view of a shared folder)."""
-  steps = sorted(mgr.all_steps(), reverse=True)
-  n = _of_process_0(len(steps))
-  if jax.process_count() == 1 or n == 0:
-    return steps[:n]
-  from jax.experimental import multihost_utils
-
-  own = np.asarray(steps, np.int32) if jax.process_index() == 0 else np.zeros(n, np.int32)
-  return [int(s) for s in np.asarray(multihost_utils.broadcast_one_to_all(own))]
 
 
 def _why(e: Exception) -> str:
@@ -310,14 +273,15 @@ def restore_latest(mgr: ocp.CheckpointManager, target):
   directory = str(mgr.directory)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   damaged, read_here = [], True
-  for step in _steps_of_process_0(mgr):
+  # Every process tries the same steps in the same order (process 0's list).
+  for step in parallel.of_process_0(sorted(mgr.all_steps(), reverse=True)):
     out, why = _read_locally(lambda: _read(directory, step, abstract))
-    failed = _failed_processes(why is not None)
+    failed = parallel.failed_processes(why is not None)
     if not failed:
       if damaged:
         _set_aside(mgr, directory, damaged, resumed=step)
       return out
-    if why is not None and jax.process_index() != 0:  # process 0 says the rest
+    if why is not None and not parallel.is_main():  # process 0 says the rest
       print(f'ltjax: warning: process {jax.process_index()} cannot read checkpoint '
             f'{os.path.join(directory, str(step))} ({why}).', file=sys.stderr, flush=True)
     read_here = read_here and why is None
@@ -364,8 +328,8 @@ def restore_variables(directory: str) -> dict:
   calls it (they agree on the step read and on whether all could read it)."""
   directory = os.path.abspath(directory)
   steps = saved_steps(directory)
-  step = _of_process_0(steps[-1] if steps else -1)  # every process reads the same one
-  if step < 0:
+  newest = parallel.of_process_0(steps[-1:])  # every process reads the same one
+  if not newest:
     results = os.path.join(os.path.dirname(directory), 'results.json')
     if os.path.exists(results):  # finished, then its checkpoints were removed: a rerun would skip it
       raise MissingCheckpointError(
@@ -375,6 +339,7 @@ def restore_variables(directory: str) -> dict:
     raise MissingCheckpointError(
         f'{directory} holds no checkpoint. Fix: finish training that phase (rerun its command to '
         f'resume it), or point at the checkpoints/ folder of a finished phase.')
+  step = newest[0]
   path = epath.Path(directory) / str(step) / ('state' if _has_items(directory, step) else 'default')
 
   def read():
@@ -387,7 +352,7 @@ def restore_variables(directory: str) -> dict:
       handler.close()
 
   state, why = _read_locally(read)
-  failed = _failed_processes(why is not None)
+  failed = parallel.failed_processes(why is not None)
   if failed:
     where = os.path.join(directory, str(step))
     if why is None:

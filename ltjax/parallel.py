@@ -63,6 +63,33 @@ def on_main(fn, what: str) -> None:
                          f'how to fix it.')
 
 
+def failed_processes(failed: bool) -> list[int]:
+  """The processes where ``failed`` is true: every process calls it and learns all of them
+  (e.g. which could not read a checkpoint, so that all set it aside alike)."""
+  if jax.process_count() == 1:
+    return [0] if failed else []
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  flags = np.asarray(multihost_utils.process_allgather(np.int32(failed))).reshape(-1)
+  return [int(i) for i in np.flatnonzero(flags)]
+
+
+def of_process_0(values: list[int]) -> list[int]:
+  """Process 0's list of ints (int32), on every process: all then go through the same
+  items in the same order, whatever each one's own view (e.g. of a shared folder)."""
+  if jax.process_count() == 1:
+    return list(values)
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(values))))
+  if n == 0:
+    return []
+  own = np.asarray(values, np.int32) if is_main() else np.zeros(n, np.int32)
+  return [int(v) for v in np.asarray(multihost_utils.broadcast_one_to_all(own))]
+
+
 def barrier(name: str) -> None:
   """All processes wait here (e.g. until process 0 has written a phase's results.json)."""
   if jax.process_count() > 1:
