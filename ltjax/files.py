@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import re
+import uuid
 from typing import Callable
 
 
@@ -30,7 +31,9 @@ def write_atomic(path: str, data: str | bytes | Callable[[io.BufferedWriter], No
   renamed over ``path``."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
+  # Unique to this write: processes on several hosts (with the same pid in containers)
+  # may write the same file of a shared folder (a dataset's cache) at once.
+  tmp = f'{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}'
   try:
     with open(tmp, 'wb') as f:
       if callable(data):
@@ -52,7 +55,7 @@ def check_writable(directory: str, what: str = '', fix: str = '') -> None:
   when that fails."""
   from ltjax.errors import WorkdirWriteError
 
-  probe = os.path.join(directory, f'.write_test{os.getpid()}')
+  probe = os.path.join(directory, f'.write_test{os.getpid()}-{uuid.uuid4().hex[:8]}')
   try:
     os.makedirs(directory, exist_ok=True)
     write_atomic(probe, b'\0' * 4096)

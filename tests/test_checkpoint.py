@@ -176,3 +176,34 @@ def test_a_checkpoint_with_the_old_grain_item_restores(tmp_path):
   assert os.listdir(tmp_path / 'c' / '5') != [] and not os.path.exists(tmp_path / 'c' / '5' / 'data')
   np.testing.assert_array_equal(checkpoint.restore_latest(mgr, target)['w'], np.ones((2, 3)))
   mgr.close()
+
+
+def test_writers_of_one_file_at_once_each_leave_it_whole(tmp_path):
+  """Processes on several hosts, with the same pid in their containers, write a dataset's
+  cache in a shared folder at once: each write has its own temporary file, so that none
+  fails (a rename whose temporary file another writer took) and the file is one writer's
+  whole."""
+  import threading
+
+  from ltjax import files
+
+  path = str(tmp_path / 'cache.npz')
+  payloads = [bytes([i]) * (4 << 20) for i in range(4)]
+  start, errors = threading.Barrier(len(payloads)), []
+
+  def write(data):
+    start.wait()
+    try:
+      for _ in range(3):
+        files.write_atomic(path, data)
+    except Exception as e:  # noqa: BLE001 (reported below)
+      errors.append(e)
+
+  threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  assert open(path, 'rb').read() in payloads
+  assert os.listdir(tmp_path) == ['cache.npz']  # no temporary file left
