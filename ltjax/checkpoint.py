@@ -192,19 +192,26 @@ def _rename_damaged(src: str) -> str:
 
 def _set_aside_unreadable_metrics(directory: str) -> list[str]:
   """Renames the step folders of ``directory`` (a ``BestKept`` folder) whose saved metrics
-  cannot be read to ``<step>.damaged`` and says so; returns them. Every process reads
-  them before process 0 renames any, and every process waits for that (whether or not one
-  is damaged, so that no process waits alone)."""
+  any process cannot read to ``<step>.damaged`` and says so; returns them. Every process
+  reads the steps process 0 lists, all learn which any could not read (one that only some
+  could read would make orbax's managers, which read them all, differ), and every process
+  waits for process 0's renames (whether or not one is damaged, so that none waits alone)."""
+  names = sorted(d for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
   damaged = []
-  for d in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-    if not d.isdigit():
-      continue
+  for step in parallel.of_process_0([int(d) for d in names]):
+    src = os.path.join(directory, str(step))
+    why = None
     try:
-      with open(os.path.join(directory, d, 'metrics', 'metrics')) as f:
+      with open(os.path.join(src, 'metrics', 'metrics')) as f:
         json.load(f)['top1']
     except Exception as e:  # missing, cut short, not JSON, no top1
-      damaged.append((os.path.join(directory, d), f'{type(e).__name__}: {str(e)[:120]}'))
-  parallel.barrier('best validation metrics read')
+      why = f'{type(e).__name__}: {str(e)[:120]}'
+    failed = parallel.failed_processes(why is not None)
+    if failed:
+      damaged.append((src, why or _elsewhere(failed)))
+      if why and not parallel.is_main():
+        print(f'ltjax: warning: process {jax.process_index()} cannot read the best validation metrics of {src} '
+              f'({why}); process 0 sets it aside', file=sys.stderr, flush=True)
 
   def rename():
     for src, why in damaged:
