@@ -48,4 +48,5 @@ class PredictInputError(LtjaxError, ValueError):
 
 
 class ProcessStopped(LtjaxError, RuntimeError):
-  """Another process of a multi-process run stopped it (process 0's message says why)."""
+  """Another process of a multi-process run stopped it (that process's message says why),
+  or the processes disagree (loaded different data)."""

@@ -48,7 +48,23 @@ def _fail_disk(message: str):
   sys.stderr.write(f'ltjax: error: {message}\n')
   sys.stdout.flush()
   sys.stderr.flush()
+  _leave_distributed()
   os._exit(1)
+
+
+def _leave_distributed(seconds: float = 30):
+  """Before the hard exit of a multi-process run's process: leave JAX's distributed
+  service, waiting up to ``seconds`` for the others (told of the failure, they exit too).
+  Process 0 holds the service: were it gone before the others' own shutdown, they would
+  abort there (a C++ check failure) instead of exiting with their message."""
+  import threading
+
+  import jax
+
+  if jax.process_count() > 1:
+    leave = threading.Thread(target=jax.distributed.shutdown, daemon=True)
+    leave.start()
+    leave.join(seconds)
 
 
 def _config_argument(argv) -> str | None:

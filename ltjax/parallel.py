@@ -59,8 +59,31 @@ def on_main(fn, what: str) -> None:
   if error is not None:
     raise error
   if failed:
-    raise ProcessStopped(f'process 0 stopped the run ({what}); its message above says why and '
-                         f'how to fix it.')
+    raise ProcessStopped(f'process 0 stopped the run ({what}); the message in its own output says why '
+                         f'and how to fix it.')
+
+
+def agreed(fn, what: str):
+  """Runs ``fn`` on every process and returns its value; where it raises on any process,
+  every process raises: that one its own error, the others a ``ProcessStopped`` that names
+  it. For what each process checks or reads of its own view (a dataset, a checkpoint
+  folder named in the config) before the next collective: without it, a refusal on one
+  host alone would leave the others waiting there until JAX's heartbeat timeout."""
+  if jax.process_count() == 1:
+    return fn()
+  error, value = None, None
+  try:
+    value = fn()
+  except BaseException as e:  # whatever stops one process must stop every process
+    error = e
+  failed = failed_processes(error is not None)
+  if error is not None:
+    raise error
+  if failed:
+    who = f'process {failed[0]}' if len(failed) == 1 else f'processes {", ".join(map(str, failed))}'
+    raise ProcessStopped(f'{who} stopped the run ({what}); the message in {"its" if len(failed) == 1 else "their"} '
+                         f'own output says why and how to fix it.')
+  return value
 
 
 def failed_processes(failed: bool) -> list[int]:
@@ -88,6 +111,13 @@ def of_process_0(values: list[int]) -> list[int]:
     return []
   own = np.asarray(values, np.int32) if is_main() else np.zeros(n, np.int32)
   return [int(v) for v in np.asarray(multihost_utils.broadcast_one_to_all(own))]
+
+
+def differ_from_process_0(values: list[int]) -> tuple[list[int], list[int]]:
+  """Process 0's ``values`` (ints) and the processes whose own differ from them (e.g. a
+  fingerprint of the data each one loaded), on every process."""
+  reference = of_process_0(values)
+  return reference, failed_processes(list(values) != reference)
 
 
 def barrier(name: str) -> None:

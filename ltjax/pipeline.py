@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 
 import jax
+import numpy as np
 from flax import traverse_util
 
 from ltjax import checkpoint, config_lib, evaluate, files, locks, parallel, recipes, train
-from ltjax.errors import ConfigError, MissingCheckpointError, WorkdirConflictError
+from ltjax.errors import ConfigError, MissingCheckpointError, ProcessStopped, WorkdirConflictError
 from ltjax.data import augment, registry, saved
 
 
@@ -94,6 +96,33 @@ def _holds_training(workdir: str) -> bool:
         checkpoint.saved_steps(os.path.join(phase, d)) for d in ('checkpoints', train.BEST_VAL))):
       return True
   return False
+
+
+def _check_same_data(dataset) -> None:
+  """Refuses a multi-process run whose processes loaded different data (an image folder
+  that changed while they listed it, a host's own stale cache): they would draw other
+  batches of other sizes, and their steps would fall out of step. Compared: the numbers
+  of training and test images and of classes, and a checksum of their labels and of which
+  records of the source they are."""
+  if jax.process_count() == 1:
+    return
+  crc = 0
+  for split in ('train', 'test', 'val'):
+    for field in ('labels', 'records', 'index'):
+      value = getattr(dataset, f'{split}_{field}', None)
+      if value is not None:
+        crc = zlib.crc32(np.ascontiguousarray(value, np.int64).tobytes(), crc)
+  own = [len(dataset.train_labels), len(dataset.test_labels), int(dataset.num_classes), crc & 0x7fffffff]
+  reference, differ = parallel.differ_from_process_0(own)
+  if differ:
+    who = f'process {differ[0]}' if len(differ) == 1 else f'processes {", ".join(map(str, differ))}'
+    show = lambda v: f'{v[0]} training and {v[1]} test images of {v[2]} classes'
+    here = f'; process {jax.process_index()}: {show(own)}' if own != reference else ''
+    raise ProcessStopped(
+        f'the processes loaded different data: {who} loaded other data than process 0 (process 0: {show(reference)}{here}'
+        f'{", other labels" if own[:3] == reference[:3] and own != reference else ""}). Fix: let every host read '
+        f'the same files (run.data_dir, an image folder, run.cache_dir: one shared folder, not a copy per host, '
+        f'that does not change while a run starts); nothing was written in the workdir.')
 
 
 def _finished_phase_checkpoints(workdir: str, name: str, needed_by: str, path_field: str = '',
@@ -209,25 +238,31 @@ def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str = 'last'
   of it (``_other_run``)."""
   teacher = phase.teacher
   if not teacher.path:
-    directory = _finished_phase_checkpoints(workdir, teacher.phase, phase.name, teacher.path_field, handoff)
+    directory = parallel.agreed(lambda: _finished_phase_checkpoints(
+        workdir, teacher.phase, phase.name, teacher.path_field, handoff), 'the teacher is missing')
     return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field), None
-  directory = _checkpoints_at(teacher.path, teacher.phase, teacher.path_field, handoff)
+  directory = parallel.agreed(lambda: _checkpoints_at(teacher.path, teacher.phase, teacher.path_field, handoff),
+                              'the teacher is missing')
   variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
-  return variables, _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field)
+  return variables, _on_main(lambda: _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field),
+                             'reading what the teacher\'s run says of it')
 
 
 def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = 'last') -> tuple[dict, dict | None]:
   """The variables of the phase that ``phase`` starts from (``init_from``), at the epoch
   ``handoff`` names: this run's, or another run's at ``init_path``, checked against that
   phase's model here (and then what that run says of it, ``_other_run``)."""
+  missing = f'the {phase.init_from!r} phase that {phase.name!r} starts from is missing'
   if not phase.init_path:
-    return checkpoint.restore_variables(
-        _finished_phase_checkpoints(workdir, phase.init_from, phase.name, phase.init_path_field, handoff)), None
-  directory = _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field, handoff)
+    return checkpoint.restore_variables(parallel.agreed(lambda: _finished_phase_checkpoints(
+        workdir, phase.init_from, phase.name, phase.init_path_field, handoff), missing)), None
+  directory = parallel.agreed(
+      lambda: _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field, handoff), missing)
   source = next(p for p in phases if p.name == phase.init_from)
   what = f'{phase.init_from!r} model'
   variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
-  return variables, _other_run(directory, dataset, what, phase.init_from, phase.init_path_field)
+  return variables, _on_main(lambda: _other_run(directory, dataset, what, phase.init_from, phase.init_path_field),
+                             f'reading what the run of the {what} says of it')
 
 
 def _check_sources(phases, to_run) -> None:
@@ -313,6 +348,12 @@ def _handoff(config, workdir: str, name: str, needed_by: str) -> dict | None:
   return out
 
 
+def _on_main(fn, what: str):
+  """``fn()`` on process 0, None on the others, which stop too where it raises: for what
+  only process 0's files take (the results it writes), read from its view of the folders."""
+  return parallel.agreed(lambda: fn() if parallel.is_main() else None, what)
+
+
 def _say(*args):
   """Prints from process 0 only: one table, not one per host."""
   if parallel.is_main():
@@ -340,10 +381,13 @@ def run(config, workdir: str) -> dict:
 
 
 def _run(config, workdir: str, lock) -> dict:
-  known = check_workdir(config, workdir)
+  # Process 0's view of the workdir decides, and the processes agree on whatever each one
+  # checks of its own: one host's refusal stops every host at once.
+  known = bool(_on_main(lambda: check_workdir(config, workdir), 'the workdir holds another run'))
   mesh = parallel.make_mesh(config.run.num_devices)
   t = time.perf_counter()
-  dataset = registry.load(config)
+  dataset = parallel.agreed(lambda: registry.load(config), 'the dataset could not be loaded')
+  _check_same_data(dataset)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
   selected = [p.strip() for p in config.run.phases.split(',') if p.strip()]
@@ -351,8 +395,9 @@ def _run(config, workdir: str, lock) -> dict:
   if unknown:
     raise ConfigError(f'--config.run.phases names {unknown}, not phases of {config.method!r}: '
                       f'{[p.name for p in phases]}.')
-  _check_sources(phases, [p for p in phases if (not selected or p.name in selected)
-                          and not os.path.exists(os.path.join(workdir, p.name, 'results.json'))])
+  finished = {phases[i].name for i in parallel.of_process_0(
+      [i for i, p in enumerate(phases) if os.path.exists(os.path.join(workdir, p.name, 'results.json'))])}
+  _check_sources(phases, [p for p in phases if (not selected or p.name in selected) and p.name not in finished])
   for phase in phases:
     parallel.check_batch_size(phase.train.batch_size, mesh)
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
@@ -380,9 +425,9 @@ def _run(config, workdir: str, lock) -> dict:
   for stream, phase in enumerate(phases):
     phase_dir = os.path.join(workdir, phase.name)
     path = os.path.join(phase_dir, 'results.json')
-    if os.path.exists(path):
+    if phase.name in finished:
       _say(f'[{phase.name}] finished earlier: {path}')
-      results[phase.name] = evaluate.read_results(path)
+      results[phase.name] = parallel.agreed(lambda: evaluate.read_results(path), f'reading {path}')
       continue
     if selected and phase.name not in selected:
       _say(f'[{phase.name}] not selected by --config.run.phases, skipped')
@@ -406,11 +451,13 @@ def _run(config, workdir: str, lock) -> dict:
       init_variables, other_runs['init_from'] = _load_init(phase, phases, workdir, dataset, normalize,
                                                            config.handoff)
       if not phase.init_path:
-        handoff['init_from'] = _handoff(config, workdir, phase.init_from, phase.name)
+        handoff['init_from'] = _on_main(lambda: _handoff(config, workdir, phase.init_from, phase.name),
+                                        f'reading the results of phase {phase.init_from!r}')
     if phase.teacher is not None:
       teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize, config.handoff)
       if not phase.teacher.path:
-        handoff['teacher'] = _handoff(config, workdir, phase.teacher.phase, phase.name)
+        handoff['teacher'] = _on_main(lambda: _handoff(config, workdir, phase.teacher.phase, phase.name),
+                                      f'reading the results of phase {phase.teacher.phase!r}')
     other_runs = {k: v for k, v in other_runs.items() if v is not None}
     handoff = {k: v for k, v in handoff.items() if v is not None}
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,
@@ -440,12 +487,15 @@ def _run(config, workdir: str, lock) -> dict:
                **({'skipped_images': skipped} if skipped else {}),
                devices=int(mesh.devices.size), platform=jax.devices()[0].platform,
                timing={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timing.items()})
-    if parallel.is_main():
+
+    def write(res=res, phase=phase, phase_dir=phase_dir, path=path):
       if config.run.eval_every_epochs:
         res['best_test_selected'] = evaluate.best_test_epoch(
             os.path.join(phase_dir, 'metrics.jsonl'), res['top1'], phase.train.epochs)
       evaluate.write_results(path, res)
-    parallel.barrier(f'{phase.name} finished')  # the next phase may read that results.json
+
+    # Every process waits for it: the next phase may read that results.json.
+    parallel.on_main(write, f'the results of phase {phase.name!r} could not be written')
     results[phase.name] = res
 
   if not results:
@@ -457,24 +507,29 @@ def _run(config, workdir: str, lock) -> dict:
   summary['phase_names'] = list(results)
   summary['phases'] = {name: {k: r.get(k) for k in evaluate.SUMMARY}
                        for name, r in rows}
-  if parallel.is_main():
-    evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
-    counts_by_group = summary['num_classes_per_group']
-    print(f'\n{config.method} on {dataset.title} IF {dataset.imbalance_factor:g} '
-          f'(classes many/medium/few: {counts_by_group["many"]}/{counts_by_group["medium"]}/'
-          f'{counts_by_group["few"]}), top-1 %:')
-    print(evaluate.format_table(rows))
-    for name, r in results.items():
-      best = r.get('best_val_selected')
-      if best:
-        groups = ' / '.join(evaluate.fmt(best.get(k)) for k in ('many', 'medium', 'few'))
-        chosen = (f'its best validation epoch {best["epoch"]} of {r["epochs"]}' if 'epoch' in best
-                  else f'tau {best["tau"]:g} chosen on the validation split')
-        print(f'{name}, {chosen} (validation top-1 {best["val"]["top1"]:.2f}): test top-1 '
-              f'{best["top1"]:.2f}, many / medium / few {groups}')
-    print(f'results: {os.path.join(workdir, "results.json")}')
-    from ltjax import plots  # matplotlib only once there is something to draw
-
-    for name, path in plots.write_figures(rows, workdir).items():
-      print(f'figure ({name.replace("_", "-")}): {path}')
+  parallel.on_main(lambda: _report(config, dataset, workdir, summary, rows, results),
+                   'the run\'s results could not be written')
   return results
+
+
+def _report(config, dataset, workdir: str, summary: dict, rows, results: dict) -> None:
+  """Process 0's end of a run: ``workdir/results.json``, the table and the figures."""
+  evaluate.write_results(os.path.join(workdir, 'results.json'), summary)
+  counts_by_group = summary['num_classes_per_group']
+  print(f'\n{config.method} on {dataset.title} IF {dataset.imbalance_factor:g} '
+        f'(classes many/medium/few: {counts_by_group["many"]}/{counts_by_group["medium"]}/'
+        f'{counts_by_group["few"]}), top-1 %:')
+  print(evaluate.format_table(rows))
+  for name, r in results.items():
+    best = r.get('best_val_selected')
+    if best:
+      groups = ' / '.join(evaluate.fmt(best.get(k)) for k in ('many', 'medium', 'few'))
+      chosen = (f'its best validation epoch {best["epoch"]} of {r["epochs"]}' if 'epoch' in best
+                else f'tau {best["tau"]:g} chosen on the validation split')
+      print(f'{name}, {chosen} (validation top-1 {best["val"]["top1"]:.2f}): test top-1 '
+            f'{best["top1"]:.2f}, many / medium / few {groups}')
+  print(f'results: {os.path.join(workdir, "results.json")}')
+  from ltjax import plots  # matplotlib only once there is something to draw
+
+  for name, path in plots.write_figures(rows, workdir).items():
+    print(f'figure ({name.replace("_", "-")}): {path}')

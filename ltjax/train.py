@@ -388,8 +388,10 @@ def init_state(phase: Phase, dataset, config, mesh, schedule, key, init_variable
   elif pretrained and config.model.get('pretrained'):
     from ltjax.models import pretrained as pretrained_lib
 
-    variables = pretrained_lib.into_classifier(variables, config.model, cache_dir=config.run.cache_dir,
-                                                dataset_name=config.data.name)
+    fresh = variables  # each host reads the file (or fetches the URL) itself: all stop if one cannot
+    variables = parallel.agreed(lambda: pretrained_lib.into_classifier(
+        fresh, config.model, cache_dir=config.run.cache_dir, dataset_name=config.data.name),
+        'the pretrained weights could not be read')
     if parallel.is_main():
       print(f'[{phase.name}] backbone from model.pretrained={config.model.pretrained} (its fc left out)', flush=True)
   tx = make_optimizer(phase.train, schedule, phase.trainable, variables['params'], phase.decayed)
@@ -459,8 +461,9 @@ def train_phase(phase: Phase, dataset, config, phase_dir: str, mesh, evaluate_fn
                            every_steps=rc.checkpoint_every_epochs * steps_per_epoch,
                            min_seconds=rc.checkpoint_min_seconds)
   # Pretrained weights are read only where the phase starts afresh, not when it resumes.
-  state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables,
-                     pretrained=mgr.latest_step() is None)
+  # (Process 0's view of the folder decides, so that every process takes the same path.)
+  fresh_start = bool(parallel.of_process_0([int(mgr.latest_step() is None)])[0])
+  state = init_state(phase, dataset, config, mesh, schedule, init_key, init_variables, pretrained=fresh_start)
   replicated = parallel.replicated(mesh)
   teacher_variables = jax.device_put(teacher_variables or {}, replicated)
   state = feed.restore(mgr, state)

@@ -357,3 +357,115 @@ def test_a_checkpoint_one_process_cannot_read_is_set_aside_by_all(tmp_path, mode
   assert f'checkpoint {root / "3"} cannot be read (process 1 cannot read it (its own message says why) though process 0 can)' in err
   assert 'process 1 cannot read checkpoint' in err and 'input/output error reading 3' in err
   assert err.count('Resuming from step 2') == 1, 'process 0 alone renames and says so'
+
+
+_FAULT_SCRIPT = '''
+import errno, shutil, sys
+pid, port, fault, workdir, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+from ltjax import evaluate, pipeline
+from ltjax.data import registry
+from ltjax.errors import DatasetNotPreparedError
+
+load, finished, write = registry.load, pipeline._finished_phase_checkpoints, evaluate.write_results
+
+def load_here(config):
+  if fault == 'data' and pid == 1:
+    raise DatasetNotPreparedError('digits_lt is not prepared on this host. Fix: prepare it here')
+  dataset = load(config)
+  if fault == 'other_data' and pid == 1:  # one label other than process 0 reads (a folder that changed)
+    dataset.train_labels = dataset.train_labels.copy()
+    dataset.train_labels[0] = (dataset.train_labels[0] + 1) % dataset.num_classes
+  return dataset
+
+def finished_here(workdir, *a, **k):  # process 1 does not see the teacher that process 0 sees
+  return finished(workdir + '.elsewhere' if fault == 'teacher' and pid == 1 else workdir, *a, **k)
+
+def write_here(path, *a, **k):  # process 0 cannot write the teacher's results (a full disk)
+  if fault == 'results' and pid == 0 and path.endswith('teacher/results.json'):
+    raise OSError(errno.ENOSPC, 'No space left on device', path)
+  return write(path, *a, **k)
+
+registry.load, pipeline._finished_phase_checkpoints, evaluate.write_results = load_here, finished_here, write_here
+sys.argv = ['ltjax.main', *args, '--workdir', workdir, '--coordinator_address', f'localhost:{port}',
+            '--num_processes', '2', '--process_id', str(pid), '--cpu_devices', '2']
+from absl import app
+from ltjax import main
+app.run(main.main, flags_parser=main._parse_flags)
+'''
+
+
+@pytest.mark.parametrize('fault', ['data', 'other_data', 'teacher', 'results'])
+def test_a_refusal_of_one_process_stops_every_process(request, tmp_path, fault):
+  """What one process alone cannot do stops every process at once, each with a message,
+  instead of the others waiting at the next collective for JAX's heartbeat timeout:
+  process 1 cannot load the dataset, or loads other data than process 0; process 1 does
+  not see the finished teacher that the student phase needs; process 0 cannot write the
+  teacher's results (a full disk)."""
+  import shutil
+
+  workdir = tmp_path / 'w'
+  args = [*ARGS, '--config.train.epochs=1']
+  if fault == 'teacher':  # the two-process run's finished teacher, then its student
+    workdir.mkdir()
+    shutil.copytree(request.getfixturevalue('runs')[1] / 'teacher', workdir / 'teacher')
+    args = [*ARGS, '--config.run.phases=student']
+  start = time.time()
+  outs = two_scripts(tmp_path, _FAULT_SCRIPT, fault, workdir, *args, timeout=90)
+  assert time.time() - start < 60, 'both stop at once, not at a heartbeat timeout'
+  (rc0, _, err0), (rc1, _, err1) = outs
+  assert [rc0, rc1] == [1, 1], (err0[-2000:], err1[-6000:])
+  assert 'Traceback' not in err0 + err1
+  if fault == 'data':
+    assert 'ltjax: error: digits_lt is not prepared on this host' in err1
+    assert 'ltjax: error: process 1 stopped the run (the dataset could not be loaded); the message in its own' in err0
+  elif fault == 'other_data':
+    for err in (err0, err1):
+      assert 'ltjax: error: the processes loaded different data: process 1 loaded other data than process 0' in err
+    assert ', other labels). Fix: let every host read the same files' in err1
+    assert not (workdir / 'config.json').exists()
+  elif fault == 'teacher':
+    assert "phase 'student' needs the final checkpoint of phase 'teacher'" in err1
+    assert 'ltjax: error: process 1 stopped the run (the teacher is missing)' in err0
+  else:
+    assert 'cannot write' in err0 and 'No space left on device' in err0
+    assert "ltjax: error: process 0 stopped the run (the results of phase 'teacher' could not be written)" in err1
+    assert not (workdir / 'teacher' / 'results.json').exists()
+
+
+_BEST_METRICS_SCRIPT = '''
+import os, sys
+import jax, jax.numpy as jnp
+from ltjax import checkpoint, parallel
+pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.config.update('jax_num_cpu_devices', 2)
+parallel.initialize(f'localhost:{port}', 2, pid, False)
+variables = {'w': jax.device_put(jnp.ones((4, 4)), parallel.replicated(parallel.make_mesh()))}
+kept = checkpoint.BestKept(root)
+kept.offer(3, variables, {'top1': 50.0, 'epoch': 3})
+kept.close()
+real = open
+def flaky(path, *args, **kwargs):  # process 1 alone cannot read step 3's metrics
+  if pid == 1 and str(path).endswith(os.path.join('3', 'metrics', 'metrics')):
+    raise OSError('input/output error')
+  return real(path, *args, **kwargs)
+checkpoint.open = flaky
+kept = checkpoint.BestKept(root)
+print(f'process {pid}: best {kept.best()}, steps {kept.mgr.all_steps()}', flush=True)
+kept.close()
+'''
+
+
+def test_best_validation_metrics_one_process_cannot_read_are_set_aside_by_all(tmp_path):
+  """A kept best validation epoch whose metrics process 1 alone cannot read is set aside
+  by all (process 0 renames it), so that every process chooses again from the same
+  epochs, rather than process 0 keeping it and process 1's orbax reading it its own way."""
+  root = tmp_path / 'best_val'
+  outs = two_scripts(tmp_path, _BEST_METRICS_SCRIPT, root, timeout=120)
+  assert [rc for rc, _, _ in outs] == [0, 0], [e[-2000:] for _, _, e in outs]
+  for i, (_, out, _) in enumerate(outs):
+    assert f'process {i}: best None, steps []' in out, out
+  assert sorted(os.listdir(root)) == ['3.damaged']
+  err0, err1 = outs[0][2], outs[1][2]
+  assert (f'the best validation checkpoint {root / "3"} cannot be read (process 1 cannot read it (its own '
+          f'message says why) though process 0 can); kept as {root / "3.damaged"}') in err0
+  assert f'process 1 cannot read the best validation metrics of {root / "3"} (OSError: input/output error)' in err1
