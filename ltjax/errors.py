@@ -10,6 +10,10 @@ class ConfigError(LtjaxError, ValueError):
   """A config value or argument that cannot work (unknown name, impossible value)."""
 
 
+class DataReadError(LtjaxError, OSError):
+  """Records of a prepared dataset that cannot be read during a run (after retries)."""
+
+
 class DatasetNotPreparedError(LtjaxError, RuntimeError):
   """A TFDS dataset that is not in data_dir while downloading is off or impossible."""
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ltjax.data.samplers import Sampler
+from ltjax.errors import DataReadError
 
 # Random resized crop of torchvision (Inception-style), as every ImageNet-LT recipe uses.
 CROP_SCALE = (0.08, 1.0)
@@ -86,11 +88,38 @@ class HostDataset:
     return test_batches(self, global_batch, rows, split='val')
 
 
-def read_records(source, records) -> list[dict]:
-  """The examples at ``records`` of a TFDS random-access source, in one batched read."""
+# A read that fails is tried again: READ_TRIES in all, after waits doubling from READ_WAIT s.
+READ_TRIES = 4
+READ_WAIT = 0.5
+
+
+def read_records(source, records, tries: int = READ_TRIES, wait: float = READ_WAIT) -> list[dict]:
+  """The examples at ``records`` of a TFDS random-access source (or a ``folder.FolderSource``),
+  in one batched read. Network storage (GCS, NFS) fails now and then for a moment, and a
+  long run reads millions of records: a failed read is tried again (``tries`` in all,
+  after 0.5, 1, 2 s by default), and then a ``DataReadError`` names the records and why."""
   keys = [int(r) for r in records]
+  for attempt in range(tries):
+    try:
+      return _read_once(source, keys)
+    except Exception as e:  # TFDS, ArrayRecord, PIL and the file systems raise many types
+      if attempt + 1 == tries:
+        what = f'record {keys[0]}' if len(keys) == 1 else f'{len(keys)} records ({", ".join(map(str, keys[:3]))}, ...)'
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
+        raise DataReadError(
+            f'could not read {what} of the dataset after {tries} tries ({type(e).__name__}{": " + first if first else ""}). '
+            f'Fix: check that the dataset\'s files are whole and that this host can read them; once they can '
+            f'be read, the same command resumes from the last checkpoint.') from e
+      time.sleep(wait * 2 ** attempt)
+
+
+def _read_once(source, keys: list[int]) -> list[dict]:
   try:
-    return source.__getitems__(keys)  # ArrayRecord batched reads
+    read = source.__getitems__  # ArrayRecord batched reads
+  except AttributeError:  # a source without it (folder.FolderSource)
+    return [source[k] for k in keys]
+  try:
+    return read(keys)
   except (AttributeError, TypeError):  # tfds.testing.mock_data's source breaks __getitems__
     return [source[k] for k in keys]
 

@@ -278,3 +278,47 @@ def test_worker_processes_give_the_same_batches_and_resume(imagenet):
   for a, b in zip(threads, [first] + rest):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+class _Flaky:
+  """A TFDS-like source whose first ``failures`` batched reads raise (storage that fails for
+  a moment), or every read where ``failures`` is None."""
+
+  def __init__(self, source, failures):
+    self.source, self.failures, self.reads = source, failures, 0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitems__(self, keys):
+    self.reads += 1
+    if self.failures is None or self.reads <= self.failures:
+      raise OSError(5, 'Input/output error', '/gcs/imagenet_lt/train.array_record-00003')
+    return [self.source[k] for k in keys]
+
+
+def test_a_read_that_fails_for_a_moment_is_tried_again(imagenet, monkeypatch):
+  monkeypatch.setattr(host, 'READ_WAIT', 0.001)
+  flaky = _Flaky(imagenet.train_source, failures=host.READ_TRIES - 1)
+  got = host.read_records(flaky, [3, 1])
+  assert flaky.reads == host.READ_TRIES
+  want = [imagenet.train_source[k] for k in (3, 1)]
+  assert all(np.array_equal(g['image'], w['image']) and g['label'] == w['label'] for g, w in zip(got, want))
+
+
+def test_a_read_that_keeps_failing_names_the_records_and_the_cause(imagenet, monkeypatch):
+  """Through grain's reader threads too, as a training run meets it: the error a user can
+  act on (``ltjax.main`` prints it without a traceback), not the storage's traceback."""
+  import dataclasses
+
+  from ltjax.errors import DataReadError
+
+  monkeypatch.setattr(host, 'READ_WAIT', 0.001)
+  broken = dataclasses.replace(imagenet, train_source=_Flaky(imagenet.train_source, failures=None))
+  with pytest.raises(DataReadError) as e:
+    next(host.train_iterator(broken, sampler_for(broken), seed=0, total_steps=1))
+  assert broken.train_source.reads == host.READ_TRIES
+  text = str(e.value)
+  assert text.startswith("could not read 8 records (")
+  assert f'of the dataset after {host.READ_TRIES} tries (OSError: [Errno 5] Input/output error: ' in text
+  assert 'Fix: check that the dataset\'s files are whole and that this host can read them' in text
