@@ -52,7 +52,7 @@ def _fail_disk(message: str):
   os._exit(1)
 
 
-def _leave_distributed(seconds: float = 30):
+def _leave_distributed(seconds: float = 10):
   """Before the hard exit of a multi-process run's process: leave JAX's distributed
   service, waiting up to ``seconds`` for the others (told of the failure, they exit too).
   Process 0 holds the service: were it gone before the others' own shutdown, they would

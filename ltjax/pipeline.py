@@ -386,6 +386,10 @@ def _run(config, workdir: str, lock) -> dict:
   known = bool(_on_main(lambda: check_workdir(config, workdir), 'the workdir holds another run'))
   mesh = parallel.make_mesh(config.run.num_devices)
   t = time.perf_counter()
+  if config.run.download and jax.process_count() > 1:
+    # Process 0 alone downloads and prepares what is missing (several hosts preparing into
+    # one data_dir at once would collide where TFDS renames its finished folder), then all load.
+    parallel.on_main(lambda: registry.load(config), 'the dataset could not be downloaded and prepared')
   dataset = parallel.agreed(lambda: registry.load(config), 'the dataset could not be loaded')
   _check_same_data(dataset)
   data_seconds = time.perf_counter() - t

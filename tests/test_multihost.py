@@ -369,6 +369,9 @@ from ltjax.errors import DatasetNotPreparedError
 load, finished, write = registry.load, pipeline._finished_phase_checkpoints, evaluate.write_results
 
 def load_here(config):
+  print(f'process {pid} loads the data', flush=True)
+  if fault == 'download' and pid == 0:
+    raise DatasetNotPreparedError('could not download digits_lt (no internet). Fix: prepare it elsewhere')
   if fault == 'data' and pid == 1:
     raise DatasetNotPreparedError('digits_lt is not prepared on this host. Fix: prepare it here')
   dataset = load(config)
@@ -394,17 +397,20 @@ app.run(main.main, flags_parser=main._parse_flags)
 '''
 
 
-@pytest.mark.parametrize('fault', ['data', 'other_data', 'teacher', 'results'])
+@pytest.mark.parametrize('fault', ['data', 'other_data', 'download', 'teacher', 'results'])
 def test_a_refusal_of_one_process_stops_every_process(request, tmp_path, fault):
   """What one process alone cannot do stops every process at once, each with a message,
   instead of the others waiting at the next collective for JAX's heartbeat timeout:
-  process 1 cannot load the dataset, or loads other data than process 0; process 1 does
+  process 1 cannot load the dataset, or loads other data than process 0; process 0 alone
+  downloads a dataset (run.download) before the others load it, and cannot; process 1 does
   not see the finished teacher that the student phase needs; process 0 cannot write the
   teacher's results (a full disk)."""
   import shutil
 
   workdir = tmp_path / 'w'
   args = [*ARGS, '--config.train.epochs=1']
+  if fault in ('download', 'other_data'):  # (other_data: after process 0 has prepared it)
+    args.append('--config.run.download=True')
   if fault == 'teacher':  # the two-process run's finished teacher, then its student
     workdir.mkdir()
     shutil.copytree(request.getfixturevalue('runs')[1] / 'teacher', workdir / 'teacher')
@@ -412,8 +418,8 @@ def test_a_refusal_of_one_process_stops_every_process(request, tmp_path, fault):
   start = time.time()
   outs = two_scripts(tmp_path, _FAULT_SCRIPT, fault, workdir, *args, timeout=90)
   assert time.time() - start < 60, 'both stop at once, not at a heartbeat timeout'
-  (rc0, _, err0), (rc1, _, err1) = outs
-  assert [rc0, rc1] == [1, 1], (err0[-2000:], err1[-6000:])
+  (rc0, out0, err0), (rc1, out1, err1) = outs
+  assert [rc0, rc1] == [1, 1], (err0[-2000:], err1[-2000:])
   assert 'Traceback' not in err0 + err1
   if fault == 'data':
     assert 'ltjax: error: digits_lt is not prepared on this host' in err1
@@ -423,6 +429,11 @@ def test_a_refusal_of_one_process_stops_every_process(request, tmp_path, fault):
       assert 'ltjax: error: the processes loaded different data: process 1 loaded other data than process 0' in err
     assert ', other labels). Fix: let every host read the same files' in err1
     assert not (workdir / 'config.json').exists()
+    assert out0.count('process 0 loads the data') == 2 and out1.count('process 1 loads the data') == 1
+  elif fault == 'download':
+    assert 'ltjax: error: could not download digits_lt (no internet)' in err0
+    assert 'ltjax: error: process 0 stopped the run (the dataset could not be downloaded and prepared)' in err1
+    assert 'process 0 loads the data' in out0 and 'loads the data' not in out1
   elif fault == 'teacher':
     assert "phase 'student' needs the final checkpoint of phase 'teacher'" in err1
     assert 'ltjax: error: process 1 stopped the run (the teacher is missing)' in err0
