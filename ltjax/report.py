@@ -6,7 +6,8 @@ A row per phase (and per extra head) of each run: method / phase (marked where i
 from an earlier phase's best validation epoch, ``handoff``), dataset, imbalance factor,
 seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a shot group
 without classes). Runs that differ only in their seed are one row, shown as
-mean ± sample standard deviation. Runs that chose an epoch on a validation split
+mean ± sample standard deviation; runs of other configs (``config.json``: another lr,
+width, number of epochs, ...) are rows apart, labelled with the fields that set them apart. Runs that chose an epoch on a validation split
 (``run.val_every_epochs``: ``best_val_selected``) get a second table of those epochs'
 test results, beside the last epoch's. Written to ``OUT/report.md`` with
 ``OUT/per_class.png`` (per-class top-1 against class size) and ``OUT/reliability.png`` (a
@@ -35,12 +36,32 @@ import numpy as np
 from ltjax import evaluate, files
 
 METRICS = ('top1', 'many', 'medium', 'few', 'top5', 'ece')
+# Where a run took an earlier model from: each seed of an experiment its own folder.
+SOURCE_FIELDS = ('dive.teacher_dir', 'ssd.teacher_dir', 'stage2.backbone_dir', 'model.pretrained')
 BEST_VAL_METRICS = ('top1', 'many', 'medium', 'few')
+
+
+def setup_of(workdir: str) -> dict:
+  """What a run computes, from its ``config.json`` (flattened): every field but the seed,
+  the ``run`` group (how it ran), other recipes' groups and ``SOURCE_FIELDS``, which
+  differ between the seeds of one experiment. {} where the run has no config.json."""
+  from flax import traverse_util
+
+  from ltjax import config_lib
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    flat = traverse_util.flatten_dict(json.load(f), sep='.')
+  others = [g for g, method in config_lib.RECIPE_GROUPS.items() if method != flat.get('method')]
+  return {k: v for k, v in flat.items()
+          if k != 'seed' and k not in SOURCE_FIELDS and k.split('.')[0] not in (config_lib.RUN_GROUP, *others)}
 
 
 def rows_of(workdir: str) -> list[dict]:
   """The table rows of one run: a row per phase and extra head, with the run's dataset,
-  imbalance factor and seed."""
+  imbalance factor, seed, workdir and ``setup_of``."""
   path = os.path.join(workdir, 'results.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{workdir} holds no results.json: is it a finished ltjax run?')
@@ -52,14 +73,21 @@ def rows_of(workdir: str) -> list[dict]:
       results[phase] = json.load(f)
   rows = []
   method = summary.get('method')
+  setup = setup_of(workdir)
   for label, r in evaluate.table_rows(results):
     run = f'{method}/{label}' if method != label else label
     if r.get('handoff'):  # started from an earlier phase's best validation epoch: not a 'last' run's row
       run += ' [best-val handoff]'
     rows.append({**r, 'run': run,
                  'dataset': summary.get('dataset'), 'imbalance_factor': summary.get('imbalance_factor'),
-                 'seed': summary.get('seed')})
+                 'seed': summary.get('seed'), 'workdir': workdir, 'setup': setup})
   return rows
+
+
+def _same_setup(a: dict, b: dict) -> bool:
+  """Whether two runs' setups agree on every field both have (a field added to ltjax
+  since one of them ran is not a difference)."""
+  return all(a[k] == b[k] for k in set(a) & set(b))
 
 
 def _mean_std(values):
@@ -82,17 +110,50 @@ def _merge_reliability(rels):
   return {'confidence': tolist(conf), 'accuracy': tolist(acc), 'count': [int(c) for c in count]}
 
 
-def group(rows: list[dict]) -> list[dict]:
-  """Rows of the same run label, dataset and imbalance factor (seeds apart) merged:
-  each metric as mean and standard deviation, per-class accuracies averaged, and the
-  reliability bins pooled. Order of first appearance."""
-  groups: dict[tuple, list[dict]] = {}
+def _grouped(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+  """Rows of the same run label, dataset, imbalance factor and setup (``setup_of``: seeds
+  apart), as (label, rows), in order of first appearance. Where runs of one label differ
+  in their setup, each label names the fields that set its runs apart
+  (``ce [train.epochs=4, model.width=8]``); a warning names runs of one setup and seed."""
+  groups: list[tuple[tuple, dict, list[dict]]] = []
   for r in rows:
-    groups.setdefault((r['run'], r.get('dataset'), r.get('imbalance_factor')), []).append(r)
+    key = (r['run'], r.get('dataset'), r.get('imbalance_factor'))
+    home = next((g for g in groups if g[0] == key and _same_setup(g[1], r.get('setup') or {})), None)
+    if home is None:
+      groups.append((key, dict(r.get('setup') or {}), [r]))
+    else:
+      home[1].update(r.get('setup') or {})
+      home[2].append(r)
   out = []
-  for (run, dataset, imb), members in groups.items():
+  for key, setup, members in groups:
+    label = key[0]
+    rivals = [s for k, s, _ in groups if k == key and s is not setup]
+    if rivals:
+      apart = sorted(k for k in setup if any(k in s and s[k] != setup[k] for s in rivals))
+      if apart:
+        shown = ', '.join(f'{k}={setup[k]}' for k in apart[:3]) + (', ...' if len(apart) > 3 else '')
+        label = f'{label} [{shown}]'
+    seen: dict = {}
+    for m in members:
+      seen.setdefault(m.get('seed'), []).append(m.get('workdir'))
+    for seed, workdirs in seen.items():
+      if len(set(workdirs)) > 1:
+        print(f'ltjax.report: warning: {", ".join(sorted(set(workdirs)))} are runs of one config with seed {seed}: '
+              f'row {label!r} counts each as a sample (their spread is run-to-run noise, not seeds)',
+              file=sys.stderr)
+    out.append((label, members))
+  return out
+
+
+def group(rows: list[dict]) -> list[dict]:
+  """Rows of the same run label, dataset, imbalance factor and setup (seeds apart,
+  ``_grouped``) merged: each metric as mean and standard deviation, per-class accuracies
+  averaged, and the reliability bins pooled. Order of first appearance."""
+  out = []
+  for run, members in _grouped(rows):
+    dataset, imb = members[0].get('dataset'), members[0].get('imbalance_factor')
     g = {'run': run, 'dataset': dataset, 'imbalance_factor': imb,
-         'seeds': sorted({m.get('seed') for m in members}, key=str), 'n': len(members)}
+         'seeds': sorted((m.get('seed') for m in members), key=str), 'n': len(members)}
     for k in METRICS:
       g[k], g[k + '_std'] = _mean_std([m.get(k) for m in members])
     per_class = [m['per_class'] for m in members if m.get('per_class')]
@@ -204,7 +265,7 @@ def main(argv=None):
     ap.error('give the workdirs of runs, or --reproduction RESULTS')
   args.out = args.out or 'report'
   try:
-    rows = [r for w in args.workdirs for r in rows_of(w)]
+    rows = [r for w in dict.fromkeys(os.path.normpath(w) for w in args.workdirs) for r in rows_of(w)]
   except FileNotFoundError as e:
     sys.exit(f'ltjax.report: error: {e}')
   from ltjax import plots  # matplotlib only when figures are made

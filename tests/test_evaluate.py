@@ -167,3 +167,38 @@ def test_best_test_epoch_counts_a_resumed_epoch_once(tmp_path):
   assert evaluate.best_test_epoch(str(path), 70.0, 8)['epoch'] == 8  # the last epoch can be the best
   assert evaluate.best_test_epoch(str(tmp_path / 'none.jsonl'), 10.0, 3) == {
       'epoch': 3, 'top1': 10.0, 'evaluated_epochs': 1, 'selected_on': best['selected_on']}
+
+
+def test_report_keeps_runs_of_other_configs_apart(tmp_path, capsys):
+  """Runs merge into one row only where their configs differ in the seed alone (and in
+  where each seed took its teacher from): a smoke run beside a full one, or an ablation,
+  is a row of its own, labelled with the fields that differ; two runs of one config and
+  seed are counted, with a warning."""
+  import json
+
+  from ltjax import report
+
+  def config(seed, epochs=60, width=16, teacher=''):
+    return {'method': 'ce', 'seed': seed, 'train': {'epochs': epochs, 'lr': 0.1},
+            'model': {'width': width}, 'run': {'phases': '', 'data_dir': f'/data{seed}'},
+            'dive': {'teacher_dir': teacher}, 'ssd': {'alpha1': seed}}
+
+  for name, top1, cfg in (('s0', 90.0, config(0, teacher='t0')), ('s1', 92.0, config(1, teacher='t1')),
+                          ('smoke', 40.0, config(0, epochs=4, width=8)), ('again', 94.0, config(0)),
+                          ('old', 96.0, None)):
+    _fabricate(tmp_path / name, 'ce', [('ce', top1, 80.0)], seed=cfg['seed'] if cfg else 2)
+    if cfg:
+      (tmp_path / name / 'config.json').write_text(json.dumps(cfg))
+  out = tmp_path / 'report'
+  report.main([str(tmp_path / d) for d in ('s0', 's1', 'smoke', 'again', 'old', 's1/')] + ['--out', str(out)])
+  lines = (out / 'report.md').read_text().splitlines()
+  # 90, 92, 94, 96: mean 93 ± 2.58 (a run without config.json, of an older ltjax, joins the row it fits).
+  assert lines[2].startswith('| ce [model.width=16, train.epochs=60] | digits | 20 | 0,0,1,2 | 93.00 ± 2.58 |')
+  assert lines[3].startswith('| ce [model.width=8, train.epochs=4] | digits | 20 | 0 | 40.00 |')
+  assert len([l for l in lines if l.startswith('| ce')]) == 2
+  err = capsys.readouterr().err
+  assert (f'warning: {tmp_path / "again"}, {tmp_path / "s0"} are runs of one config with seed 0: row '
+          "'ce [model.width=16, train.epochs=60]' counts each as a sample") in err
+  # Runs that differ in their seed alone are one row, without a label of fields.
+  report.main([str(tmp_path / d) for d in ('s0', 's1')] + ['--out', str(out)])
+  assert (out / 'report.md').read_text().splitlines()[2].startswith('| ce | digits | 20 | 0,1 | 91.00 ± 1.41 |')
