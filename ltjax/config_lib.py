@@ -208,7 +208,9 @@ RULES = {
     'data.name': _pick('dataset'),
     # >= 1 for a long tail drawn by ltjax (0: the dataset's own split); the loader says
     # more about a factor below 1 ("did you mean IF = 1 / x").
-    'data.imbalance_factor': _NONNEG, 'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
+    'data.imbalance_factor': (_NONNEG[0], 'a number >= 1 for the splits ltjax draws (CIFAR-LT, digits, a folder: '
+                              '1 = balanced), or 0 where the dataset\'s own split fixes it (ImageNet-LT, '
+                              'iNaturalist, Places-LT)'), 'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
     **{f'data.{k}': _SCHEDULE[k] for k in _SAMPLING}, 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
     'data.few_below': _NONNEG_INT, 'data.augment.pad': _NONNEG_INT, 'data.augment.flip': _ANY,
     'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),
@@ -328,5 +330,8 @@ def validate(config) -> None:
           f'renormalise them over upright images alone (on CIFAR-10-LT IF 100 phase I\'s own model loses about '
           f'6 points so). Fix, unless you mean it (or resume a workdir that ran so): {fixes}.', flush=True)
   if bad:
-    raise ConfigError('bad config value' + ('s' if len(bad) > 1 else '') + ': ' + '; '.join(bad) +
-                      '. Fix: set them with --config.FIELD=VALUE (or in the config file).')
+    fix = 'set them with --config.FIELD=VALUE (or in the config file)'
+    if any(b.startswith('method=') for b in bad):  # the config file chooses its numbers by method
+      fix = 'name the method in the config string (configs/FILE.py:method=NAME)' + (
+          f', and {fix}' if len(bad) > 1 else '')
+    raise ConfigError('bad config value' + ('s' if len(bad) > 1 else '') + ': ' + '; '.join(bad) + f'. Fix: {fix}.')

@@ -103,6 +103,32 @@ def _refuse_method_override(argv):
         f'--config {path}:{args}', 2)
 
 
+def _config_fields_hint(argv) -> str:
+  """How to see the fields of the config that ``argv`` names."""
+  path = (_config_argument(argv) or 'CONFIG.py').split(':', 1)[0]
+  return f'print them with: python -c "import runpy; print(runpy.run_path(\'{path}\')[\'get_config\']())"'
+
+
+def _no_config_file(argv, why: str):
+  """``--config`` names no loadable config file: what is wrong, and the config files there are."""
+  import difflib
+  import glob
+
+  value = _config_argument(argv) or ''
+  path = value.split(':', 1)[0]
+  shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  here = []
+  for f in sorted(glob.glob(os.path.join(shipped, '*.py'))):
+    with open(f) as source:
+      if 'def get_config(' in source.read():
+        here.append(os.path.relpath(f))
+  names = {os.path.splitext(os.path.basename(f))[0]: f for f in here}
+  near = [names[n] for n in difflib.get_close_matches(os.path.splitext(os.path.basename(path))[0], names, n=1,
+                                                      cutoff=0.75)]
+  _fail(f'--config {value}: {why}. Fix: give a config file (a path, then :arguments if any)'
+        + (f', e.g. {near[0]}' if near else '') + (f'; ltjax\'s own: {", ".join(here)}' if here else '') + '.', 2)
+
+
 def _parse_flags(argv):
   _config_package_on_path(argv)
   try:
@@ -113,13 +139,27 @@ def _parse_flags(argv):
       raised = [l.strip() for l in text.splitlines() if l.strip().startswith(('ltjax.errors.', 'ConfigError'))]
       if raised:
         _fail(f'{raised[-1].split(": ", 1)[-1]} (in {text.split(": Error whilst")[0].removeprefix("flag ")})', 2)
+    if text.startswith('flag --config.'):  # a value of the wrong type for its field
+      _fail(f'{text.removeprefix("flag ").rstrip(".")}. Fix: give the field a value of its type ({_config_fields_hint(argv)}).', 2)
     _fail(f'{e}\nPass --helpshort to see the flags.', 2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e.args[0] if e.args else e)
+    if "has no attribute 'get_config" in message:
+      _no_config_file(argv, 'the file has no get_config(): it is not a config file')
     # A --config.a.b=value override naming a field the locked config does not have.
-    message = str(e.args[0] if e.args else e).strip('\'"').replace('\\n', ' ').replace("\\'", "'")
-    _fail(f'bad --config override: {message}. The config is locked: only its own fields can be '
-          f'set (print them with: python -c "import runpy; '
-          f'print(runpy.run_path(\'CONFIG.py\')[\'get_config\']())").', 2)
+    # ml_collections' KeyError text, at times quoted twice: 'name'\nDid you mean "..." instead of "name"?
+    message = message.replace('\\n', '\n').replace("\\'", "'")
+    key, _, hint = message.strip('\'" ').partition('\n')
+    key = key.strip('\'" ')
+    given = next((a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')
+                  and key in a.split('=', 1)[0].split('.')), '--config.?')
+    _fail(f'{given}: the config has no field {key!r}' + (f'. {hint.strip()}' if hint.strip() else '')
+          + f' The config is locked: only its own fields can be set ({_config_fields_hint(argv)}).', 2)
+  try:
+    _CONFIG.value.keys()  # ml_collections keeps a config file's load error until the config is used
+  except OSError as e:
+    said = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _no_config_file(argv, said[-1] if said else 'it cannot be loaded')
   _refuse_method_override(argv)
   return rest
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 import zlib
 
@@ -73,19 +74,28 @@ def check_workdir(config, workdir: str) -> bool:
 
       lines = '\n'.join(f'  {k}: {was(k)} in the workdir, {b.get(k, "<absent>")!r} now' for k in diff)
       fixes = ['choose a new --workdir']
-      legacy_flags = ' '.join(f'--config.{k}={a[k]}' for k in diff if k in added)
       unknown = [k for k in diff if k not in a or k not in b]
       if unknown:  # fields this ltjax and that run's do not share
         fixes.append(f'resume it with the ltjax version that started it ({", ".join(unknown)} '
                      f'{"is" if len(unknown) == 1 else "are"} not a field of both)')
-      else:
-        fixes.append(f'rerun with the config saved in {path}'
-                     + (f' (the fields added since that run: {legacy_flags})' if legacy_flags else ''))
+      else:  # the workdir's values, as the flags that set them (the method: in the config string)
+        flags = shlex.join(f'--config.{k}={_flag_value(a[k])}' for k in diff if k != 'method')
+        method = f'the config string\'s method={a["method"]} and ' if 'method' in diff else ''
+        fixes.append(f'resume it with {method}the workdir\'s values: {flags} (its config: {path})'
+                     + (f'; of them, {", ".join(k for k in diff if k in added)} did not exist when that run '
+                        f'started' if any(k in added for k in diff) else ''))
       raise WorkdirConflictError(
           f'{workdir} holds a run of a different config:\n{lines}\n'
           f'Fix: {", or ".join(fixes)}; nothing was changed in {workdir}.')
     return True
   return False
+
+
+def _flag_value(value) -> str:
+  """``value`` (from a config.json) as a ``--config.FIELD=`` override spells it."""
+  if isinstance(value, list):
+    return repr(tuple(value))
+  return str(value)
 
 
 def _holds_training(workdir: str) -> bool:
@@ -182,10 +192,28 @@ def _checkpoints_at(path: str, name: str, field: str, handoff: str = 'last') -> 
       f'{sub}), or an orbax checkpoint folder.')
 
 
-def _load_checked(directory: str, model, dataset, normalize, what: str, field: str) -> dict:
+def _model_fields_apart(directory: str, model_config) -> list[str]:
+  """The ``model.*`` fields of the config of the run that wrote ``directory`` (a phase's
+  ``checkpoints/`` or ``best_val/``: its workdir's config.json) that differ from
+  ``model_config``, as overrides; [] where that config is not there."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(directory))), 'config.json')
+  if model_config is None or not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      there = traverse_util.flatten_dict(json.load(f).get('model', {}), sep='.')
+  except (OSError, ValueError):
+    return []
+  here = traverse_util.flatten_dict(json.loads(model_config.to_json()), sep='.')
+  return [f'--config.model.{k}={_flag_value(there[k])}' for k in sorted(set(there) & set(here))
+          if there[k] != here[k]]
+
+
+def _load_checked(directory: str, model, dataset, normalize, what: str, field: str, model_config=None) -> dict:
   """The variables of the newest checkpoint in ``directory``, checked against ``model``
   of this config: ``what`` (the teacher, the CE backbone) of another dataset (class
-  count) or architecture is refused by name, with ``--config.field`` as the way out."""
+  count) or architecture is refused by name, with ``--config.field`` as the way out (and
+  where that run's config.json is at hand, the ``model_config`` fields that differ)."""
   variables = checkpoint.restore_variables(directory)
   want = checkpoint.model_shapes(model, normalize(dataset.example_images(2)))
   got = checkpoint.shapes(variables)
@@ -200,10 +228,12 @@ def _load_checked(directory: str, model, dataset, normalize, what: str, field: s
   diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
   lines = '\n'.join(f'  {k}: {got.get(k, "<absent>")} in the checkpoint, {want.get(k, "<absent>")} '
                     f'in this config' for k in diff[:6])
+  apart = _model_fields_apart(directory, model_config)
+  settings = (f'its run\'s model settings: {shlex.join(apart)}' if apart else
+              f'the model settings the {what} was trained with (its run\'s config.json)')
   raise MissingCheckpointError(
       f'the {what} in {directory} has another architecture than this config\'s model '
-      f'(config.model):\n{lines}\nFix: run with the model settings the {what} was trained with '
-      f'(its config.json), or train a new {what}.')
+      f'(config.model):\n{lines}\nFix: run with {settings}, or train a new {what}.')
 
 
 def _other_run(directory: str, dataset, what: str, name: str, field: str) -> dict:
@@ -232,7 +262,8 @@ def _other_run(directory: str, dataset, what: str, name: str, field: str) -> dic
   return out
 
 
-def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str = 'last') -> tuple[dict, dict | None]:
+def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str = 'last',
+                  model_config=None) -> tuple[dict, dict | None]:
   """The frozen teacher's variables (of the epoch ``handoff`` names), checked against the
   teacher model of this config, and where it comes from another run, what that run says
   of it (``_other_run``)."""
@@ -240,15 +271,18 @@ def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str = 'last'
   if not teacher.path:
     directory = parallel.agreed(lambda: _finished_phase_checkpoints(
         workdir, teacher.phase, phase.name, teacher.path_field, handoff), 'the teacher is missing')
-    return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field), None
+    return _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field,
+                         model_config), None
   directory = parallel.agreed(lambda: _checkpoints_at(teacher.path, teacher.phase, teacher.path_field, handoff),
                               'the teacher is missing')
-  variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field)
+  variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field,
+                            model_config)
   return variables, _on_main(lambda: _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field),
                              'reading what the teacher\'s run says of it')
 
 
-def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = 'last') -> tuple[dict, dict | None]:
+def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = 'last',
+               model_config=None) -> tuple[dict, dict | None]:
   """The variables of the phase that ``phase`` starts from (``init_from``), at the epoch
   ``handoff`` names: this run's, or another run's at ``init_path``, checked against that
   phase's model here (and then what that run says of it, ``_other_run``)."""
@@ -260,7 +294,7 @@ def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = '
       lambda: _checkpoints_at(phase.init_path, phase.init_from, phase.init_path_field, handoff), missing)
   source = next(p for p in phases if p.name == phase.init_from)
   what = f'{phase.init_from!r} model'
-  variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field)
+  variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field, model_config)
   return variables, _on_main(lambda: _other_run(directory, dataset, what, phase.init_from, phase.init_path_field),
                              f'reading what the run of the {what} says of it')
 
@@ -453,12 +487,13 @@ def _run(config, workdir: str, lock) -> dict:
     handoff = {}  # this run's earlier phases taken at their best validation epoch
     if phase.init_from:
       init_variables, other_runs['init_from'] = _load_init(phase, phases, workdir, dataset, normalize,
-                                                           config.handoff)
+                                                           config.handoff, config.model)
       if not phase.init_path:
         handoff['init_from'] = _on_main(lambda: _handoff(config, workdir, phase.init_from, phase.name),
                                         f'reading the results of phase {phase.init_from!r}')
     if phase.teacher is not None:
-      teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize, config.handoff)
+      teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize, config.handoff,
+                                                               config.model)
       if not phase.teacher.path:
         handoff['teacher'] = _on_main(lambda: _handoff(config, workdir, phase.teacher.phase, phase.name),
                                       f'reading the results of phase {phase.teacher.phase!r}')

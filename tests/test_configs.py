@@ -462,7 +462,8 @@ def test_workdir_check_reads_fields_added_since_a_run_as_they_then_were(tmp_path
   # ssd.generator_bn reads as that run's stage2.backbone_bn (its phase II ran so): 'eval', as today's
   assert 'generator_bn' not in str(e.value) and 'teacher_bn' not in str(e.value)
   # The fix names the flags that resume it as it was (the test's `old` config above).
-  assert 'the fields added since that run: --config.stage2.backbone_bn=eval)' in str(e.value)
+  assert ("resume it with the workdir's values: --config.stage2.backbone_bn=eval (its config: "
+          f"{tmp_path / 'config.json'}); of them, stage2.backbone_bn did not exist when that run started") in str(e.value)
   old = digits_lt.get_config('smoke,method=ssd')
   old.ssd.teacher_bn, old.ssd.generator_bn, old.stage2.backbone_bn = 'train', 'train', 'train'
   record(old, ['ssd.generator_bn'])  # an SSD run of phase II in training mode, before the field

@@ -190,6 +190,27 @@ def test_unknown_config_field(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('config, extra, said', [
+    ('configs/digit_lt.py', (), "--config {repo}/configs/digit_lt.py: [Errno 2] No such file or directory: "
+                                "'{repo}/configs/digit_lt.py'. Fix: give a config file (a path, then :arguments if "
+                                "any), e.g. configs/digits_lt.py; ltjax's own: configs/cifar_lt.py,"),
+    ('configs/common.py', (), '--config {repo}/configs/common.py: the file has no get_config(): it is not a config file'),
+    ('configs/digits_lt.py:smoke', ('--config.trian.lr=0.1',),
+     '--config.trian.lr: the config has no field \'trian\'. Did you mean "train" instead of "trian"? The config '
+     'is locked: only its own fields can be set (print them with: python -c "import runpy; '
+     "print(runpy.run_path('{repo}/configs/digits_lt.py')['get_config']())\")"),
+    ('configs/digits_lt.py:smoke', ('--config.train.lr=abc',),
+     "--config.train.lr=abc: could not convert string to float: 'abc'. Fix: give the field a value of its type"),
+])
+def test_a_config_that_cannot_be_read_says_which_and_how(tmp_path, config, extra, said):
+  """A misspelled config file, a file that is no config, a misspelled field and a value of
+  the wrong type: exit 2 and one line that names what is wrong and how to go on."""
+  p = run(tmp_path / 'w', *extra, config=config)
+  assert p.returncode == 2 and 'Traceback' not in p.stderr, p.stderr[-3000:]
+  assert p.stderr.startswith('ltjax: error: ' + said.replace('{repo}', str(REPO))), p.stderr[-3000:]
+  assert not (tmp_path / 'w').exists()
+
+
 def test_unknown_config_argument(tmp_path):
   p = run(tmp_path / 'w', config='configs/digits_lt.py:smoke,imbalance=50')
   assert p.returncode != 0 and "unknown config argument 'imbalance'" in p.stderr

@@ -19,8 +19,8 @@ def check_imbalance_factor(imbalance_factor) -> float:
     if 0 < value < 1:
       hint = (f' ltjax uses IF = n_max / n_min (the literature\'s 10, 50, 100); '
               f'LDAM-DRW\'s --imb_factor {value:g} is IF = {1 / value:g}.')
-    raise ConfigError(f'imbalance factor must be a finite number >= 1 (1 = balanced), '
-                     f'got {imbalance_factor!r}.{hint}')
+    raise ConfigError(f'imbalance factor (data.imbalance_factor) must be a finite number >= 1 for a split that '
+                      f'ltjax draws (1 = balanced), got {imbalance_factor!r}.{hint}')
   return value
 
 

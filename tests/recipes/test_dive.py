@@ -150,5 +150,7 @@ def test_pipeline_teacher_then_student_skip_alone_and_from_path(tmp_path, digits
   config.model.width = 4
   narrow = dataclasses.replace(student, teacher=dataclasses.replace(
       student.teacher, model=build_model(config.model, 10)))
-  with pytest.raises(MissingCheckpointError, match='another architecture'):
-    pipeline._load_teacher(narrow, workdir, digits, normalize)
+  with pytest.raises(MissingCheckpointError, match='another architecture') as e:
+    pipeline._load_teacher(narrow, workdir, digits, normalize, model_config=config.model)
+  # The fix names the model fields of the teacher's run that differ, as flags.
+  assert f'Fix: run with its run\'s model settings: --config.model.width={_config().model.width}, or' in str(e.value)
