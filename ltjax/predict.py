@@ -9,7 +9,8 @@ names and how the dataset's test images were prepared (``dataset.json``: resize 
 centre crop, or a whole-image resize), and the final checkpoint of a finished phase (by
 default the recipe's last finished one: DiVE's student, SSD's student_lws), or with
 ``--checkpoint=best_val`` the phase's best validation epoch (``run.val_every_epochs``: the
-model that ``best_val_selected`` reports). A PATH is an image file or a folder (searched
+model that ``best_val_selected`` reports). A phase of several heads predicts with its main one
+(SSD's student: hard), or with ``--head`` another (``--head soft``). A PATH is an image file or a folder (searched
 recursively for images). Images are batched over every
 device, whatever device count trained the model; ``--out`` writes CSV (``.csv``) or JSON
 (``.json``).
@@ -32,6 +33,8 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir of a training run (python -m ltjax.main).')
 _PHASE = flags.DEFINE_string('phase', '', 'The phase whose model predicts (default: the recipe\'s last '
                              'finished phase: DiVE\'s student, SSD\'s student_lws).')
+_HEAD = flags.DEFINE_string('head', '', 'Which head predicts, for a phase with several (SSD\'s student: hard '
+                            'or soft; default: the main head, whose results the phase reports first).')
 _CHECKPOINT = flags.DEFINE_enum('checkpoint', 'last', ['last', 'best_val'], 'The phase\'s last epoch, or '
                                 'its best validation epoch (kept where the run validated: run.val_every_epochs).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to give per image (at most the class count).')
@@ -76,14 +79,14 @@ class Predictor:
   ``logits(images)``; ``which``: its last epoch (``last``) or its best validation epoch
   (``best_val``; ``epoch`` says which)."""
 
-  def __init__(self, workdir: str, phase: str = '', mesh=None, which: str = 'last'):
+  def __init__(self, workdir: str, phase: str = '', mesh=None, which: str = 'last', head: str = ''):
     import jax
     import ml_collections
     from flax import traverse_util
 
     from ltjax import checkpoint, config_lib, evaluate, parallel, recipes, train
     from ltjax.data import augment, saved
-    from ltjax.errors import MissingCheckpointError
+    from ltjax.errors import MissingCheckpointError, PredictInputError
 
     config_path, dataset_path = (os.path.join(workdir, f) for f in ('config.json', saved.FILE))
     if not os.path.exists(config_path):
@@ -115,6 +118,16 @@ class Predictor:
           f'finished phase with --phase.')
     chosen = next(p for p in finished if p.name == phase) if phase else finished[-1]
     self.phase, self.method, self.class_names = chosen.name, config.method, self.dataset.class_names
+    # The phase's heads: its main one (reported first, with the phase's evaluation scale), then the others.
+    heads = {chosen.main_head: (chosen.eval_output, chosen.eval_scale),
+             **{name: (output, 1.0) for name, output in chosen.extra_heads}}
+    if head and head not in heads:
+      named = [h for h in heads if h]
+      raise PredictInputError(
+          f'--head={head}: phase {chosen.name!r} of {config.method!r} has '
+          + (f'the heads {", ".join(named)}' if len(heads) > 1 else 'one head') + '. Fix: '
+          + (f'choose one of {", ".join(named)}' if len(heads) > 1 else 'leave out --head') + '.')
+    self.head, self.other_heads = head or chosen.main_head, [h for h in heads if h != (head or chosen.main_head)]
     self.which, self.epoch = which, None
     if which == 'best_val':
       directory = os.path.join(workdir, chosen.name, train.BEST_VAL)
@@ -143,7 +156,8 @@ class Predictor:
           f'{saved.FILE} describe ({len(self.class_names)} classes). Fix: give the workdir as the '
           f'training run left it (its config.json, {saved.FILE} and checkpoints together).')
     self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
-    self._forward = evaluate.make_forward(chosen.model, normalize, chosen.eval_output, self.mesh, chosen.eval_scale)
+    output, logit_scale = heads[self.head]
+    self._forward = evaluate.make_forward(chosen.model, normalize, output, self.mesh, logit_scale)
     self.eval_batch_size = int(config.run.eval_batch_size)
 
   def batch_size(self, requested: int, num_images: int) -> int:
@@ -222,9 +236,10 @@ def format_output(path: str, rows: list[dict], meta: dict) -> str:
 
 
 def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_size: int = 0,
-        skip_bad: bool = False, threads: int = 8, quiet: bool = False, which: str = 'last') -> list[dict]:
+        skip_bad: bool = False, threads: int = 8, quiet: bool = False, which: str = 'last',
+        head: str = '') -> list[dict]:
   """Predicts every image of ``paths`` with the model of ``phase`` at ``which`` (``last``
-  or ``best_val``: ``Predictor``); prints a line per image (unless ``quiet``) and
+  or ``best_val``: ``Predictor``), its ``head`` (default: the main one); prints a line per image (unless ``quiet``) and
   writes ``out``. Returns one dict per image: ``path``, ``top`` (class, probability)
   and, for an image skipped as unreadable, ``error``."""
   from tqdm.auto import tqdm
@@ -232,17 +247,21 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
   from ltjax import files
   from ltjax.errors import PredictInputError
 
-  if k < 1 or batch_size < 0:
-    raise PredictInputError(f'--top_k={k} --batch_size={batch_size}: give --top_k >= 1 and --batch_size '
-                            f'>= 0 (0: the run\'s evaluation batch).')
+  if k < 1:
+    raise PredictInputError(f'--top_k={k}: give --top_k >= 1 (how many classes to list per image).')
+  if batch_size < 0:
+    raise PredictInputError(f'--batch_size={batch_size}: give --batch_size >= 0 (0: the run\'s evaluation batch).')
   images = find_images(paths)
   if out:  # a bad name or a folder that cannot be written fails now, not after the work
     format_output(out, [], {'top_k': 1})
     # A probe file beside it: an existing --out stays as it is until the end.
     files.check_writable(os.path.dirname(os.path.abspath(out)), what=f'--out={out}',
                          fix='choose a path in a folder this user can write')
-  predictor = Predictor(workdir, phase, which=which)
+  predictor = Predictor(workdir, phase, which=which, head=head)
   at = f' at its best validation epoch {predictor.epoch}' if which == 'best_val' else ''
+  if predictor.head:  # a phase of several heads: which one, and the others
+    others = ', '.join(h or 'main' for h in predictor.other_heads)
+    at += f', its {predictor.head} head' + (f' (also: {others}; --head)' if others else '')
   print(f'ltjax: predicting {len(images)} image(s) with phase {predictor.phase!r}{at} of {predictor.method} '
         f'({os.path.join(workdir, predictor.phase)})', file=sys.stderr)
   k = min(k, len(predictor.class_names))
@@ -270,6 +289,7 @@ def run(workdir: str, paths, phase: str = '', k: int = 5, out: str = '', batch_s
   if out:
     meta = {'workdir': os.path.abspath(workdir), 'phase': predictor.phase, 'method': predictor.method,
             'checkpoint': which, **({'epoch': predictor.epoch} if which == 'best_val' else {}),
+            **({'head': predictor.head} if predictor.head else {}),
             'top_k': k, 'class_names': predictor.class_names, 'skipped': len(bad)}
     files.write_atomic(out, format_output(out, rows, meta))
     print(f'{len(rows)} prediction(s) of phase {predictor.phase!r} written to {out}', file=sys.stderr)
@@ -286,7 +306,7 @@ def main(argv):
 
   try:
     run(_WORKDIR.value, argv[1:], _PHASE.value, _TOP_K.value, _OUT.value, _BATCH.value,
-        _SKIP_BAD.value, _THREADS.value, _QUIET.value, _CHECKPOINT.value)
+        _SKIP_BAD.value, _THREADS.value, _QUIET.value, _CHECKPOINT.value, _HEAD.value)
   except LtjaxError as e:
     if _VERBOSE.value:
       raise

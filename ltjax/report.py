@@ -69,7 +69,14 @@ def rows_of(workdir: str) -> list[dict]:
     summary = json.load(f)
   results = {}
   for phase in summary.get('phase_names') or summary.get('phases', {summary.get('phase', '?'): summary}):
-    with open(os.path.join(workdir, phase, 'results.json')) as f:
+    path = os.path.join(workdir, phase, 'results.json')
+    if not os.path.exists(path):
+      parent = os.path.dirname(os.path.abspath(workdir))
+      if os.path.basename(os.path.normpath(workdir)) == phase:
+        raise FileNotFoundError(f'{workdir} is the folder of phase {phase!r} of a run: give the run\'s workdir '
+                                f'({parent}), whose phases are all reported')
+      raise FileNotFoundError(f'{workdir}: its results.json names phase {phase!r}, but {path} is missing')
+    with open(path) as f:
       results[phase] = json.load(f)
   rows = []
   method = summary.get('method')

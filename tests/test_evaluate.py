@@ -109,6 +109,9 @@ def test_report_table_mean_std_over_seeds_and_figures(tmp_path):
     assert f'({name})' in (out / 'report.md').read_text()
   with pytest.raises(SystemExit, match='no results.json'):
     report.main([str(tmp_path / 'missing')])
+  with pytest.raises(SystemExit, match=f"{tmp_path / 'crt' / 'ce'} is the folder of phase 'ce' of a run: give "
+                                       f"the run's workdir \\({tmp_path / 'crt'}\\)"):
+    report.main([str(tmp_path / 'crt' / 'ce')])
 
 
 def test_report_has_the_validation_choices_beside_the_last_epochs(tmp_path):

@@ -38,10 +38,11 @@ def make_step(phase, dataset, config, batch_size, num_devices=0):
   return train.make_train_step(phase, schedule, feeds.DeviceFeed(sampler, aug_fn, mesh)), tx, data
 
 
-def predict_matches_the_run(workdir, tmp_path, phase=''):
+def predict_matches_the_run(workdir, tmp_path, phase='', head=''):
   """``ltjax.predict`` on the digits run's test images written as 8-bit PNG files (the embedded
   digits, 0..16 scaled to 0..255) gives the per-class accuracy and NLL of the phase's own
-  evaluation; returns the phase it chose."""
+  evaluation (of its ``head``: an extra head's, ``results['heads']``); returns the phase it
+  chose."""
   import json
   import os
   import pathlib
@@ -59,13 +60,19 @@ def predict_matches_the_run(workdir, tmp_path, phase=''):
   for i, image in enumerate(dataset.test_images):
     Image.fromarray(np.round(image[..., 0] * 255.0 / 16).astype(np.uint8)).save(folder / f'{i:04d}.png')
   out = tmp_path / 'predictions.json'
-  rows = predict.run(str(workdir), [str(folder)], phase=phase, k=dataset.num_classes, out=str(out), quiet=True)
+  rows = predict.run(str(workdir), [str(folder)], phase=phase, k=dataset.num_classes, out=str(out), quiet=True,
+                     head=head)
   names = dataset.class_names
   top1 = np.array([names.index(r['top'][0]['class']) for r in rows])
   labels = dataset.test_labels
   prob = np.array([next(t['probability'] for t in r['top'] if t['class'] == names[l]) for r, l in zip(rows, labels)])
-  chosen = json.loads(out.read_text())['phase']
+  meta = json.loads(out.read_text())
+  chosen = meta['phase']
   want = json.loads(pathlib.Path(workdir, chosen, 'results.json').read_text())
+  if head:
+    assert meta['head'] == head
+    if head != want.get('main_head'):
+      want = want['heads'][head]
   assert [100 * float((top1[labels == c] == c).mean()) for c in range(len(names))] == want['per_class']
   assert float(-np.log(prob).mean()) == pytest.approx(want['nll'], rel=1e-5)
   return chosen

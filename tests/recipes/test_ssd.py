@@ -11,7 +11,7 @@ import pytest
 from recipe_testing import digits, make_step, predict_matches_the_run, same  # noqa: F401 (digits: a fixture)
 from configs import digits_lt
 from ltjax import checkpoint, parallel, pipeline, recipes, train
-from ltjax.errors import ConfigError
+from ltjax.errors import ConfigError, PredictInputError
 
 
 def _config(**fields):
@@ -204,6 +204,10 @@ def test_all_phases_end_to_end(tmp_path, selfsup):
   if selfsup == 'rotation':  # ltjax.predict: the last phase by default, the two-head student's main head
     assert predict_matches_the_run(workdir, tmp_path) == 'student_lws'
     assert predict_matches_the_run(workdir, tmp_path, 'student') == 'student'
+    assert predict_matches_the_run(workdir, tmp_path, 'student', head='soft') == 'student'  # --head soft
+    assert predict_matches_the_run(workdir, tmp_path, 'student', head='hard') == 'student'
+    with pytest.raises(PredictInputError, match="--head=logits: phase 'student' of 'ssd' has the heads hard, soft"):
+      predict_matches_the_run(workdir, tmp_path, 'student', head='logits')
   # A rerun trains nothing: every phase's results file is left as it was.
   stamps = lambda: [os.stat(os.path.join(workdir, p, 'results.json')).st_mtime_ns for p in results]
   before = stamps()
