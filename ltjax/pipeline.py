@@ -567,6 +567,11 @@ def _report(config, dataset, workdir: str, summary: dict, rows, results: dict) -
                 else f'tau {best["tau"]:g} chosen on the validation split')
       print(f'{name}, {chosen} (validation top-1 {best["val"]["top1"]:.2f}): test top-1 '
             f'{best["top1"]:.2f}, many / medium / few {groups}')
+    if r.get('tau_note'):  # tau-norm's sweep over tau, in results.json
+      print(f'{name}: {r["tau_note"]}')
+    for role, other in (r.get('from_other_runs') or {}).items():  # a teacher or backbone of another run
+      top1 = f'top-1 {other["top1"]:.2f}' if isinstance(other.get('top1'), (int, float)) else 'no results.json'
+      print(f'{name}: its {"teacher" if role == "teacher" else "starting model"} is {other["checkpoints"]} ({top1})')
   print(f'results: {os.path.join(workdir, "results.json")}')
   from ltjax import plots  # matplotlib only once there is something to draw
 

@@ -132,6 +132,12 @@ def test_one_ce_baseline_for_every_classifier_method(tmp_path, capsys):
     other = results[method]['from_other_runs']['init_from']
     assert other['checkpoints'] == os.path.join(base, 'ce', 'checkpoints')
     assert (other['phase'], other['dataset'], other['top1']) == ('ce', 'digits', base_results['ce']['top1'])
+    # ... and so does the table's end (tau-norm's sweep too, which only results.json held).
+    said = capsys.readouterr().out
+    assert (f'{method}: its starting model is {os.path.join(base, "ce", "checkpoints")} '
+            f'(top-1 {base_results["ce"]["top1"]:.2f})') in said
+    assert (f'{method}: tau = 1 is the configured value; the best on the test set was tau = ' in said) == \
+        (method == 'tau_norm')
   assert predict_matches_the_run(workdir, tmp_path) == 'crt'  # a workdir without a CE phase of its own
   # A backbone of another imbalance factor, or of another phase, is taken with a warning.
   capsys.readouterr()
