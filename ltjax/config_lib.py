@@ -247,6 +247,37 @@ RULES = {
 }
 
 
+def _late_boundaries(flat: dict) -> list[str]:
+  """A step schedule's lr boundaries that fall at or after the last epoch of their phase
+  (``train``, or the classifier phase's ``stage2`` over it), where the lr never decays:
+  one line each of what and how to fix it."""
+  import types
+
+  from ltjax import train
+
+  out = []
+  groups = ['train'] + (['stage2'] if flat.get('method') in ('crt', 'lws', 'ssd') else [])
+  for group in groups:
+    tc = {k.split('.', 1)[1]: v for k, v in flat.items() if k.startswith('train.')}
+    if group == 'stage2':  # decoupled.stage2_train_config: the stage's own fields over train's
+      tc.update({k.split('.', 1)[1]: v for k, v in flat.items()
+                 if k.startswith('stage2.') and k.split('.', 1)[1] in tc and k != 'stage2.batch_size'})
+    if tc.get('schedule') != 'step' or not tc.get('epochs') or not tc.get('lr_boundaries'):
+      continue
+    try:
+      points = train.schedule_points(types.SimpleNamespace(**tc))
+    except (AttributeError, TypeError):  # a config without the schedule's fields
+      continue
+    late = [b for b, p in zip(tc['lr_boundaries'], points.boundaries) if p >= tc['epochs']]
+    if late:
+      scaled = f' (scaled by {group}.epochs / {group}.schedule_epochs)' if tc.get('schedule_epochs') else ''
+      out.append(f'{group}.lr_boundaries={tuple(tc["lr_boundaries"])} with {group}.epochs={tc["epochs"]}: the lr '
+                 f'never decays at {", ".join(f"{b:g}" for b in late)}{scaled}, which the run does not reach. Fix, '
+                 f'unless you mean it: boundaries below {tc["epochs"]}, or {group}.schedule_epochs=N where they are '
+                 f'written for a run of N epochs (they are then scaled to this one).')
+  return out
+
+
 def _is_main_process() -> bool:
   from ltjax import parallel  # jax: only where a warning is due (pipeline.run validates after jax.distributed)
 
@@ -329,6 +360,9 @@ def validate(config) -> None:
           f'on features normalised over batches of all four rotations, and in training mode it would '
           f'renormalise them over upright images alone (on CIFAR-10-LT IF 100 phase I\'s own model loses about '
           f'6 points so). Fix, unless you mean it (or resume a workdir that ran so): {fixes}.', flush=True)
+  if not bad and _is_main_process():
+    for line in _late_boundaries(flat):
+      print(f'ltjax: warning: {line}', flush=True)
   if bad:
     fix = 'set them with --config.FIELD=VALUE (or in the config file)'
     if any(b.startswith('method=') for b in bad):  # the config file chooses its numbers by method

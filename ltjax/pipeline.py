@@ -438,6 +438,11 @@ def _run(config, workdir: str, lock) -> dict:
   _check_sources(phases, [p for p in phases if (not selected or p.name in selected) and p.name not in finished])
   for phase in phases:
     parallel.check_batch_size(phase.train.batch_size, mesh)
+    n = len(dataset.train_labels)
+    if phase.train.epochs and phase.train.batch_size > n and (not selected or phase.name in selected):
+      _say(f'ltjax: warning: [{phase.name}] a batch of {phase.train.batch_size} is more than the {n} training '
+           f'images: each epoch (one step) draws {phase.train.batch_size / n:.1f} passes over them, images repeated '
+           f'within the batch. Fix, unless you mean it: a batch size of at most {n}.')
   parallel.check_batch_size(config.run.eval_batch_size, mesh, 'run.eval_batch_size')
   # Only a config that got this far (valid data, method, batch sizes) is recorded.
 

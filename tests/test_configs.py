@@ -601,3 +601,26 @@ def test_rules_between_fields():
   c.stage2.epochs = 1
   with pytest.raises(config_lib.ConfigError, match='stage2.epochs=1 with stage2.schedule=cosine_epoch'):
     config_lib.validate(c)
+
+
+def test_lr_boundaries_the_run_does_not_reach_are_warned_of(capsys):
+  """A step schedule's boundary at or after the last epoch never decays the lr: a warning
+  names it and the fix (a shorter run of a long config scales its points instead); no
+  config of ltjax's own draws it."""
+  from configs import cifar_lt, digits_lt
+
+  from ltjax import config_lib
+
+  config = digits_lt.get_config('smoke,method=crt')
+  config.train.lr_boundaries = (3, 50)
+  config.stage2.schedule, config.stage2.lr_boundaries = 'step', (9,)  # (a cosine schedule has none)
+  config_lib.validate(config)
+  out = capsys.readouterr().out
+  assert ('ltjax: warning: train.lr_boundaries=(3, 50) with train.epochs=4: the lr never decays at 50, which the '
+          'run does not reach. Fix, unless you mean it: boundaries below 4, or train.schedule_epochs=N') in out
+  assert f'stage2.lr_boundaries=(9,) with stage2.epochs={config.stage2.epochs}: the lr never decays at 9' in out
+  shorter = cifar_lt.get_config('method=ce')
+  shorter.train.epochs = 20  # its boundaries (for 200 epochs) scale to 16 and 18
+  for c in (shorter, digits_lt.get_config('method=ssd'), cifar_lt.get_config('method=crt,smoke')):
+    config_lib.validate(c)
+  assert 'lr_boundaries' not in capsys.readouterr().out

@@ -344,3 +344,20 @@ def test_a_test_evaluation_lost_to_a_crash_is_redone_on_resume(tmp_path, monkeyp
   assert [r['test/epoch'] for r in rows if 'test/top1' in r] == [1, 2]  # epoch 3, the last: the phase's own
   assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 3 * steps_per_epoch + 1))
 
+
+
+@pytest.mark.slow  # about 10 s: not in the quick tier
+def test_a_batch_larger_than_the_training_set_is_warned_of(tmp_path, capsys):
+  """417 digits in batches of 1000: an epoch is one step of 2.4 passes, images repeated
+  within the batch; said before training, with the fix."""
+  from ltjax import pipeline
+
+  config = digits_lt.get_config('smoke,method=ce')
+  config.train.batch_size, config.train.epochs, config.train.lr_boundaries = 1000, 1, ()
+  config.run.num_devices = 1
+  results = pipeline.run(config, str(tmp_path / 'w'))
+  out = capsys.readouterr().out
+  n = results['ce']['num_train']
+  assert (f'ltjax: warning: [ce] a batch of 1000 is more than the {n} training images: each epoch (one step) '
+          f'draws {1000 / n:.1f} passes over them') in out
+  assert 'lr_boundaries' not in out
