@@ -152,8 +152,13 @@ def _parse_flags(argv):
     key, _, hint = message.strip('\'" ').partition('\n')
     key = key.strip('\'" ')
     given = next((a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')
-                  and key in a.split('=', 1)[0].split('.')), '--config.?')
-    _fail(f'{given}: the config has no field {key!r}' + (f'. {hint.strip()}' if hint.strip() else '')
+                  and key in a.split('=', 1)[0].split('.')), None)
+    if given is None:  # no override names it: the config file itself raised
+      path = (_config_argument(argv) or '').split(':', 1)[0]
+      _fail(f'--config {_config_argument(argv)}: building the config raised {type(e).__name__}: {message.strip()}. '
+            f'Fix: correct the config file or its :arguments (its traceback: python -c "import runpy; '
+            f'runpy.run_path(\'{path}\')[\'get_config\']()").', 2)
+    _fail(f'{given}: the config has no field {key!r}.' + (f' {hint.strip()}' if hint.strip() else '')
           + f' The config is locked: only its own fields can be set ({_config_fields_hint(argv)}).', 2)
   try:
     _CONFIG.value.keys()  # ml_collections keeps a config file's load error until the config is used

@@ -80,8 +80,9 @@ def check_workdir(config, workdir: str) -> bool:
                      f'{"is" if len(unknown) == 1 else "are"} not a field of both)')
       else:  # the workdir's values, as the flags that set them (the method: in the config string)
         flags = shlex.join(f'--config.{k}={_flag_value(a[k])}' for k in diff if k != 'method')
-        method = f'the config string\'s method={a["method"]} and ' if 'method' in diff else ''
-        fixes.append(f'resume it with {method}the workdir\'s values: {flags} (its config: {path})'
+        said = [f'the config string\'s method={a["method"]}'] if 'method' in diff else []
+        said += [f'the workdir\'s values: {flags}'] if flags else []
+        fixes.append(f'resume it with {" and ".join(said)} (its config: {path})'
                      + (f'; of them, {", ".join(k for k in diff if k in added)} did not exist when that run '
                         f'started' if any(k in added for k in diff) else ''))
       raise WorkdirConflictError(
@@ -112,8 +113,8 @@ def _check_same_data(dataset) -> None:
   """Refuses a multi-process run whose processes loaded different data (an image folder
   that changed while they listed it, a host's own stale cache): they would draw other
   batches of other sizes, and their steps would fall out of step. Compared: the numbers
-  of training and test images and of classes, and a checksum of their labels and of which
-  records of the source they are."""
+  of training and test images and of classes, and a checksum of their labels, of which
+  records of the source they are and, for an image folder, of its files' paths."""
   if jax.process_count() == 1:
     return
   crc = 0
@@ -122,6 +123,9 @@ def _check_same_data(dataset) -> None:
       value = getattr(dataset, f'{split}_{field}', None)
       if value is not None:
         crc = zlib.crc32(np.ascontiguousarray(value, np.int64).tobytes(), crc)
+    paths = getattr(getattr(dataset, f'{split}_source', None), 'files', None)  # data/folder.py FolderSource
+    if paths is not None:
+      crc = zlib.crc32('\n'.join(map(str, paths)).encode(), crc)
   own = [len(dataset.train_labels), len(dataset.test_labels), int(dataset.num_classes), crc & 0x7fffffff]
   reference, differ = parallel.differ_from_process_0(own)
   if differ:
@@ -205,8 +209,9 @@ def _model_fields_apart(directory: str, model_config) -> list[str]:
   except (OSError, ValueError):
     return []
   here = traverse_util.flatten_dict(json.loads(model_config.to_json()), sep='.')
+  shapeless = ('dtype', 'conv_impl', 'pretrained', 'pretrained_sha256')  # no bearing on the variables' shapes
   return [f'--config.model.{k}={_flag_value(there[k])}' for k in sorted(set(there) & set(here))
-          if there[k] != here[k]]
+          if there[k] != here[k] and k not in shapeless]
 
 
 def _load_checked(directory: str, model, dataset, normalize, what: str, field: str, model_config=None) -> dict:
@@ -417,14 +422,15 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str, lock) -> dict:
   # Process 0's view of the workdir decides, and the processes agree on whatever each one
   # checks of its own: one host's refusal stops every host at once.
-  known = bool(_on_main(lambda: check_workdir(config, workdir), 'the workdir holds another run'))
+  known = bool(_on_main(lambda: check_workdir(config, workdir), 'checking what the workdir holds'))
   mesh = parallel.make_mesh(config.run.num_devices)
   t = time.perf_counter()
+  loaded = []
   if config.run.download and jax.process_count() > 1:
     # Process 0 alone downloads and prepares what is missing (several hosts preparing into
-    # one data_dir at once would collide where TFDS renames its finished folder), then all load.
-    parallel.on_main(lambda: registry.load(config), 'the dataset could not be downloaded and prepared')
-  dataset = parallel.agreed(lambda: registry.load(config), 'the dataset could not be loaded')
+    # one data_dir at once would collide where TFDS renames its finished folder), then the others load.
+    parallel.on_main(lambda: loaded.append(registry.load(config)), 'the dataset could not be downloaded and prepared')
+  dataset = parallel.agreed(lambda: loaded[0] if loaded else registry.load(config), 'the dataset could not be loaded')
   _check_same_data(dataset)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)

@@ -36,8 +36,9 @@ import numpy as np
 from ltjax import evaluate, files
 
 METRICS = ('top1', 'many', 'medium', 'few', 'top5', 'ece')
-# Where a run took an earlier model from: each seed of an experiment its own folder.
-SOURCE_FIELDS = ('dive.teacher_dir', 'ssd.teacher_dir', 'stage2.backbone_dir', 'model.pretrained')
+# Where a run took an earlier model from: each seed of an experiment its own folder. (The
+# pretrained weights' location too, where model.pretrained_sha256 pins which weights.)
+SOURCE_FIELDS = ('dive.teacher_dir', 'ssd.teacher_dir', 'stage2.backbone_dir')
 BEST_VAL_METRICS = ('top1', 'many', 'medium', 'few')
 
 
@@ -55,8 +56,9 @@ def setup_of(workdir: str) -> dict:
   with open(path) as f:
     flat = traverse_util.flatten_dict(json.load(f), sep='.')
   others = [g for g, method in config_lib.RECIPE_GROUPS.items() if method != flat.get('method')]
-  return {k: v for k, v in flat.items()
-          if k != 'seed' and k not in SOURCE_FIELDS and k.split('.')[0] not in (config_lib.RUN_GROUP, *others)}
+  moved = ('model.pretrained',) if flat.get('model.pretrained_sha256') else ()
+  return {k: v for k, v in flat.items() if k != 'seed' and k not in SOURCE_FIELDS + moved
+          and k.split('.')[0] not in (config_lib.RUN_GROUP, *others)}
 
 
 def rows_of(workdir: str) -> list[dict]:
@@ -123,22 +125,39 @@ def _grouped(rows: list[dict]) -> list[tuple[str, list[dict]]]:
   in their setup, each label names the fields that set its runs apart
   (``ce [train.epochs=4, model.width=8]``); a warning names runs of one setup and seed."""
   groups: list[tuple[tuple, dict, list[dict]]] = []
+  unknown = []  # runs without config.json (of an older ltjax): they join the one setup of their label
   for r in rows:
     key = (r['run'], r.get('dataset'), r.get('imbalance_factor'))
-    home = next((g for g in groups if g[0] == key and _same_setup(g[1], r.get('setup') or {})), None)
+    if not r.get('setup'):
+      unknown.append((key, r))
+      continue
+    home = next((g for g in groups if g[0] == key and _same_setup(g[1], r['setup'])), None)
     if home is None:
-      groups.append((key, dict(r.get('setup') or {}), [r]))
+      groups.append((key, dict(r['setup']), [r]))
     else:
-      home[1].update(r.get('setup') or {})
+      home[1].update(r['setup'])
       home[2].append(r)
+  for key, r in unknown:
+    homes = [g for g in groups if g[0] == key]
+    if len(homes) == 1:
+      homes[0][2].append(r)
+    else:  # none, or several to choose from: a row of its own
+      home = next((g for g in groups if g[0] == key and g[1] == {}), None)
+      if home is None:
+        groups.append((key, {}, [r]))
+      else:
+        home[2].append(r)
   out = []
   for key, setup, members in groups:
     label = key[0]
-    rivals = [s for k, s, _ in groups if k == key and s is not setup]
-    if rivals:
+    rivals = [s for k, s, _ in groups if k == key and s is not setup and s]
+    if rivals and not setup:
+      label = f'{label} [no config.json]'
+    elif rivals:
       apart = sorted(k for k in setup if any(k in s and s[k] != setup[k] for s in rivals))
       if apart:
-        shown = ', '.join(f'{k}={setup[k]}' for k in apart[:3]) + (', ...' if len(apart) > 3 else '')
+        shown = ', '.join(f'{k}={setup[k] if setup[k] != "" else chr(39) * 2}' for k in apart[:3]) + (
+            ', ...' if len(apart) > 3 else '')
         label = f'{label} [{shown}]'
     seen: dict = {}
     for m in members:
@@ -272,7 +291,8 @@ def main(argv=None):
     ap.error('give the workdirs of runs, or --reproduction RESULTS')
   args.out = args.out or 'report'
   try:
-    rows = [r for w in dict.fromkeys(os.path.normpath(w) for w in args.workdirs) for r in rows_of(w)]
+    workdirs = list({os.path.realpath(w): w for w in args.workdirs[::-1]}.values())[::-1]  # each run once
+    rows = [r for w in sorted(workdirs, key=args.workdirs.index) for r in rows_of(w)]
   except FileNotFoundError as e:
     sys.exit(f'ltjax.report: error: {e}')
   from ltjax import plots  # matplotlib only when figures are made

@@ -624,3 +624,20 @@ def test_lr_boundaries_the_run_does_not_reach_are_warned_of(capsys):
   for c in (shorter, digits_lt.get_config('method=ssd'), cifar_lt.get_config('method=crt,smoke')):
     config_lib.validate(c)
   assert 'lr_boundaries' not in capsys.readouterr().out
+
+
+def test_a_workdir_of_another_method_names_the_config_string_to_resume_it(tmp_path):
+  """Only the method differs (ce in the workdir, focal now): the fix names the config
+  string's method, which --config.method cannot set, and no empty list of flags."""
+  import json
+
+  from ltjax import evaluate, pipeline
+  from ltjax.errors import WorkdirConflictError
+
+  evaluate.write_results(str(tmp_path / 'config.json'), json.loads(digits_lt.get_config('smoke,method=ce').to_json()))
+  os.makedirs(tmp_path / 'ce' / 'checkpoints' / '7')  # a checkpoint it saved
+  with pytest.raises(WorkdirConflictError) as e:
+    pipeline.check_workdir(digits_lt.get_config('smoke,method=focal'), str(tmp_path))
+  assert "  method: 'ce' in the workdir, 'focal' now" in str(e.value)
+  assert (f"resume it with the config string's method=ce (its config: {tmp_path / 'config.json'}); nothing was "
+          f"changed") in str(e.value)

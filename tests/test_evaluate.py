@@ -174,34 +174,46 @@ def test_best_test_epoch_counts_a_resumed_epoch_once(tmp_path):
 
 def test_report_keeps_runs_of_other_configs_apart(tmp_path, capsys):
   """Runs merge into one row only where their configs differ in the seed alone (and in
-  where each seed took its teacher from): a smoke run beside a full one, or an ablation,
-  is a row of its own, labelled with the fields that differ; two runs of one config and
-  seed are counted, with a warning."""
+  where each seed took its backbone or teacher, and where pinned weights were read): a
+  smoke run beside a full one, or an ablation, is a row of its own, labelled with the
+  fields that differ; two runs of one config and seed are counted, with a warning; a run
+  without config.json joins the one setup of its label, else is a row of its own."""
   import json
 
   from ltjax import report
 
-  def config(seed, epochs=60, width=16, teacher=''):
+  def config(seed, epochs=60, width=16, backbone='', pretrained='', sha=''):
     return {'method': 'ce', 'seed': seed, 'train': {'epochs': epochs, 'lr': 0.1},
-            'model': {'width': width}, 'run': {'phases': '', 'data_dir': f'/data{seed}'},
-            'dive': {'teacher_dir': teacher}, 'ssd': {'alpha1': seed}}
+            'model': {'width': width, 'pretrained': pretrained, 'pretrained_sha256': sha},
+            'run': {'phases': '', 'data_dir': f'/data{seed}'}, 'stage2': {'backbone_dir': backbone},
+            'ssd': {'alpha1': seed}}
 
-  for name, top1, cfg in (('s0', 90.0, config(0, teacher='t0')), ('s1', 92.0, config(1, teacher='t1')),
-                          ('smoke', 40.0, config(0, epochs=4, width=8)), ('again', 94.0, config(0)),
-                          ('old', 96.0, None)):
+  runs = {'s0': (90.0, config(0, backbone='/b0', pretrained='/w/a.pth', sha='ab' * 32)),
+          's1': (92.0, config(1, backbone='/b1', pretrained='https://x/a.pth', sha='ab' * 32)),
+          'smoke': (40.0, config(0, epochs=4, width=8, pretrained='/w/a.pth', sha='ab' * 32)),
+          'again': (94.0, config(0, pretrained='/w/a.pth', sha='ab' * 32)),
+          'scratch': (80.0, config(0)), 'other_weights': (85.0, config(0, pretrained='/w/b.pth')),
+          'old': (96.0, None)}
+  for name, (top1, cfg) in runs.items():
     _fabricate(tmp_path / name, 'ce', [('ce', top1, 80.0)], seed=cfg['seed'] if cfg else 2)
     if cfg:
       (tmp_path / name / 'config.json').write_text(json.dumps(cfg))
   out = tmp_path / 'report'
-  report.main([str(tmp_path / d) for d in ('s0', 's1', 'smoke', 'again', 'old', 's1/')] + ['--out', str(out)])
-  lines = (out / 'report.md').read_text().splitlines()
-  # 90, 92, 94, 96: mean 93 ± 2.58 (a run without config.json, of an older ltjax, joins the row it fits).
-  assert lines[2].startswith('| ce [model.width=16, train.epochs=60] | digits | 20 | 0,0,1,2 | 93.00 ± 2.58 |')
-  assert lines[3].startswith('| ce [model.width=8, train.epochs=4] | digits | 20 | 0 | 40.00 |')
-  assert len([l for l in lines if l.startswith('| ce')]) == 2
+  report.main([str(tmp_path / d) for d in ('s0', 's1', 'smoke', 'again', 'old', 'scratch', 'other_weights')]
+              + [str(tmp_path / 's1') + '/', '--out', str(out)])
+  rows = [l for l in (out / 'report.md').read_text().splitlines() if l.startswith('| ce')]
+  # 90, 92, 94: mean 92 ± 2 (the backbone and pinned weights' locations differ between seeds).
+  assert rows[0].startswith('| ce [model.pretrained_sha256=abababab'), rows
+  assert '| digits | 20 | 0,0,1 | 92.00 ± 2.00 |' in rows[0]
+  assert rows[1].startswith('| ce [model.pretrained_sha256=abababab'), rows
+  assert 'model.width=8' in rows[1] and '| 0 | 40.00 |' in rows[1]
+  assert rows[2].startswith("| ce [model.pretrained='', model.pretrained_sha256='', ") and '| 80.00 |' in rows[2]
+  assert rows[3].startswith("| ce [model.pretrained=/w/b.pth, model.pretrained_sha256='', ") and '| 85.00 |' in rows[3]
+  assert rows[4].startswith('| ce [no config.json] | digits | 20 | 2 | 96.00 |')
+  assert len(rows) == 5
   err = capsys.readouterr().err
-  assert (f'warning: {tmp_path / "again"}, {tmp_path / "s0"} are runs of one config with seed 0: row '
-          "'ce [model.width=16, train.epochs=60]' counts each as a sample") in err
-  # Runs that differ in their seed alone are one row, without a label of fields.
-  report.main([str(tmp_path / d) for d in ('s0', 's1')] + ['--out', str(out)])
-  assert (out / 'report.md').read_text().splitlines()[2].startswith('| ce | digits | 20 | 0,1 | 91.00 ± 1.41 |')
+  assert f'warning: {tmp_path / "again"}, {tmp_path / "s0"} are runs of one config with seed 0: row ' in err
+  # Runs that differ in their seed alone are one row, without a label of fields; a run
+  # without config.json joins it.
+  report.main([str(tmp_path / d) for d in ('old', 's0', 's1')] + ['--out', str(out)])
+  assert (out / 'report.md').read_text().splitlines()[2].startswith('| ce | digits | 20 | 0,1,2 | 92.67 ± 3.06 |')

@@ -211,6 +211,17 @@ def test_a_config_that_cannot_be_read_says_which_and_how(tmp_path, config, extra
   assert not (tmp_path / 'w').exists()
 
 
+def test_a_config_file_that_raises_is_named_not_taken_for_a_misspelled_field(tmp_path):
+  bad = tmp_path / 'bad.py'
+  bad.write_text('import ml_collections\n\n\ndef get_config(arg=None):\n'
+                 '  return ml_collections.ConfigDict({"a": 1})["missing"]\n')
+  p = subprocess.run([sys.executable, '-m', 'ltjax.main', '--config', str(bad), '--workdir', str(tmp_path / 'w')],
+                     capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert p.returncode == 2 and 'Traceback' not in p.stderr
+  assert p.stderr.startswith(f"ltjax: error: --config {bad}: building the config raised KeyError: 'missing'. "
+                             f"Fix: correct the config file or its :arguments"), p.stderr
+
+
 def test_unknown_config_argument(tmp_path):
   p = run(tmp_path / 'w', config='configs/digits_lt.py:smoke,imbalance=50')
   assert p.returncode != 0 and "unknown config argument 'imbalance'" in p.stderr

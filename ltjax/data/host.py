@@ -93,11 +93,12 @@ READ_TRIES = 4
 READ_WAIT = 0.5
 
 
-def read_records(source, records, tries: int = READ_TRIES, wait: float = READ_WAIT) -> list[dict]:
+def read_records(source, records, tries: int | None = None, wait: float | None = None) -> list[dict]:
   """The examples at ``records`` of a TFDS random-access source (or a ``folder.FolderSource``),
   in one batched read. Network storage (GCS, NFS) fails now and then for a moment, and a
   long run reads millions of records: a failed read is tried again (``tries`` in all,
   after 0.5, 1, 2 s by default), and then a ``DataReadError`` names the records and why."""
+  tries, wait = tries or READ_TRIES, READ_WAIT if wait is None else wait
   keys = [int(r) for r in records]
   for attempt in range(tries):
     try:
@@ -108,8 +109,8 @@ def read_records(source, records, tries: int = READ_TRIES, wait: float = READ_WA
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
         raise DataReadError(
             f'could not read {what} of the dataset after {tries} tries ({type(e).__name__}{": " + first if first else ""}). '
-            f'Fix: check that the dataset\'s files are whole and that this host can read them; once they can '
-            f'be read, the same command resumes from the last checkpoint.') from e
+            f'Fix: check that the dataset\'s files are whole and that this host can read them, then rerun the '
+            f'same command (a run that trained resumes from its last checkpoint).') from e
       time.sleep(wait * 2 ** attempt)
 
 
