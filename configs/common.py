@@ -29,7 +29,7 @@ def base_config(method: str = 'ce') -> ml_collections.ConfigDict:
   c.run.host_threads = 16  # host pipeline: grain reader threads per process
   c.run.host_workers = 0  # host pipeline: grain worker processes per process (0: threads only)
   c.run.eval_batch_size = 512
-  c.run.log_every_steps = 20
+  c.run.log_every_steps = 20  # at most: a phase of shorter epochs logs every epoch
   c.run.eval_every_epochs = 0  # 0: evaluate only at the end of each phase
   # Every N epochs (and at the last), evaluate the dataset's validation split and keep the
   # checkpoint of the best epoch (Kang et al.'s selection); its test results land beside the

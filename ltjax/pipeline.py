@@ -304,6 +304,21 @@ def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = '
                              f'reading what the run of the {what} says of it')
 
 
+class _StandIn:
+  """What a recipe reads of a dataset to build its phases (two classes of 2 and 1
+  images): their names depend on the config alone, so a misspelled ``run.phases`` is
+  refused before the real data is loaded."""
+  num_classes, class_counts, pixel_scale = 2, np.array([2, 1]), 255.0
+
+
+def _check_phase_names(config) -> None:
+  selected = [p.strip() for p in config.run.phases.split(',') if p.strip()]
+  names = [p.name for p in recipes.phases(config, _StandIn())]
+  unknown = sorted(set(selected) - set(names))
+  if unknown:
+    raise ConfigError(f'--config.run.phases names {unknown}, not phases of {config.method!r}: {names}.')
+
+
 def _check_sources(phases, to_run) -> None:
   """Refuses to train phases that nothing would use: every phase that starts from one
   (``init_from``) or runs it as its teacher takes it from another run (``init_path``,
@@ -404,6 +419,7 @@ def run(config, workdir: str) -> dict:
   Every process of a multi-process run calls it; process 0 writes the files and holds
   the workdir's lock (``locks.WorkdirLock``: one run per workdir) while it runs."""
   config_lib.validate(config)  # every field, before anything is read or written
+  _check_phase_names(config)  # before the data is loaded (minutes for the large datasets)
   held = []
 
   def lock():

@@ -641,3 +641,21 @@ def test_a_workdir_of_another_method_names_the_config_string_to_resume_it(tmp_pa
   assert "  method: 'ce' in the workdir, 'focal' now" in str(e.value)
   assert (f"resume it with the config string's method=ce (its config: {tmp_path / 'config.json'}); nothing was "
           f"changed") in str(e.value)
+
+
+@pytest.mark.parametrize('method', sorted(__import__('ltjax.recipes', fromlist=['RECIPES']).RECIPES))
+def test_a_misspelled_phase_is_refused_before_the_data_is_read(tmp_path, monkeypatch, method):
+  """run.phases is checked against the recipe's phases built for a stand-in of two classes:
+  the names the real data gives, for every method, without loading it."""
+  from ltjax import pipeline, recipes
+  from ltjax.data import registry
+  from ltjax.errors import ConfigError
+
+  config = digits_lt.get_config(f'smoke,method={method}')
+  real = [p.name for p in recipes.phases(config, registry.load(config))]
+  assert [p.name for p in recipes.phases(config, pipeline._StandIn())] == real
+  config.run.phases = f'{real[-1]},nosuch'
+  monkeypatch.setattr(registry, 'load', lambda config: pytest.fail('the data was read'))
+  with pytest.raises(ConfigError, match=rf"run.phases names \['nosuch'\], not phases of '{method}': "):
+    pipeline.run(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
