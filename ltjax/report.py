@@ -147,18 +147,23 @@ def _grouped(rows: list[dict]) -> list[tuple[str, list[dict]]]:
         groups.append((key, {}, [r]))
       else:
         home[2].append(r)
-  out = []
-  for key, setup, members in groups:
+  def label_of(key, setup, most):
     label = key[0]
     rivals = [s for k, s, _ in groups if k == key and s is not setup and s]
     if rivals and not setup:
-      label = f'{label} [no config.json]'
-    elif rivals:
-      apart = sorted(k for k in setup if any(k in s and s[k] != setup[k] for s in rivals))
-      if apart:
-        shown = ', '.join(f'{k}={setup[k] if setup[k] != "" else chr(39) * 2}' for k in apart[:3]) + (
-            ', ...' if len(apart) > 3 else '')
-        label = f'{label} [{shown}]'
+      return f'{label} [no config.json]'
+    apart = sorted(k for k in setup if any(k in s and s[k] != setup[k] for s in rivals))
+    if not apart:
+      return label
+    shown = ', '.join(f'{k}={setup[k] if setup[k] != "" else chr(39) * 2}' for k in apart[:most])
+    return f'{label} [{shown}{", ..." if len(apart) > most else ""}]'
+
+  # Up to 3 fields a label; all of them where two labels would read alike.
+  short = [label_of(key, setup, 3) for key, setup, _ in groups]
+  out = []
+  for (key, setup, members), label in zip(groups, short):
+    if short.count(label) > 1:
+      label = label_of(key, setup, len(setup))
     seen: dict = {}
     for m in members:
       seen.setdefault(m.get('seed'), []).append(m.get('workdir'))

@@ -217,3 +217,17 @@ def test_report_keeps_runs_of_other_configs_apart(tmp_path, capsys):
   # without config.json joins it.
   report.main([str(tmp_path / d) for d in ('old', 's0', 's1')] + ['--out', str(out)])
   assert (out / 'report.md').read_text().splitlines()[2].startswith('| ce | digits | 20 | 0,1,2 | 92.67 ± 3.06 |')
+
+
+def test_report_labels_that_would_read_alike_name_every_field():
+  """Labels name up to 3 of the fields that set a row apart; two rows that differ only in
+  a later field are labelled with all of theirs."""
+  from ltjax import report
+
+  def row(seed, **setup):
+    return {'run': 'ce', 'dataset': 'digits', 'imbalance_factor': 20.0, 'seed': seed, 'workdir': f'w{seed}',
+            'setup': setup, 'top1': 90.0 + seed}
+
+  rows = [row(0, a=1, b=1, c=1, d=1), row(1, a=2, b=2, c=2, d=1), row(2, a=2, b=2, c=2, d=2), row(3, a=1, b=1, c=1, d=1)]
+  assert [(g['run'], g['seeds']) for g in report.group(rows)] == [
+      ('ce [a=1, b=1, c=1, ...]', [0, 3]), ('ce [a=2, b=2, c=2, d=1]', [1]), ('ce [a=2, b=2, c=2, d=2]', [2])]
