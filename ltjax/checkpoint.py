@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ltjax import parallel
-from ltjax.errors import MissingCheckpointError, WorkdirWriteError
+from ltjax.errors import MissingCheckpointError, WorkdirWriteError, described
 
 
 @dataclasses.dataclass
@@ -104,8 +104,7 @@ def _write_error(mgr, error) -> Exception:
   if not any(isinstance(e, OSError) for e in chain) and not any(m in text for m in _OS_ERRORS):
     return error
   directory = str(mgr.directory)
-  why = next((e for e in _OS_ERRORS if e in text),
-             f'{type(error).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ""}')
+  why = next((e for e in _OS_ERRORS if e in text), described(error))
   kept = mgr.all_steps()  # finished checkpoints only: orbax writes into a temporary folder
   before = (f'the checkpoint of step {max(kept)} is intact' if kept else
             'no checkpoint of this phase was finished before it')
@@ -245,15 +244,10 @@ def _read(directory: str, step: int, abstract):
     handler.close()
 
 
-def _why(e: Exception) -> str:
-  first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-  return f'{type(e).__name__}: {first}' if first else type(e).__name__
-
-
 def _elsewhere(failed: list[int]) -> str:
   """What a process that read a checkpoint says of the processes that could not."""
-  who = f'process {failed[0]}' if len(failed) == 1 else f'processes {", ".join(map(str, failed))}'
-  return f'{who} cannot read it (its own message says why) though process {jax.process_index()} can'
+  return (f'{parallel.processes_named(failed)} cannot read it (its own message says why) though process '
+          f'{jax.process_index()} can')
 
 
 def _read_locally(read) -> tuple[object, str | None]:
@@ -263,7 +257,7 @@ def _read_locally(read) -> tuple[object, str | None]:
     try:
       return read(), None
     except Exception as e:  # orbax and tensorstore raise many types for a damaged file
-      why = _why(e)
+      why = described(e)
   return None, why
 
 

@@ -210,7 +210,8 @@ RULES = {
     # more about a factor below 1 ("did you mean IF = 1 / x").
     'data.imbalance_factor': (_NONNEG[0], 'a number >= 1 for the splits ltjax draws (CIFAR-LT, digits, a folder: '
                               '1 = balanced), or 0 where the dataset\'s own split fixes it (ImageNet-LT, '
-                              'iNaturalist, Places-LT)'), 'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
+                              'iNaturalist, Places-LT)'),
+    'data.split_seed': _NONNEG_INT, 'data.test_per_class': _NONNEG_INT,
     **{f'data.{k}': _SCHEDULE[k] for k in _SAMPLING}, 'data.drop_last': _ANY, 'data.many_above': _NONNEG_INT,
     'data.few_below': _NONNEG_INT, 'data.augment.pad': _NONNEG_INT, 'data.augment.flip': _ANY,
     'data.augment.mean': _each(_number(0, 1)), 'data.augment.std': _each(_number(0, low_open=True)),

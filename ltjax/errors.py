@@ -2,6 +2,13 @@
 each message names the problem and the fix."""
 
 
+def described(error: BaseException, limit: int = 200) -> str:
+  """``Type: first line of its message`` (``Type`` alone for an empty message): an error
+  of a library, quoted in one of ltjax's messages."""
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0][:limit]}' if text else type(error).__name__
+
+
 class LtjaxError(Exception):
   """Base of every error caused by input a user can change."""
 

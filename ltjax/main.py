@@ -140,7 +140,8 @@ def _parse_flags(argv):
       if raised:
         _fail(f'{raised[-1].split(": ", 1)[-1]} (in {text.split(": Error whilst")[0].removeprefix("flag ")})', 2)
     if text.startswith('flag --config.'):  # a value of the wrong type for its field
-      _fail(f'{text.removeprefix("flag ").rstrip(".")}. Fix: give the field a value of its type ({_config_fields_hint(argv)}).', 2)
+      _fail(f'{text.removeprefix("flag ").rstrip(".")}. Fix: give the field a value of its type '
+            f'({_config_fields_hint(argv)}).', 2)
     _fail(f'{e}\nPass --helpshort to see the flags.', 2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e.args[0] if e.args else e)

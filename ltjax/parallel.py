@@ -39,15 +39,22 @@ def is_main() -> bool:
   return jax.process_index() == 0
 
 
-def on_main(fn, what: str) -> None:
-  """Runs ``fn`` on process 0 alone, and every process learns whether it failed: process 0
-  raises its own error, the others a ``ProcessStopped`` that points at it. Without this a
-  refusal that only process 0 can make (the workdir's lock, a workdir it cannot write)
-  would leave the others waiting at the next barrier until JAX's heartbeat timeout."""
-  error = None
+def processes_named(ids: list[int]) -> str:
+  """``process 1`` or ``processes 1, 3``: for messages."""
+  return f'process {ids[0]}' if len(ids) == 1 else f'processes {", ".join(map(str, ids))}'
+
+
+def on_main(fn, what: str):
+  """Runs ``fn`` on process 0 alone and returns its value there (None on the others), and
+  every process learns whether it failed: process 0 raises its own error, the others a
+  ``ProcessStopped`` that points at it. Every process waits for it. Without this a refusal
+  that only process 0 can make (the workdir's lock, a workdir it cannot write, a file
+  only its results take) would leave the others waiting at the next barrier until JAX's
+  heartbeat timeout."""
+  error = value = None
   if is_main():
     try:
-      fn()
+      value = fn()
     except BaseException as e:  # whatever stops process 0 (Ctrl-C too) must stop every process
       error = e
   failed = error is not None
@@ -61,6 +68,7 @@ def on_main(fn, what: str) -> None:
   if failed:
     raise ProcessStopped(f'process 0 stopped the run ({what}); the message in its own output says why '
                          f'and how to fix it.')
+  return value
 
 
 def agreed(fn, what: str):
@@ -80,9 +88,9 @@ def agreed(fn, what: str):
   if error is not None:
     raise error
   if failed:
-    who = f'process {failed[0]}' if len(failed) == 1 else f'processes {", ".join(map(str, failed))}'
-    raise ProcessStopped(f'{who} stopped the run ({what}); the message in {"its" if len(failed) == 1 else "their"} '
-                         f'own output says why and how to fix it.')
+    their = 'its' if len(failed) == 1 else 'their'
+    raise ProcessStopped(f'{processes_named(failed)} stopped the run ({what}); the message in {their} own output '
+                         f'says why and how to fix it.')
   return value
 
 

@@ -129,11 +129,11 @@ def _check_same_data(dataset) -> None:
   own = [len(dataset.train_labels), len(dataset.test_labels), int(dataset.num_classes), crc & 0x7fffffff]
   reference, differ = parallel.differ_from_process_0(own)
   if differ:
-    who = f'process {differ[0]}' if len(differ) == 1 else f'processes {", ".join(map(str, differ))}'
     show = lambda v: f'{v[0]} training and {v[1]} test images of {v[2]} classes'
     here = f'; process {jax.process_index()}: {show(own)}' if own != reference else ''
     raise ProcessStopped(
-        f'the processes loaded different data: {who} loaded other data than process 0 (process 0: {show(reference)}{here}'
+        f'the processes loaded different data: {parallel.processes_named(differ)} loaded other data than '
+        f'process 0 (process 0: {show(reference)}{here}'
         f'{", other labels" if own[:3] == reference[:3] and own != reference else ""}). Fix: let every host read '
         f'the same files (run.data_dir, an image folder, run.cache_dir: one shared folder, not a copy per host, '
         f'that does not change while a run starts); nothing was written in the workdir.')
@@ -282,8 +282,10 @@ def _load_teacher(phase, workdir: str, dataset, normalize, handoff: str = 'last'
                               'the teacher is missing')
   variables = _load_checked(directory, teacher.model, dataset, normalize, 'teacher', teacher.path_field,
                             model_config)
-  return variables, _on_main(lambda: _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field),
-                             'reading what the teacher\'s run says of it')
+  # What only process 0's results take, from its view of the folders.
+  source = parallel.on_main(lambda: _other_run(directory, dataset, 'teacher', teacher.phase, teacher.path_field),
+                            'reading what the teacher\'s run says of it')
+  return variables, source
 
 
 def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = 'last',
@@ -300,8 +302,9 @@ def _load_init(phase, phases, workdir: str, dataset, normalize, handoff: str = '
   source = next(p for p in phases if p.name == phase.init_from)
   what = f'{phase.init_from!r} model'
   variables = _load_checked(directory, source.model, dataset, normalize, what, phase.init_path_field, model_config)
-  return variables, _on_main(lambda: _other_run(directory, dataset, what, phase.init_from, phase.init_path_field),
-                             f'reading what the run of the {what} says of it')
+  source = parallel.on_main(lambda: _other_run(directory, dataset, what, phase.init_from, phase.init_path_field),
+                            f'reading what the run of the {what} says of it')
+  return variables, source
 
 
 class _StandIn:
@@ -402,12 +405,6 @@ def _handoff(config, workdir: str, name: str, needed_by: str) -> dict | None:
   return out
 
 
-def _on_main(fn, what: str):
-  """``fn()`` on process 0, None on the others, which stop too where it raises: for what
-  only process 0's files take (the results it writes), read from its view of the folders."""
-  return parallel.agreed(lambda: fn() if parallel.is_main() else None, what)
-
-
 def _say(*args):
   """Prints from process 0 only: one table, not one per host."""
   if parallel.is_main():
@@ -438,15 +435,16 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str, lock) -> dict:
   # Process 0's view of the workdir decides, and the processes agree on whatever each one
   # checks of its own: one host's refusal stops every host at once.
-  known = bool(_on_main(lambda: check_workdir(config, workdir), 'checking what the workdir holds'))
+  known = bool(parallel.on_main(lambda: check_workdir(config, workdir), 'checking what the workdir holds'))
   mesh = parallel.make_mesh(config.run.num_devices)
   t = time.perf_counter()
-  loaded = []
+  prepared = None
   if config.run.download and jax.process_count() > 1:
     # Process 0 alone downloads and prepares what is missing (several hosts preparing into
     # one data_dir at once would collide where TFDS renames its finished folder), then the others load.
-    parallel.on_main(lambda: loaded.append(registry.load(config)), 'the dataset could not be downloaded and prepared')
-  dataset = parallel.agreed(lambda: loaded[0] if loaded else registry.load(config), 'the dataset could not be loaded')
+    prepared = parallel.on_main(lambda: registry.load(config), 'the dataset could not be downloaded and prepared')
+  dataset = parallel.agreed(lambda: prepared if prepared is not None else registry.load(config),
+                            'the dataset could not be loaded')
   _check_same_data(dataset)
   data_seconds = time.perf_counter() - t
   phases = recipes.phases(config, dataset)
@@ -516,14 +514,14 @@ def _run(config, workdir: str, lock) -> dict:
       init_variables, other_runs['init_from'] = _load_init(phase, phases, workdir, dataset, normalize,
                                                            config.handoff, config.model)
       if not phase.init_path:
-        handoff['init_from'] = _on_main(lambda: _handoff(config, workdir, phase.init_from, phase.name),
-                                        f'reading the results of phase {phase.init_from!r}')
+        handoff['init_from'] = parallel.on_main(lambda: _handoff(config, workdir, phase.init_from, phase.name),
+                                                f'reading the results of phase {phase.init_from!r}')
     if phase.teacher is not None:
       teacher_variables, other_runs['teacher'] = _load_teacher(phase, workdir, dataset, normalize, config.handoff,
                                                                config.model)
       if not phase.teacher.path:
-        handoff['teacher'] = _on_main(lambda: _handoff(config, workdir, phase.teacher.phase, phase.name),
-                                      f'reading the results of phase {phase.teacher.phase!r}')
+        handoff['teacher'] = parallel.on_main(lambda: _handoff(config, workdir, phase.teacher.phase, phase.name),
+                                              f'reading the results of phase {phase.teacher.phase!r}')
     other_runs = {k: v for k, v in other_runs.items() if v is not None}
     handoff = {k: v for k, v in handoff.items() if v is not None}
     variables, timing = train.train_phase(phase, dataset, config, phase_dir, mesh, evaluate_fn,

@@ -7,9 +7,10 @@ from an earlier phase's best validation epoch, ``handoff``), dataset, imbalance 
 seeds, top-1 overall / many / medium / few, top-5 and ECE (percent; '-' for a shot group
 without classes). Runs that differ only in their seed are one row, shown as
 mean ± sample standard deviation; runs of other configs (``config.json``: another lr,
-width, number of epochs, ...) are rows apart, labelled with the fields that set them apart. Runs that chose an epoch on a validation split
-(``run.val_every_epochs``: ``best_val_selected``) get a second table of those epochs'
-test results, beside the last epoch's. Written to ``OUT/report.md`` with
+width, number of epochs, ...) are rows apart, labelled with the fields that set them
+apart. Runs that chose an epoch on a validation split (``run.val_every_epochs``:
+``best_val_selected``) get a second table of those epochs' test results, beside the last
+epoch's. Written to ``OUT/report.md`` with
 ``OUT/per_class.png`` (per-class top-1 against class size) and ``OUT/reliability.png`` (a
 reliability diagram per row).
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ltjax.data.samplers import Sampler
-from ltjax.errors import DataReadError
+from ltjax.errors import DataReadError, described
 
 # Random resized crop of torchvision (Inception-style), as every ImageNet-LT recipe uses.
 CROP_SCALE = (0.08, 1.0)
@@ -106,9 +106,8 @@ def read_records(source, records, tries: int | None = None, wait: float | None =
     except Exception as e:  # TFDS, ArrayRecord, PIL and the file systems raise many types
       if attempt + 1 == tries:
         what = f'record {keys[0]}' if len(keys) == 1 else f'{len(keys)} records ({", ".join(map(str, keys[:3]))}, ...)'
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
         raise DataReadError(
-            f'could not read {what} of the dataset after {tries} tries ({type(e).__name__}{": " + first if first else ""}). '
+            f'could not read {what} of the dataset after {tries} tries ({described(e, 300)}). '
             f'Fix: check that the dataset\'s files are whole and that this host can read them, then rerun the '
             f'same command (a run that trained resumes from its last checkpoint).') from e
       time.sleep(wait * 2 ** attempt)
